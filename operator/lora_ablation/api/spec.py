@@ -1,0 +1,414 @@
+"""The desired state of a LoraAblation: what to train, on what, how to measure it, where to run it.
+
+Defaults live here and are applied when the spec is read; the generated CRD carries no defaults, so
+the API server never writes them back into `spec` (GitOps tools would report drift).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+
+from lora_ablation.api.base import DNS1123_LABEL, ApiModel
+from lora_ablation.modules.groups import canonical_module_set, validate_module_name
+
+MODEL_URI = re.compile(r"^(hf://[^/\s]+(/[^/\s]+)?|s3://[^/\s]+(/\S*)?|pvc://[a-z0-9][-a-z0-9.]*(/\S*)?|file://\S+)$")
+# file:// paths may be relative (file://examples/data/x.jsonl): the local runner resolves them from the
+# working directory. Cluster trials read s3:// or pvc:// only; the operator rejects file:// (preflight).
+DATA_URI = re.compile(r"^(s3://[^/\s]+/\S+|file://\S+|/\S+|pvc://[a-z0-9][-a-z0-9.]*/\S+)$")
+STORAGE_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?|file://\S+)$")
+QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+
+
+class DatasetFormat(str, Enum):
+    chat = "chat"
+    prompt_completion = "prompt-completion"
+    text = "text"
+
+
+class Metric(str, Enum):
+    accuracy = "accuracy"
+    exact_match = "exact_match"
+    rouge_lsum = "rougeLsum"
+    json_kv_match = "json_kv_match"
+    eval_loss = "eval_loss"
+
+
+class Variant(str, Enum):
+    lora = "lora"
+    rslora = "rslora"
+    dora = "dora"
+    loraplus = "loraplus"
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(description="Name of a Secret in the LoraAblation's namespace.", min_length=1)
+    key: str = Field(description="Key inside the Secret whose value is used.", min_length=1)
+
+
+class CredentialsSecretRef(ApiModel):
+    name: str = Field(description="Name of a Secret holding S3 credentials.", min_length=1)
+    access_key_id_key: str = Field(
+        "AWS_ACCESS_KEY_ID", description="Key of the access key id in the Secret (default AWS_ACCESS_KEY_ID)."
+    )
+    secret_access_key_key: str = Field(
+        "AWS_SECRET_ACCESS_KEY",
+        description="Key of the secret access key in the Secret (default AWS_SECRET_ACCESS_KEY).",
+    )
+
+
+class BaseModelSpec(ApiModel):
+    uri: str = Field(
+        description="Where the base model lives: hf://org/name (Hugging Face Hub), s3://bucket/prefix/, "
+        "pvc://claim/path (a PersistentVolumeClaim in the namespace) or file://path (local runner).",
+        json_schema_extra={"pattern": MODEL_URI.pattern},
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hf:// models.")
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token for gated or private hf:// models."
+    )
+    dtype: str = Field(
+        "auto",
+        description="Weights dtype for training and inference: auto (bfloat16 on GPU, float32 on CPU), "
+        "bfloat16, float16 or float32.",
+        json_schema_extra={"enum": ["auto", "bfloat16", "float16", "float32"]},
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, value: str) -> str:
+        if not MODEL_URI.match(value):
+            raise ValueError("expected hf://org/name, s3://bucket/prefix/, pvc://claim/path or file://path")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in {"auto", "bfloat16", "float16", "float32"}:
+            raise ValueError("expected one of auto, bfloat16, float16, float32")
+        return value
+
+
+class DatasetSpec(ApiModel):
+    name: str = Field(
+        description="Short DNS-1123 name of the dataset (unique within the ablation); used in trial names.",
+        max_length=24,
+        json_schema_extra={"pattern": DNS1123_LABEL.pattern},
+    )
+    train: str = Field(
+        description="JSONL training file: s3://bucket/key, pvc://claim/path, file://path or /path.",
+        json_schema_extra={"pattern": DATA_URI.pattern},
+    )
+    eval: str = Field(
+        description="JSONL evaluation file, same URI forms as train.", json_schema_extra={"pattern": DATA_URI.pattern}
+    )
+    format: DatasetFormat = Field(
+        DatasetFormat.chat,
+        description="Record shape: chat ({messages:[{role,content}]}), prompt-completion ({prompt,completion}) "
+        "or text ({text}).",
+    )
+    metric: Metric = Field(
+        Metric.eval_loss,
+        description="How the eval split is scored: accuracy (multiple choice, strict parser), exact_match, "
+        "rougeLsum, json_kv_match or eval_loss (lower is better; reported as negative loss in rankings).",
+    )
+    max_eval_samples: int = Field(500, ge=1, description="Evaluate on at most this many eval records.")
+    max_train_samples: int | None = Field(
+        None, ge=1, description="Train on at most this many records (all when unset)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not DNS1123_LABEL.match(value):
+            raise ValueError("expected lowercase letters, digits and '-', starting and ending with a letter or digit")
+        return value
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _data_uri(cls, value: str) -> str:
+        if not DATA_URI.match(value):
+            raise ValueError("expected s3://bucket/key.jsonl, pvc://claim/path, file://path or an absolute path")
+        return value
+
+
+ModuleSet = Annotated[
+    list[str],
+    Field(min_length=1, max_length=32, json_schema_extra={"x-kubernetes-list-type": "atomic"}),
+]
+
+
+class SearchSpec(ApiModel):
+    module_sets: list[ModuleSet] = Field(
+        description="Module sets to compare. Each entry is a list of logical groups (qkv, o_proj, fc1, fc2, "
+        "attn, mlp, all) or raw module names (q_proj, attn.c_proj) resolved against the model.",
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    ranks: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        [16],
+        description="LoRA ranks r to try; every module set is trained at every rank.",
+        min_length=1,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    alpha_over_rank: float = Field(
+        2.0, gt=0, description="lora_alpha = alphaOverRank x r, so the update scale is constant across ranks."
+    )
+    variants: list[Variant] = Field(
+        [Variant.lora],
+        description="Adapter variants: lora, rslora (rank-stabilised scaling), dora (weight-decomposed) or "
+        "loraplus (larger learning rate for B).",
+        min_length=1,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    include_baseline: bool = Field(
+        True, description="Also evaluate and time the base model with no adapter, once per dataset."
+    )
+
+    @field_validator("module_sets")
+    @classmethod
+    def _module_sets(cls, sets: list[list[str]]) -> list[list[str]]:
+        problems: list[str] = []
+        seen: dict[tuple[str, ...], int] = {}
+        for index, module_set in enumerate(sets):
+            for name in module_set:
+                problem = validate_module_name(name)
+                if problem:
+                    problems.append(f"moduleSets[{index}]: {problem}")
+            if len(set(module_set)) != len(module_set):
+                problems.append(f"moduleSets[{index}]: lists a module twice ({module_set})")
+            if "all" in module_set and len(module_set) > 1:
+                problems.append(f"moduleSets[{index}]: 'all' already covers every group; list it alone")
+            key = canonical_module_set(module_set)
+            if key in seen and not problems:
+                problems.append(
+                    f"moduleSets[{index}]: same modules as moduleSets[{seen[key]}] ({'+'.join(key)}); remove one"
+                )
+            seen.setdefault(key, index)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sets
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks(cls, ranks: list[int]) -> list[int]:
+        if len(set(ranks)) != len(ranks):
+            raise ValueError(f"ranks repeat a value ({ranks})")
+        return ranks
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, variants: list[Variant]) -> list[Variant]:
+        if len(set(variants)) != len(variants):
+            raise ValueError(f"variants repeat a value ({[str(v) for v in variants]})")
+        return variants
+
+
+class TrainingSpec(ApiModel):
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.epochs) || !has(self.maxSteps)", "message": "set epochs or maxSteps, not both"}
+            ]
+        }
+    }
+
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate (AdamW, linear decay after warmup).")
+    epochs: float | None = Field(
+        None, gt=0, description="Passes over the training set (1 when neither this nor maxSteps is set)."
+    )
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train; overrides epochs.")
+    batch_size: int = Field(4, ge=1, description="Per-device micro-batch size.")
+    gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_length: int = Field(2048, ge=16, description="Sequences are truncated to this many tokens.")
+    packing: bool = Field(False, description="Pack several short records into one sequence (faster on short data).")
+    seed: int = Field(42, ge=0, description="Seed for data order, adapter initialisation and dropout.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+ only: learning-rate multiplier of the B matrices.")
+    checkpoint_every_steps: int = Field(
+        100, ge=1, description="Save a resumable checkpoint to storage every this many steps."
+    )
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> TrainingSpec:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set epochs or maxSteps, not both")
+        return self
+
+
+class LatencySpec(ApiModel):
+    enabled: bool = Field(True, description="Measure time to first token and time per output token.")
+    prompt_tokens: int = Field(
+        512, ge=1, description="Fixed prompt length in tokens (identical prompts for every config)."
+    )
+    output_tokens: int = Field(128, ge=2, description="New tokens generated per run (greedy, exactly this many).")
+    batch_size: int = Field(1, ge=1, description="Prompts generated together per run.")
+    warmup: int = Field(3, ge=0, description="Unmeasured runs before timing starts.")
+    repeats: int = Field(20, ge=1, description="Measured runs; p50 and p95 are taken over these.")
+
+
+class SelectionSpec(ApiModel):
+    tolerance: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="The balanced recommendation is the lowest-latency config whose mean score is within this "
+        "absolute distance of the best (0.02 = two points of accuracy).",
+    )
+    latency_budget_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Only configs with adapter TPOT p95 at or under this many milliseconds qualify as balanced.",
+    )
+    leaderboard_size: int = Field(10, ge=1, le=100, description="How many configurations the status leaderboard lists.")
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(None, description="Taint key the toleration applies to (all keys when empty with Exists).")
+    operator: str | None = Field(
+        None, description="Exists or Equal (default Equal).", json_schema_extra={"enum": ["Exists", "Equal"]}
+    )
+    value: str | None = Field(None, description="Taint value to match with Equal.")
+    effect: str | None = Field(
+        None,
+        description="NoSchedule, PreferNoSchedule or NoExecute (all effects when empty).",
+        json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+    )
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+
+
+class ResourcesSpec(ApiModel):
+    gpus: int = Field(1, ge=0, description="GPUs per trial; more than one trains data-parallel inside the pod.")
+    gpu_resource_name: str = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
+    cpu: str = Field(
+        "8",
+        description="CPU request and limit per trial (Kubernetes quantity).",
+        json_schema_extra={"pattern": QUANTITY.pattern},
+    )
+    memory: str = Field(
+        "64Gi",
+        description="Memory request and limit per trial (Kubernetes quantity).",
+        json_schema_extra={"pattern": QUANTITY.pattern},
+    )
+    ephemeral_storage: str | None = Field(
+        None,
+        description="Ephemeral storage request per trial (model download and checkpoints).",
+        json_schema_extra={"pattern": QUANTITY.pattern},
+    )
+
+    @field_validator("cpu", "memory", "ephemeral_storage")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not QUANTITY.match(value):
+            raise ValueError("expected a Kubernetes quantity such as 8, 500m, 64Gi")
+        return value
+
+
+class ExecutionSpec(ApiModel):
+    image: str | None = Field(None, description="Trainer image; the operator's configured default when unset.")
+    parallelism: int = Field(4, ge=1, description="At most this many trials run at once.")
+    max_failed_trials: int = Field(
+        2, ge=0, description="The ablation fails (and stops running trials) once more trials than this have failed."
+    )
+    backoff_limit: int = Field(2, ge=0, description="Pod retries per trial Job for transient failures.")
+    active_deadline_seconds: int | None = Field(86400, ge=1, description="Wall-clock limit per trial Job.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources of each trial pod.")
+    node_selector: dict[str, str] | None = Field(None, description="Node labels trial pods must match.")
+    tolerations: list[Toleration] | None = Field(None, description="Tolerations for trial pods (e.g. GPU taints).")
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="Pod affinity for trial pods (core/v1 Affinity).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(None, description="PriorityClass of trial pods.")
+    service_account_name: str | None = Field(None, description="ServiceAccount trial pods run as.")
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; trial Jobs are admitted by Kueue when set.")
+    model_cache_claim: str | None = Field(
+        None,
+        description="PVC mounted read-only at /models holding pre-downloaded base models, so trials skip the download.",
+    )
+    suspend: bool = Field(False, description="Stop starting trials and suspend running ones; false resumes.")
+
+
+class StorageSpec(ApiModel):
+    uri: str = Field(
+        description="Where results and adapters go: s3://bucket/prefix (any S3 endpoint) or file://path "
+        "(local runner).",
+        json_schema_extra={"pattern": STORAGE_URI.pattern},
+    )
+    endpoint: str | None = Field(None, description="S3 endpoint URL for MinIO and other S3-compatible stores.")
+    region: str | None = Field(None, description="S3 region.")
+    credentials_secret_ref: CredentialsSecretRef | None = Field(
+        None, description="Secret with S3 credentials (workload identity or node role when unset)."
+    )
+    retain_on_delete: bool = Field(True, description="Keep results in storage when the LoraAblation is deleted.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if not STORAGE_URI.match(value):
+            raise ValueError("expected s3://bucket/prefix or file://path")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http:// or https:// URL such as http://minio.minio:9000")
+        return value
+
+
+class LoraAblationSpec(ApiModel):
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.selection) || !has(self.selection.latencyBudgetMs) || !has(self.latency) "
+                    "|| !has(self.latency.enabled) || self.latency.enabled",
+                    "message": "selection.latencyBudgetMs needs latency.enabled",
+                },
+                {
+                    "rule": "!has(self.execution) || !has(self.execution.modelCacheClaim) || "
+                    "!self.baseModel.uri.startsWith('file://')",
+                    "message": "execution.modelCacheClaim cannot be used with a file:// base model",
+                },
+            ]
+        }
+    }
+
+    base_model: BaseModelSpec = Field(description="The model every trial adapts.")
+    datasets: list[DatasetSpec] = Field(
+        description="Datasets to train and evaluate on; every configuration runs on every dataset.",
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    search: SearchSpec = Field(description="The grid: module sets x ranks x variants.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyperparameters shared by every trial.")
+    latency: LatencySpec = Field(default_factory=LatencySpec, description="The latency measurement protocol.")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec, description="How the recommendation is chosen.")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Where and how trial Jobs run.")
+    storage: StorageSpec = Field(description="Object storage for results, adapters and the summary.")
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_datasets(cls, datasets: list[DatasetSpec]) -> list[DatasetSpec]:
+        names = [d.name for d in datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+        return datasets
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> LoraAblationSpec:
+        if self.selection.latency_budget_ms is not None and not self.latency.enabled:
+            raise ValueError("selection.latencyBudgetMs needs latency.enabled: true")
+        if self.execution.model_cache_claim and self.base_model.uri.startswith("file://"):
+            raise ValueError("execution.modelCacheClaim cannot be used with a file:// base model")
+        return self

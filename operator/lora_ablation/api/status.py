@@ -1,0 +1,100 @@
+"""The observed state of a LoraAblation, written only by the operator (or the local runner)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from lora_ablation.api.base import OpenModel
+
+
+class Condition(OpenModel):
+    type: str = Field(description="Condition type, e.g. Ready, Progressing, Degraded, Suspended.")
+    status: str = Field(description="True, False or Unknown.", json_schema_extra={"enum": ["True", "False", "Unknown"]})
+    reason: str = Field(description="CamelCase machine-readable reason for the last transition.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str = Field(
+        description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation this condition was computed from."
+    )
+
+
+class TrialCounts(OpenModel):
+    total: int = Field(0, description="Trials in the plan.")
+    pending: int = Field(0, description="Trials not started yet (waiting for parallelism or preflight).")
+    running: int = Field(0, description="Trials whose Job is active.")
+    succeeded: int = Field(0, description="Trials with a valid result.")
+    failed: int = Field(0, description="Trials whose Job failed.")
+    results_missing: int = Field(0, description="Trials whose Job succeeded without leaving a valid result.")
+
+
+class TrialStatus(OpenModel):
+    name: str = Field(description="Trial name (also the Job name and the storage folder).")
+    dataset: str = Field(description="Dataset the trial trains and evaluates on.")
+    modules: list[str] = Field(
+        default_factory=list, description="Module set as listed in the spec; empty for the baseline."
+    )
+    rank: int = Field(0, description="LoRA rank; 0 for the baseline.")
+    variant: str = Field(description="Adapter variant, or 'none' for the baseline.")
+    job: str | None = Field(None, description="Name of the trial's Job once created.")
+    state: str = Field(
+        description="Pending, Running, Succeeded, Failed, ResultsMissing or Suspended.",
+        json_schema_extra={"enum": ["Pending", "Running", "Succeeded", "Failed", "ResultsMissing", "Suspended"]},
+    )
+    score: float | None = Field(None, description="Eval score (higher is better).")
+    tpot_p95_ms: float | None = Field(None, description="Adapter time per output token, p95, in milliseconds.")
+    message: str | None = Field(None, description="Why the trial is in this state (failure reason, exit code).")
+
+
+class LeaderboardEntry(OpenModel):
+    position: int = Field(description="1 = best mean score.")
+    config: str = Field(description="Configuration label: module set, rank and variant, e.g. o_proj+fc2 r16 lora.")
+    modules: list[str] = Field(default_factory=list, description="Module set.")
+    rank: int = Field(0, description="LoRA rank.")
+    variant: str = Field("lora", description="Adapter variant.")
+    mean_score: float | None = Field(None, description="Mean score over the datasets it ran on.")
+    mean_rank: float | None = Field(None, description="Mean per-dataset rank (1 = best).")
+    worst_gap: float | None = Field(None, description="Largest per-dataset distance to that dataset's best config.")
+    beats_baseline: int | None = Field(None, description="Datasets on which it beats the no-adapter baseline.")
+    datasets: int = Field(0, description="Datasets it has results for.")
+    tpot_p95_ms: float | None = Field(None, description="Mean adapter TPOT p95 in milliseconds.")
+    latency_overhead_pct: float | None = Field(None, description="Adapter TPOT p95 over the base model's, in percent.")
+    trainable_params: int | None = Field(None, description="Trainable adapter parameters.")
+
+
+class Recommendation(OpenModel):
+    accuracy_first: str | None = Field(None, description="Configuration with the best mean score.")
+    balanced: str | None = Field(
+        None, description="Lowest-latency configuration within selection.tolerance of the best."
+    )
+    rationale: str | None = Field(None, description="One line on why.")
+
+
+class LoraAblationStatus(OpenModel):
+    observed_generation: int | None = Field(None, description="The metadata.generation the status reflects.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded and Suspended conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    progress: str | None = Field(None, description="Finished trials over total, e.g. 7/12.")
+    best_config: str | None = Field(None, description="Leader of the leaderboard so far.")
+    trials: TrialCounts = Field(default_factory=TrialCounts, description="Trial counts by state.")
+    trial_statuses: list[TrialStatus] = Field(
+        default_factory=list, description="Per-trial state, capped in size; the full list is in storage."
+    )
+    trial_statuses_truncated: bool = Field(False, description="True when trialStatuses lists only part of the trials.")
+    leaderboard: list[LeaderboardEntry] = Field(default_factory=list, description="Top configurations by mean score.")
+    pareto_front: list[str] = Field(
+        default_factory=list, description="Configurations on the score vs TPOT p95 Pareto front."
+    )
+    recommendation: Recommendation | None = Field(None, description="The answer: accuracy-first and balanced picks.")
+    results_uri: str | None = Field(None, description="Storage prefix holding every result and summary.json.")
+    kopf: dict[str, Any] | None = Field(
+        None,
+        description="Operator framework bookkeeping; not part of the API.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )

@@ -1,0 +1,130 @@
+"""The contract between the planner and the trainer: what one trial receives, and what it writes."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from lora_ablation.api.base import ApiModel, OpenModel
+from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, TrainingSpec
+
+RESULT_SCHEMA_VERSION = 1
+BASELINE_VARIANT = "none"
+
+
+class TrialStorage(ApiModel):
+    uri: str = Field(description="Folder of this trial: result.json, adapter/ and checkpoints/ go under it.")
+    endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO and friends).")
+    region: str | None = Field(None, description="S3 region.")
+
+
+class TrialSpec(ApiModel):
+    """Everything one trial run needs. Credentials are never part of it: they arrive as environment
+    variables (AWS_*, HF_TOKEN) from Secret references."""
+
+    ablation: str = Field(description="Name of the LoraAblation the trial belongs to.")
+    namespace: str = Field("default", description="Namespace of the LoraAblation.")
+    name: str = Field(description="Trial name: a stable hash of the trial's configuration.")
+    base_model: BaseModelSpec = Field(description="The model to adapt.")
+    dataset: DatasetSpec = Field(description="The dataset to train and evaluate on.")
+    modules: list[str] = Field(default_factory=list, description="Module set from the spec; empty for the baseline.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names the planner resolved from the catalog; the trainer re-checks them on the real model.",
+    )
+    target_parameters: list[str] | None = Field(
+        None, description="3-D expert parameters (MoE) the planner resolved; passed to PEFT's target_parameters."
+    )
+    rank: int = Field(0, ge=0, description="LoRA rank r; 0 for the baseline.")
+    alpha: float = Field(0.0, ge=0, description="lora_alpha (alphaOverRank x r).")
+    variant: str = Field(
+        "lora",
+        description="lora, rslora, dora, loraplus, or none for the baseline.",
+        json_schema_extra={"enum": ["lora", "rslora", "dora", "loraplus", BASELINE_VARIANT]},
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training hyperparameters.")
+    latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency protocol.")
+    storage: TrialStorage = Field(description="Where the trial writes its outputs.")
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.variant == BASELINE_VARIANT
+
+    @model_validator(mode="after")
+    def _baseline_consistency(self) -> TrialSpec:
+        if self.is_baseline and (self.modules or self.rank):
+            raise ValueError("a baseline trial (variant none) has no modules and rank 0")
+        if not self.is_baseline and (not self.modules or self.rank < 1):
+            raise ValueError(f"a {self.variant} trial needs at least one module and rank >= 1")
+        return self
+
+
+class TrainMetrics(OpenModel):
+    steps: int = Field(description="Optimizer steps taken.")
+    tokens: int = Field(description="Training tokens processed (non-padding).")
+    seconds: float = Field(description="Wall-clock training time.")
+    tokens_per_second: float = Field(description="tokens / seconds.")
+    loss_first: float | None = Field(None, description="Mean loss over the first logged window.")
+    loss_last: float | None = Field(None, description="Mean loss over the last logged window.")
+    loss_min: float | None = Field(None, description="Lowest logged loss.")
+    loss_curve: list[float] = Field(
+        default_factory=list, description="Loss at evenly spaced steps (at most 50 points)."
+    )
+    peak_memory_bytes: int | None = Field(None, description="Peak accelerator (or process) memory.")
+    resumed_from_step: int | None = Field(None, description="Step of the checkpoint the run resumed from.")
+
+
+class EvalMetrics(OpenModel):
+    metric: str = Field(description="Metric name from the dataset spec.")
+    score: float = Field(description="Higher is better (eval_loss reports the negative loss).")
+    eval_loss: float | None = Field(None, description="Mean token cross-entropy on the eval completions.")
+    perplexity: float | None = Field(None, description="exp(eval_loss).")
+    samples: int = Field(description="Eval records scored.")
+    parse_failures: int = Field(0, description="Predictions the strict parser could not read (counted as wrong).")
+    details: dict[str, float] = Field(
+        default_factory=dict, description="Metric components (key recall, value accuracy...)."
+    )
+
+
+class LatencyStats(OpenModel):
+    ttft_p50_ms: float = Field(description="Time to first token, median.")
+    ttft_p95_ms: float = Field(description="Time to first token, 95th percentile.")
+    tpot_p50_ms: float = Field(description="Time per output token after the first, median.")
+    tpot_p95_ms: float = Field(description="Time per output token after the first, 95th percentile.")
+
+
+class LatencyMetrics(OpenModel):
+    device: str = Field(description="Device name the timings were taken on.")
+    dtype: str = Field(description="Weights dtype during timing.")
+    prompt_tokens: int = Field(description="Prompt length.")
+    output_tokens: int = Field(description="New tokens per run (asserted).")
+    batch_size: int = Field(description="Prompts per run.")
+    repeats: int = Field(description="Measured runs.")
+    base: LatencyStats = Field(description="Base model, no adapter, same process.")
+    adapter: LatencyStats | None = Field(None, description="With the unmerged adapter; absent for the baseline.")
+    tpot_overhead_pct: float | None = Field(None, description="(adapter TPOT p95 / base TPOT p95 - 1) x 100.")
+
+
+class TrialResult(OpenModel):
+    """result.json: written last, so its presence means the trial is complete."""
+
+    schema_version: int = Field(RESULT_SCHEMA_VERSION, description="Result format version.")
+    ablation: str = Field(description="LoraAblation name.")
+    namespace: str = Field("default", description="LoraAblation namespace.")
+    trial: str = Field(description="Trial name.")
+    dataset: str = Field(description="Dataset name.")
+    modules: list[str] = Field(default_factory=list, description="Module set from the spec.")
+    rank: int = Field(0, description="LoRA rank.")
+    alpha: float = Field(0.0, description="lora_alpha.")
+    variant: str = Field(description="Adapter variant or none.")
+    targeted_module_names: list[str] = Field(default_factory=list, description="Modules PEFT actually wrapped.")
+    targeted_parameter_names: list[str] = Field(default_factory=list, description="3-D parameters PEFT wrapped (MoE).")
+    trainable_params: int = Field(0, description="Trainable adapter parameters.")
+    total_params: int = Field(0, description="All parameters of the adapted model.")
+    adapter_bytes: int = Field(0, description="Size of adapter_model.safetensors.")
+    train: TrainMetrics | None = Field(None, description="Training figures; absent for the baseline.")
+    eval: EvalMetrics = Field(description="Evaluation figures.")
+    latency: LatencyMetrics | None = Field(None, description="Latency figures when latency.enabled.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Library versions, device, host.")
+    started_at: str | None = Field(None, description="RFC 3339 start time.")
+    finished_at: str | None = Field(None, description="RFC 3339 finish time.")
+    gpu_seconds: float | None = Field(None, description="Wall-clock seconds x GPUs used.")

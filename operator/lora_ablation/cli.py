@@ -1,0 +1,199 @@
+"""`lora-ablation`: validate, plan, inspect models and print the CRD, all without a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from lora_ablation.api.base import SpecError
+from lora_ablation.crdgen import render_crd
+from lora_ablation.manifest import load_ablation, load_ablations
+from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
+from lora_ablation.modules.catalog import UnsupportedModel
+from lora_ablation.modules.inventory import ModuleResolutionError, catalog_inventory, compress_names
+from lora_ablation.plan import plan_trials
+
+EXIT_INVALID = 2  # bad input: the message names the file and the field
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_crd())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        for ablation in load_ablations(path):
+            print(f"{path}: {ablation.metadata.name} is valid")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    ablation = load_ablation(args.file)
+    spec, meta = ablation.spec, ablation.metadata
+    inventory, source_note = None, ""
+    try:
+        if args.model_config:
+            config, where = json.loads(Path(args.model_config).read_text()), args.model_config
+        else:
+            config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
+        inventory = catalog_inventory(config)
+        source_note = f"modules resolved by the catalog from {where}"
+    except (ModelConfigUnavailable, UnsupportedModel) as error:
+        source_note = f"modules not resolved ({error})"
+    try:
+        plan = plan_trials(meta.name, meta.namespace, spec, inventory)
+    except ModuleResolutionError as error:
+        raise SpecError([f"{args.file}: spec.search.moduleSets: {error}"]) from None
+    if args.output == "json":
+        out = {
+            "ablation": meta.name,
+            "namespace": meta.namespace,
+            "resolution": source_note,
+            "trials": [
+                {
+                    "name": t.name,
+                    "dataset": t.spec.dataset.name,
+                    "config": t.label,
+                    "modules": t.spec.modules,
+                    "rank": t.spec.rank,
+                    "alpha": t.spec.alpha,
+                    "variant": t.spec.variant,
+                    "targetModules": t.spec.target_modules,
+                    "targetParameters": t.spec.target_parameters,
+                    "estimatedParams": t.estimated_params,
+                    "resultsUri": t.spec.storage.uri,
+                }
+                for t in plan.trials
+            ],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [
+        [
+            t.name,
+            t.spec.dataset.name,
+            "+".join(t.spec.modules) or "(none)",
+            str(t.spec.rank),
+            t.spec.variant,
+            _human(t.estimated_params),
+            str(len(t.spec.target_modules or []) + len(t.spec.target_parameters or []))
+            if t.spec.target_modules is not None
+            else "?",
+        ]
+        for t in plan.trials
+    ]
+    print(_table(rows, ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"]))
+    print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
+    return 0
+
+
+def cmd_inspect_model(args: argparse.Namespace) -> int:
+    from lora_ablation.inspect_model import inspect_inventory, inventory_for
+
+    try:
+        config, where = load_model_config(args.model)
+    except ModelConfigUnavailable as error:
+        raise SpecError([f"MODEL {args.model!r}: {error}"]) from None
+    try:
+        report = inspect_inventory(inventory_for(config, args.source), args.rank)
+    except UnsupportedModel as error:
+        raise SpecError([f"MODEL {args.model!r}: {error}"]) from None
+    report["model"] = where
+    if args.output == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_inspection(report)
+    return 0
+
+
+def _print_inspection(report: dict[str, Any]) -> None:
+    print(f"model:   {report['model']}")
+    print(
+        f"family:  {report['family']} (model_type {report['modelType']}), "
+        f"{report['layers']} layers under {report['layersPath']}"
+    )
+    print(
+        f"source:  {report['source']}"
+        + ("" if report["source"] == "module tree" else " (install the trainer extra to check the real module tree)")
+    )
+    print("\nadaptable weights:")
+    for item in report["linearModules"]:
+        print(f"  {item['name']}  x{item['count']}")
+    rows = [
+        [
+            g["group"],
+            str(g["modules"]),
+            _human(g["loraParams"]),
+            g.get("error") or ", ".join(compress_names(g["names"]))[:100],
+        ]
+        for g in report["groups"]
+    ]
+    print()
+    print(_table(rows, ["GROUP", "MODULES", f"PARAMS@r{report['rank']}", "NAMES"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-ablation", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    crd = sub.add_parser("crd", help="print the LoraAblation CRD generated from the API models")
+    crd.set_defaults(func=cmd_crd)
+    validate = sub.add_parser("validate", help="check LoraAblation manifests (exit 2 naming the bad field)")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+    plan = sub.add_parser("plan", help="expand a LoraAblation into its trials")
+    plan.add_argument("file")
+    plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    plan.add_argument(
+        "--model-config", help="config.json to resolve modules with (instead of reading the base model's)"
+    )
+    plan.set_defaults(func=cmd_plan)
+    inspect = sub.add_parser("inspect-model", help="show a model's module groups and LoRA sizes")
+    inspect.add_argument("model", help="local folder with config.json, or a hub id")
+    inspect.add_argument("--rank", type=int, default=16)
+    inspect.add_argument(
+        "--source",
+        choices=["auto", "tree", "catalog"],
+        default="auto",
+        help="module tree (needs the trainer extra) or catalog",
+    )
+    inspect.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    inspect.set_defaults(func=cmd_inspect_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `lora-ablation plan -o json | head` should not print a traceback
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The planner: a LoraAblation spec -> the ordered list of trials it asks for. Pure: same input, same
+plan, same names, on any machine; the operator, the local runner and `lora-ablation plan` share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_ablation.api.spec import LoraAblationSpec
+from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
+from lora_ablation.modules.groups import canonical_module_set, module_set_label
+from lora_ablation.modules.inventory import ModelInventory, Resolution, resolve_module_set
+from lora_ablation.naming import trial_name
+
+
+@dataclass
+class PlannedTrial:
+    spec: TrialSpec
+    label: str  # 'o_proj+fc2 r16 lora' or 'base'
+    estimated_params: int | None  # None when the model's dimensions are unknown to the planner
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Plan:
+    trials: list[PlannedTrial]
+    inventory_source: str | None  # 'catalog', 'module tree' or None (model not inspected)
+    notes: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.trials]
+
+
+def config_label(modules: list[str], rank: int, variant: str) -> str:
+    if variant == BASELINE_VARIANT:
+        return "base"
+    return f"{module_set_label(modules)} r{rank} {variant}"
+
+
+def trial_uri(storage_uri: str, namespace: str, ablation: str, trial: str) -> str:
+    return f"{storage_uri.rstrip('/')}/{namespace}/{ablation}/{trial}"
+
+
+def _identity(spec: LoraAblationSpec, dataset_index: int, modules: list[str], rank: int, variant: str) -> dict:
+    """Everything that changes what a trial computes; editing anything else keeps its name and result."""
+    training = spec.training.to_wire() if variant != BASELINE_VARIANT else None
+    return {
+        "model": spec.base_model.model_dump(mode="json", include={"uri", "revision", "dtype"}),
+        "dataset": spec.datasets[dataset_index].model_dump(mode="json"),
+        "modules": list(canonical_module_set(modules)),
+        "rank": rank,
+        "alpha": spec.search.alpha_over_rank * rank,
+        "variant": variant,
+        "training": training,
+        "latency": spec.latency.to_wire(),
+    }
+
+
+def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory: ModelInventory | None = None) -> Plan:
+    """Datasets x module sets x ranks x variants, each dataset preceded by its no-adapter baseline.
+
+    With an inventory, every module set is resolved first, so an unresolvable group fails the whole plan
+    (ModuleResolutionError) before any trial exists.
+    """
+    resolutions: dict[int, Resolution] = {}
+    if inventory is not None:
+        for index, module_set in enumerate(spec.search.module_sets):
+            resolutions[index] = resolve_module_set(inventory, module_set)
+
+    trials: list[PlannedTrial] = []
+    for d_index, dataset in enumerate(spec.datasets):
+        combos: list[tuple[int | None, list[str], int, str]] = []
+        if spec.search.include_baseline:
+            combos.append((None, [], 0, BASELINE_VARIANT))
+        for s_index, module_set in enumerate(spec.search.module_sets):
+            for rank in spec.search.ranks:
+                for variant in spec.search.variants:
+                    combos.append((s_index, list(module_set), rank, str(variant)))
+        for s_index, modules, rank, variant in combos:
+            resolution = resolutions.get(s_index) if s_index is not None else None
+            label = config_label(modules, rank, variant)
+            readable = f"{dataset.name}-{'base' if not modules else module_set_label(modules)}-r{rank}-{variant}"
+            if variant == BASELINE_VARIANT:
+                readable = f"{dataset.name}-base"
+            name = trial_name(
+                ablation, readable, {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant)}
+            )
+            trial_spec = TrialSpec(
+                ablation=ablation,
+                namespace=namespace,
+                name=name,
+                base_model=spec.base_model,
+                dataset=dataset,
+                modules=modules,
+                target_modules=resolution.target_modules if resolution else None,
+                target_parameters=(resolution.target_parameters or None) if resolution else None,
+                rank=rank,
+                alpha=spec.search.alpha_over_rank * rank,
+                variant=variant,
+                training=spec.training,
+                latency=spec.latency,
+                storage=TrialStorage(
+                    uri=trial_uri(spec.storage.uri, namespace, ablation, name),
+                    endpoint=spec.storage.endpoint,
+                    region=spec.storage.region,
+                ),
+            )
+            if variant == BASELINE_VARIANT:
+                params: int | None = 0
+            elif resolution is not None:
+                params = resolution.lora_params(rank, variant)
+            else:
+                params = None
+            trials.append(PlannedTrial(trial_spec, label, params))
+    names = [t.name for t in trials]
+    assert len(set(names)) == len(names), "trial names collide"  # identities are unique by construction
+    notes = (
+        list(inventory.notes) if inventory else ["model not inspected: modules unresolved, parameters not estimated"]
+    )
+    return Plan(trials, inventory.source if inventory else None, notes)
