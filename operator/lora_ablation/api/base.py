@@ -29,6 +29,7 @@ class ApiModel(BaseModel):
         extra="forbid",
         validate_assignment=True,
         use_enum_values=True,
+        validate_default=True,  # so enum defaults are stored as their plain values too
     )
 
     def to_wire(self) -> dict[str, Any]:

@@ -121,9 +121,14 @@ def resolve_module_set(inventory: ModelInventory, module_set: list[str]) -> Reso
     problems: list[str] = []
     for group in groups:
         if inventory.family is None:
-            problems.append(
-                f"group {group!r}: model_type {inventory.model_type!r} is not in the catalog; list raw module names"
-            )
+            # Outside the catalog a group name can still be a real leaf name (o_proj on most decoders).
+            same_name = [w for w in candidates if w.name.endswith("." + group)]
+            if same_name:
+                by_entry[group] = same_name
+            else:
+                problems.append(
+                    f"group {group!r}: model_type {inventory.model_type!r} is not in the catalog; list raw module names"
+                )
             continue
         paths = {t.path for t in inventory.family.groups.get(group, ())}
         selected = [w for w in candidates if _layer_suffix(w.name, inventory.layers_path) in paths]
@@ -139,7 +144,7 @@ def resolve_module_set(inventory: ModelInventory, module_set: list[str]) -> Reso
             leaves = sorted({_layer_suffix(w.name, inventory.layers_path) for w in candidates})
             vocabulary = sorted(set(leaves) | {leaf.rsplit(".", 1)[-1] for leaf in leaves} | set(BASE_GROUPS))
             close = difflib.get_close_matches(raw, vocabulary, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = f" (did you mean: {', '.join(close)})" if close else ""
             problems.append(f"module {raw!r} matches no weight in the language model{hint}")
     if problems:
         raise ModuleResolutionError(

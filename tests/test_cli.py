@@ -1,0 +1,107 @@
+"""The `lora-ablation` command as a user runs it: a real subprocess, real files, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, minimal_manifest
+
+
+def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lora_ablation.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_plan_json_lists_every_trial_with_modules_and_params():
+    result = run("plan", "examples/module-study.yaml", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert len(plan["trials"]) == 40
+    for trial in plan["trials"]:
+        if trial["variant"] == "none":
+            assert trial["estimatedParams"] == 0
+            continue
+        assert trial["targetModules"], trial["name"]
+        assert trial["estimatedParams"] > 0
+        assert trial["resultsUri"].endswith("/ml-research/module-study/" + trial["name"])
+    by_config = {t["config"]: t for t in plan["trials"] if t["dataset"] == "medmcqa"}
+    assert by_config["o_proj+fc2 r16 lora"]["estimatedParams"] == 13_631_488
+    assert len(by_config["all r16 lora"]["targetModules"]) == 32 * 7
+
+
+def test_plan_table_is_readable():
+    result = run("plan", "examples/quickstart.yaml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"]
+    assert "6 trials for default/quickstart" in result.stdout
+
+
+def test_invalid_file_exits_2_naming_the_field(tmp_path):
+    manifest = minimal_manifest(search={"moduleSets": [["o_proj"]], "ranks": [-4]})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = run("plan", str(path))
+    assert result.returncode == 2
+    assert "spec.search.ranks[0]" in result.stderr
+    assert result.stdout == ""
+
+
+def test_group_missing_from_model_exits_2_listing_the_models_weights(tmp_path):
+    manifest = minimal_manifest(search={"moduleSets": [["attn.c_attn"]]})
+    path = tmp_path / "gpt2-names-on-llama.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = run("plan", str(path))
+    assert result.returncode == 2
+    assert "spec.search.moduleSets" in result.stderr and "model.layers.{0..31}.self_attn.o_proj" in result.stderr
+
+
+def test_missing_file_exits_2():
+    result = run("plan", "does-not-exist.yaml")
+    assert result.returncode == 2 and "does-not-exist.yaml: cannot read" in result.stderr
+
+
+def test_crd_command_prints_the_checked_in_crd():
+    result = run("crd")
+    assert result.returncode == 0
+    assert result.stdout == (ROOT / "crds" / "lora.ablation.dev_loraablations.yaml").read_text()
+
+
+def test_validate_accepts_all_examples():
+    result = run("validate", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("is valid") == 3
+
+
+@pytest.mark.parametrize("source", ["catalog", "tree"])
+def test_inspect_model_reports_groups_and_sizes(source):
+    if source == "tree":
+        pytest.importorskip("torch", reason="needs the trainer extra")
+    result = run("inspect-model", "examples/models/tiny-llama", "--rank", "8", "-o", "json", "--source", source)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == ("module tree" if source == "tree" else "catalog")
+    assert report["family"] == "llama" and report["layers"] == 2
+    groups = {g["group"]: g for g in report["groups"]}
+    assert groups["o_proj"]["names"] == ["model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.o_proj"]
+    assert groups["o_proj"]["loraParams"] == 2 * 8 * (64 + 64)
+    assert groups["fc2"]["loraParams"] == 2 * 8 * (176 + 64)
+    assert {"name": "model.layers.{0..1}.mlp.down_proj", "count": 2} in report["linearModules"]
+
+
+def test_inspect_model_table_says_which_source():
+    result = run("inspect-model", "examples/models/tiny-llama", "--source", "catalog")
+    assert result.returncode == 0, result.stderr
+    assert "source:  catalog (install the trainer extra" in result.stdout
+    assert "o_proj" in result.stdout
+
+
+def test_inspect_model_unknown_path_exits_2(tmp_path):
+    result = run("inspect-model", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "config.json does not exist" in result.stderr
