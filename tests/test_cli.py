@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, minimal_manifest
+from tiny_models import OUTSIDE_CATALOG
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -105,3 +106,19 @@ def test_inspect_model_table_says_which_source():
 def test_inspect_model_unknown_path_exits_2(tmp_path):
     result = run("inspect-model", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "config.json does not exist" in result.stderr
+
+
+def test_plan_uses_the_module_tree_for_architectures_outside_the_catalog(tmp_path):
+    pytest.importorskip("torch", reason="needs the trainer extra")
+    model = tmp_path / "starcoder2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(OUTSIDE_CATALOG))
+    manifest = minimal_manifest(search={"moduleSets": [["o_proj"], ["c_fc"]]})
+    manifest["spec"]["baseModel"]["uri"] = f"file://{model}"
+    path = tmp_path / "sc2.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = run("plan", str(path), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert "module tree" in plan["resolution"]
+    assert plan["trials"][2]["targetModules"] == ["model.layers.0.mlp.c_fc", "model.layers.1.mlp.c_fc"]

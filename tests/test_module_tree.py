@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tiny_models import EXPECTED_GROUPS, TINY_CONFIGS
+from tiny_models import EXPECTED_GROUPS, OUTSIDE_CATALOG, TINY_CONFIGS
 
 torch = pytest.importorskip("torch", reason="needs the trainer extra")
 transformers = pytest.importorskip("transformers")
@@ -95,15 +95,7 @@ def test_large_model_resolves_on_meta_device_without_memory():
 
 def test_unknown_model_type_falls_back_to_layout_matching():
     """starcoder2 is not in the catalog: raw names still resolve on the real tree; groups say why not."""
-    config = dict(
-        model_type="starcoder2",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-    )
+    config = OUTSIDE_CATALOG
     inventory = tree_inventory(config)
     assert inventory.family is None
     assert len(resolve_module_set(inventory, ["o_proj"]).target_modules) == 2  # raw name on this model

@@ -109,3 +109,6 @@ EXPECTED_GROUPS["bloom"] = EXPECTED_GROUPS["falcon"]
 EXPECTED_GROUPS["gpt_bigcode"] = EXPECTED_GROUPS["gpt2"]
 for _name in ("mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "llava", "qwen2_vl"):
     EXPECTED_GROUPS[_name] = EXPECTED_GROUPS["llama"]
+
+# An architecture the catalog does not list (llama-style attention, GPT-2-style MLP names).
+OUTSIDE_CATALOG = dict(model_type="starcoder2", **SMALL)

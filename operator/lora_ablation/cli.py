@@ -11,11 +11,12 @@ from typing import Any
 
 from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
+from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
 from lora_ablation.manifest import load_ablation, load_ablations
 from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
-from lora_ablation.modules.inventory import ModuleResolutionError, catalog_inventory, compress_names
-from lora_ablation.plan import plan_trials
+from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
+from lora_ablation.plan import PlannedTrial, plan_trials
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
 
@@ -47,6 +48,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_inventory(config: dict[str, Any]) -> ModelInventory:
+    """The catalog (instant, same answer as the operator); the real module tree for architectures the
+    catalog does not list, when the trainer extra is installed."""
+    try:
+        return catalog_inventory(config)
+    except UnsupportedModel:
+        if not module_tree_available():
+            raise
+        return inventory_for(config, "tree")
+
+
+def _target_count(trial: PlannedTrial) -> str:
+    if trial.spec.is_baseline:
+        return "-"
+    if trial.spec.target_modules is None:
+        return "?"
+    return str(len(trial.spec.target_modules) + len(trial.spec.target_parameters or []))
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
     spec, meta = ablation.spec, ablation.metadata
@@ -56,8 +76,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             config, where = json.loads(Path(args.model_config).read_text()), args.model_config
         else:
             config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
-        inventory = catalog_inventory(config)
-        source_note = f"modules resolved by the catalog from {where}"
+        inventory = _plan_inventory(config)
+        source_note = f"modules resolved by the {inventory.source} from {where}"
     except (ModelConfigUnavailable, UnsupportedModel) as error:
         source_note = f"modules not resolved ({error})"
     try:
@@ -96,9 +116,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             str(t.spec.rank),
             t.spec.variant,
             _human(t.estimated_params),
-            str(len(t.spec.target_modules or []) + len(t.spec.target_parameters or []))
-            if t.spec.target_modules is not None
-            else "?",
+            _target_count(t),
         ]
         for t in plan.trials
     ]
@@ -108,7 +126,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_model(args: argparse.Namespace) -> int:
-    from lora_ablation.inspect_model import inspect_inventory, inventory_for
 
     try:
         config, where = load_model_config(args.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,6 @@ def inspect_inventory(inventory: ModelInventory, rank: int) -> dict[str, Any]:
 
 
 def _matches(name: str, pattern: str) -> bool:
-    import re
-
     regex = re.escape(pattern)
     regex = re.sub(r"\\\{[^}]*\\\}", r"\\d+", regex)
     return re.fullmatch(regex, name) is not None
