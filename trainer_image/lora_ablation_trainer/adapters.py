@@ -1,0 +1,94 @@
+"""Load the base model and put the trial's adapter on it: the four variants and the module check."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.pytorch_utils import Conv1D
+
+from lora_ablation.api.trial import TrialSpec
+from lora_ablation.modules.inventory import ModuleResolutionError, Resolution, resolve_module_set
+from lora_ablation_trainer.errors import PermanentTrialError
+from lora_ablation_trainer.module_tree import tree_inventory
+
+log = logging.getLogger(__name__)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
+
+
+def resolve_targets(spec: TrialSpec, model_dir: Path) -> Resolution:
+    """Resolve the module set on the real module tree (meta device) before any weight is loaded."""
+    try:
+        resolution = resolve_module_set(tree_inventory(model_dir), spec.modules)
+    except ModuleResolutionError as error:
+        raise PermanentTrialError(f"modules {spec.modules}: {error}") from None
+    if spec.target_modules is not None and sorted(spec.target_modules) != sorted(resolution.target_modules):
+        log.warning(
+            "planner's module names differ from the model's; using the model's (%d names)", len(resolution.weights)
+        )
+    return resolution
+
+
+def load_base(model_dir: Path, dtype: torch.dtype, device: torch.device):
+    """Tokenizer and model; sdpa attention on GPU, the same implementation for base and adapter timing."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    attention = "sdpa" if device.type == "cuda" else "eager"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
+    model.to(device)
+    model.config.use_cache = True
+    return tokenizer, model
+
+
+def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> LoraConfig:
+    conv1d = any(isinstance(model.get_submodule(name), Conv1D) for name in resolution.target_modules)
+    return LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.training.lora_dropout,
+        target_modules=resolution.target_modules,
+        target_parameters=resolution.target_parameters or None,
+        use_rslora=spec.variant == "rslora",
+        use_dora=spec.variant == "dora",
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores weights transposed
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> PeftModel:
+    torch.manual_seed(spec.training.seed)  # the same initial A matrices on every retry
+    peft_model = get_peft_model(model, lora_config(spec, resolution, model))
+    wrapped = sorted(peft_model.targeted_module_names)
+    if wrapped != sorted(resolution.target_modules):
+        raise PermanentTrialError(f"PEFT wrapped {len(wrapped)} modules, expected {len(resolution.target_modules)}")
+    return peft_model
+
+
+def make_optimizer(model: PeftModel, spec: TrialSpec) -> torch.optim.Optimizer:
+    lr = spec.training.learning_rate
+    if spec.variant == "loraplus":
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=spec.training.loraplus_lr_ratio, weight_decay=0.0
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

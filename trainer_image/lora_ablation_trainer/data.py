@@ -1,0 +1,159 @@
+"""Datasets: JSONL records -> (prompt, completion) pairs -> token ids with the loss on completions only."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_ablation_trainer.errors import DataError
+
+IGNORE_INDEX = -100  # labels PyTorch's cross-entropy skips: prompt tokens and padding
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+    raw: dict[str, Any] | None = None
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file does not exist")
+    records: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            records.append({**record, "_line": number})
+            if limit is not None and len(records) >= limit:
+                break
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _text(record: dict[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string (got {type(value).__name__})")
+    return value
+
+
+def to_example(record: dict[str, Any], fmt: str, where: str, tokenizer: Any) -> Example:
+    """One record in `fmt` -> an Example; the message names the file, line and the missing field."""
+    if fmt == "prompt-completion":
+        return Example(_text(record, "prompt", where), _text(record, "completion", where), record)
+    if fmt == "text":
+        return Example("", _text(record, "text", where), record)
+    if fmt == "chat":
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+                raise DataError(f"{where}: messages[{index}] must have string 'role' and 'content'")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(
+                f"{where}: the last message must be the assistant's answer (got role {messages[-1]['role']!r})"
+            )
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        return Example(prompt, messages[-1]["content"], record)
+    raise DataError(f"{where}: unknown dataset format {fmt!r}")
+
+
+def load_examples(path: Path, fmt: str, tokenizer: Any, limit: int | None = None) -> list[Example]:
+    return [to_example(r, fmt, f"{path}:{r['_line']}", tokenizer) for r in read_jsonl(path, limit)]
+
+
+def encode(example: Example, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+    """Prompt tokens are masked out of the loss; the completion ends with EOS so the model learns to stop."""
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
+    if tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+    completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        completion_ids = [*completion_ids, tokenizer.eos_token_id]
+    # Keep the completion when truncating: drop prompt tokens from the left first.
+    overflow = len(prompt_ids) + len(completion_ids) - max_length
+    if overflow > 0:
+        cut = min(overflow, max(0, len(prompt_ids) - 1))
+        prompt_ids = prompt_ids[:1] + prompt_ids[1 + cut :] if cut else prompt_ids
+        completion_ids = completion_ids[: max_length - len(prompt_ids)]
+    input_ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def pack(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
+    """Concatenate examples into sequences of up to max_length tokens (fewer pad tokens, faster steps).
+
+    Examples are never split across sequences; each keeps its own label mask.
+    """
+    packed: list[dict[str, list[int]]] = []
+    current: dict[str, list[int]] = {"input_ids": [], "labels": []}
+    for feature in features:
+        if current["input_ids"] and len(current["input_ids"]) + len(feature["input_ids"]) > max_length:
+            packed.append(current)
+            current = {"input_ids": [], "labels": []}
+        current["input_ids"] = current["input_ids"] + feature["input_ids"]
+        current["labels"] = current["labels"] + feature["labels"]
+    if current["input_ids"]:
+        packed.append(current)
+    return packed
+
+
+def micro_batch_order(n_features: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Deterministic shuffled micro-batches for one epoch: a resumed run sees the same order."""
+    indices = list(range(n_features))
+    random.Random(seed * 1_000_003 + epoch).shuffle(indices)
+    return [indices[i : i + batch_size] for i in range(0, n_features, batch_size)]
+
+
+def collate(features: list[dict[str, list[int]]], pad_id: int, left_pad: bool = False) -> dict[str, Any]:
+    """Pad to the longest sequence; returns torch tensors (imported here: data parsing needs no torch)."""
+    import torch
+
+    longest = max(len(f["input_ids"]) for f in features)
+    ids, labels, mask = [], [], []
+    for feature in features:
+        pad = longest - len(feature["input_ids"])
+        pad_ids, pad_labels, pad_mask = [pad_id] * pad, [IGNORE_INDEX] * pad, [0] * pad
+        body_mask = [1] * len(feature["input_ids"])
+        if left_pad:
+            ids.append(pad_ids + feature["input_ids"])
+            labels.append(pad_labels + feature.get("labels", feature["input_ids"]))
+            mask.append(pad_mask + body_mask)
+        else:
+            ids.append(feature["input_ids"] + pad_ids)
+            labels.append(feature.get("labels", feature["input_ids"]) + pad_labels)
+            mask.append(body_mask + pad_mask)
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+    }
+
+
+def iterate_micro_batches(
+    features: list[dict[str, list[int]]], batch_size: int, seed: int, start: int = 0
+) -> Iterator[tuple[int, list[int]]]:
+    """(global micro-batch index, feature indices) from `start` on, epoch after epoch, forever."""
+    per_epoch = max(1, -(-len(features) // batch_size))
+    index = start
+    while True:
+        epoch, offset = divmod(index, per_epoch)
+        order = micro_batch_order(len(features), batch_size, seed, epoch)
+        for position in range(offset, len(order)):
+            yield index, order[position]
+            index += 1

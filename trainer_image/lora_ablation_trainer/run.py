@@ -1,0 +1,160 @@
+"""One trial, start to finish: resolve, fetch, train, evaluate, time, publish. result.json goes last."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from lora_ablation.api.trial import TrialResult, TrialSpec
+from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
+from lora_ablation_trainer import adapters
+from lora_ablation_trainer.data import encode, load_examples, pack
+from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
+from lora_ablation_trainer.evaluate import evaluate
+from lora_ablation_trainer.latency import measure
+from lora_ablation_trainer.sources import fetch_file, fetch_model
+from lora_ablation_trainer.train import Distributed, train_adapter
+
+log = logging.getLogger(__name__)
+RESULT = "result.json"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def existing_result(store: Store, spec: TrialSpec) -> TrialResult | None:
+    """A valid result for this very trial, if a previous run finished it."""
+    if not store.exists(RESULT):
+        return None
+    try:
+        result = TrialResult.model_validate(store.read_json(RESULT))
+    except ValueError:
+        log.warning("ignoring an invalid %s at %s; the trial runs again", RESULT, store.uri)
+        return None
+    return result if result.trial == spec.name else None
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    import peft
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "device": str(device),
+        "host": platform.node(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = str(torch.version.cuda)
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def run_trial(spec: TrialSpec, workdir: Path | None = None, dist: Distributed = Distributed()) -> TrialResult:  # noqa: B008
+    try:
+        store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region)
+        done = existing_result(store, spec)
+    except StorageUnavailable as error:
+        raise TransientTrialError(str(error)) from None
+    except StorageAccessDenied as error:
+        raise PermanentTrialError(str(error)) from None
+    if done is not None:
+        log.info("trial %s already has a valid result; nothing to do", spec.name)
+        return done
+    with tempfile.TemporaryDirectory(prefix="trial-", dir=workdir) as tmp:
+        try:
+            return _run(spec, store, Path(tmp), dist)
+        except StorageUnavailable as error:
+            raise TransientTrialError(str(error)) from None
+        except StorageAccessDenied as error:
+            raise PermanentTrialError(str(error)) from None
+
+
+def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialResult:
+    started_at, wall = _now(), time.perf_counter()
+    endpoint, region = spec.storage.endpoint, spec.storage.region
+    # Everything that can be wrong with the inputs is checked before a weight is loaded.
+    model_dir = fetch_model(spec.base_model, tmp / "cache", endpoint, region)
+    train_file = fetch_file(spec.dataset.train, tmp / "cache", endpoint, region)
+    eval_file = fetch_file(spec.dataset.eval, tmp / "cache", endpoint, region)
+    resolution = None if spec.is_baseline else adapters.resolve_targets(spec, model_dir)
+
+    device = adapters.pick_device()
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.rank)
+    tokenizer, model = adapters.load_base(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
+    fmt, max_length = spec.dataset.format, spec.training.max_seq_length
+    eval_examples = load_examples(eval_file, fmt, tokenizer, limit=spec.dataset.max_eval_samples)
+    train_metrics, targeted, targeted_params = None, [], []
+    if resolution is not None:
+        train_examples = load_examples(train_file, fmt, tokenizer, limit=spec.dataset.max_train_samples)
+        model = adapters.attach_adapter(spec, resolution, model)
+        targeted = sorted(model.targeted_module_names)
+        targeted_params = sorted(getattr(model, "targeted_parameter_names", []) or [])
+        features = [encode(e, tokenizer, max_length) for e in train_examples]
+        if spec.training.packing:
+            features = pack(features, max_length)
+        train_metrics = train_adapter(
+            model,
+            features,
+            spec.training,
+            adapters.make_optimizer(model, spec),
+            tokenizer.pad_token_id,
+            device,
+            store if dist.is_main else None,
+            dist,
+        )
+    if not dist.is_main:
+        return TrialResult(ablation=spec.ablation, trial=spec.name, dataset=spec.dataset.name, variant=spec.variant,
+                           eval={"metric": spec.dataset.metric, "score": 0.0, "samples": 0})  # fmt: skip
+    trainable, total = adapters.count_params(model)
+    eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
+    log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
+    latency = (
+        measure(model, tokenizer, spec.latency, device, has_adapter=resolution is not None)
+        if spec.latency.enabled
+        else None
+    )
+
+    adapter_bytes = 0
+    if resolution is not None:
+        adapter_dir = tmp / "adapter"
+        model.save_pretrained(adapter_dir)
+        adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
+        store.upload_dir(adapter_dir, "adapter")
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    seconds = time.perf_counter() - wall
+    result = TrialResult(
+        ablation=spec.ablation,
+        namespace=spec.namespace,
+        trial=spec.name,
+        dataset=spec.dataset.name,
+        modules=spec.modules,
+        rank=spec.rank,
+        alpha=spec.alpha,
+        variant=spec.variant,
+        targeted_module_names=targeted,
+        targeted_parameter_names=targeted_params,
+        trainable_params=trainable if resolution is not None else 0,
+        total_params=total,
+        adapter_bytes=adapter_bytes,
+        train=train_metrics,
+        eval=eval_metrics,
+        latency=latency,
+        environment=environment(device),
+        started_at=started_at,
+        finished_at=_now(),
+        gpu_seconds=round(seconds * max(gpus, 0), 3) if gpus else 0.0,
+    )
+    store.write_json(RESULT, result.to_wire())  # last: its presence means the trial is complete
+    store.delete_prefix("checkpoints/")
+    return result

@@ -1,0 +1,103 @@
+"""Bring the base model and dataset files to local disk: hf://, s3://, pvc:// (a mounted claim) or a path."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from lora_ablation.api.spec import BaseModelSpec
+from lora_ablation.store import StorageAccessDenied, StorageUnavailable, open_store
+from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
+
+log = logging.getLogger(__name__)
+
+# The operator mounts each PVC a trial references under this root (pvc://claim/path -> /mnt/pvc/claim/path)
+# and a read-only model cache under /models; both are overridable for local runs and tests.
+PVC_ROOT = Path(os.environ.get("LORA_ABLATION_PVC_ROOT", "/mnt/pvc"))
+MODEL_CACHE = Path(os.environ.get("LORA_ABLATION_MODEL_CACHE", "/models"))
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path a URI names, or None when it must be downloaded."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    if uri.startswith("pvc://"):
+        return PVC_ROOT / uri[len("pvc://") :]
+    if uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def _download(uri: str, target: Path, endpoint: str | None, region: str | None, single_file: bool) -> Path:
+    marker = target / ".complete"
+    if marker.exists():
+        return target / Path(uri).name if single_file else target
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        if single_file:
+            parent, _, name = uri.rpartition("/")
+            store = open_store(parent, endpoint, region)
+            (target / name).write_bytes(store.read_bytes(name))
+        else:
+            count = open_store(uri.rstrip("/"), endpoint, region).download_prefix("", target)
+            if count == 0:
+                raise PermanentTrialError(f"{uri}: no objects under this prefix")
+    except FileNotFoundError as error:
+        raise DataError(f"{uri}: does not exist ({error})") from None
+    except StorageAccessDenied as error:
+        raise PermanentTrialError(str(error)) from None
+    except StorageUnavailable as error:
+        raise TransientTrialError(str(error)) from None
+    marker.touch()  # a pod killed mid-download re-downloads instead of using half a model
+    return target / Path(uri).name if single_file else target
+
+
+def fetch_file(uri: str, cache: Path, endpoint: str | None = None, region: str | None = None) -> Path:
+    path = local_path(uri)
+    if path is not None:
+        if not path.is_file():
+            raise DataError(f"{uri}: file does not exist ({path})")
+        return path
+    return _download(uri, cache / "data" / _safe(uri), endpoint, region, single_file=True)
+
+
+def fetch_model(spec: BaseModelSpec, cache: Path, endpoint: str | None = None, region: str | None = None) -> Path:
+    path = local_path(spec.uri)
+    if path is None and spec.uri.startswith("hf://"):
+        cached = MODEL_CACHE / spec.uri[len("hf://") :]
+        path = cached if (cached / "config.json").is_file() else None
+        if path is None:
+            return _from_hub(spec, cache)
+    if path is None:
+        path = _download(spec.uri, cache / "model" / _safe(spec.uri), endpoint, region, single_file=False)
+    if not (path / "config.json").is_file():
+        raise PermanentTrialError(f"baseModel.uri {spec.uri}: no config.json in {path}")
+    return path
+
+
+def _from_hub(spec: BaseModelSpec, cache: Path) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo = spec.uri[len("hf://") :]
+    try:
+        return Path(
+            snapshot_download(
+                repo,
+                revision=spec.revision,
+                token=os.environ.get("HF_TOKEN") or None,
+                cache_dir=cache / "hub",
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+            )
+        )
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        raise PermanentTrialError(
+            f"baseModel.uri {spec.uri}: not found or gated ({type(error).__name__}); check the name and tokenSecretRef"
+        ) from None
+    except (LocalEntryNotFoundError, OSError) as error:
+        raise TransientTrialError(f"baseModel.uri {spec.uri}: hub unreachable ({type(error).__name__})") from None
+
+
+def _safe(uri: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in uri)[-120:]

@@ -1,0 +1,87 @@
+"""Tiny but real models and tokenizers, built in code: tests, benchmarks and the CPU quickstart use
+them where no hub download is possible. Saved with save_pretrained, so they load through the exact
+from_pretrained path a real model takes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+# A plain-text chat template, so the chat format works on tokenizers that ship none.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on the given texts in milliseconds."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4) -> PretrainedConfig:
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=vocab_size)
+    if family in {"llama", "phi3", "qwen2", "mistral"}:
+        return AutoConfig.for_model(
+            family,
+            hidden_size=hidden,
+            intermediate_size=hidden * 11 // 4,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+            **ids,
+        )
+    if family == "gpt_neox":
+        return AutoConfig.for_model(
+            family,
+            hidden_size=hidden,
+            intermediate_size=hidden * 4,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=1024,
+            **ids,
+        )
+    if family == "gpt2":
+        return AutoConfig.for_model(family, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024, **ids)
+    raise ValueError(f"no tiny config for {family!r}; expected llama, phi3, qwen2, mistral, gpt_neox or gpt2")
+
+
+def build_tiny_model(
+    family: str,
+    out_dir: str | Path,
+    texts: Iterable[str],
+    vocab_size: int = 512,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on `texts`, initialise a tiny model of `family`, save both to out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts, vocab_size)
+    config = tiny_config(family, len(tokenizer), hidden=hidden, layers=layers)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

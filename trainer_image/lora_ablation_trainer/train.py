@@ -1,0 +1,173 @@
+"""The training loop: completion-only loss, gradient accumulation, data parallel across GPUs, and
+checkpoints in storage so a killed pod resumes instead of starting over."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import get_linear_schedule_with_warmup
+
+from lora_ablation.api.spec import TrainingSpec
+from lora_ablation.api.trial import TrainMetrics
+from lora_ablation.store import Store
+from lora_ablation_trainer.data import collate, iterate_micro_batches
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/latest.pt"
+
+
+@dataclass
+class Distributed:
+    """Where this process sits in a data-parallel group (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def total_steps(training: TrainingSpec, n_features: int, world: int) -> int:
+    if training.max_steps:
+        return training.max_steps
+    micro_per_epoch = math.ceil(n_features / training.batch_size)
+    per_step = training.gradient_accumulation * world
+    return max(1, math.ceil((training.epochs or 1.0) * micro_per_epoch / per_step))
+
+
+def _save(store: Store, model, optimizer, scheduler, state: TrainState) -> None:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "adapter": get_peft_model_state_dict(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": state.__dict__,
+            "rng": torch.get_rng_state(),
+        },
+        buffer,
+    )
+    store.write_bytes(CHECKPOINT, buffer.getvalue())  # one object: a half-written checkpoint is never read
+
+
+def _load(store: Store, model, optimizer, scheduler) -> TrainState | None:
+    if not store.exists(CHECKPOINT):
+        return None
+    payload = torch.load(io.BytesIO(store.read_bytes(CHECKPOINT)), map_location="cpu", weights_only=False)
+    set_peft_model_state_dict(model, payload["adapter"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"])
+    state = TrainState(**payload["state"])
+    state.resumed_from = state.step
+    return state
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _sync_gradients(model, dist: Distributed) -> None:
+    """Average gradients across ranks once per optimizer step (plain all-reduce; no DDP wrapper needed)."""
+    if dist.world == 1:
+        return
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is not None:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= dist.world
+
+
+def curve(losses: list[float], points: int = 50) -> list[float]:
+    if len(losses) <= points:
+        return [round(x, 5) for x in losses]
+    return [round(losses[round(i * (len(losses) - 1) / (points - 1))], 5) for i in range(points)]
+
+
+def train_adapter(
+    model,
+    features: list[dict[str, list[int]]],
+    training: TrainingSpec,
+    optimizer: torch.optim.Optimizer,
+    pad_id: int,
+    device: torch.device,
+    checkpoints: Store | None,
+    dist: Distributed = Distributed(),  # noqa: B008 - immutable default
+    log_every: int = 10,
+) -> TrainMetrics:
+    steps = total_steps(training, len(features), dist.world)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(training.warmup_ratio * steps), steps)
+    state = (_load(checkpoints, model, optimizer, scheduler) if checkpoints else None) or TrainState()
+    if state.resumed_from is not None:
+        log.info("resuming from checkpoint at step %d of %d", state.step, steps)
+    micro_per_step = training.gradient_accumulation * dist.world
+    batches = iterate_micro_batches(features, training.batch_size, training.seed, start=state.step * micro_per_step)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    model.train()
+    while state.step < steps:
+        started = time.perf_counter()
+        step_loss, step_tokens = 0.0, 0
+        for k in range(micro_per_step):
+            _, indices = next(batches)
+            if k % dist.world != dist.rank:
+                continue
+            batch = {key: value.to(device) for key, value in collate([features[i] for i in indices], pad_id).items()}
+            with autocast:
+                loss = model(**batch).loss / training.gradient_accumulation
+            loss.backward()
+            step_loss += loss.item()
+            step_tokens += int(batch["attention_mask"].sum())
+        _sync_gradients(model, dist)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state.step += 1
+        state.seconds += time.perf_counter() - started
+        state.tokens += step_tokens * dist.world
+        state.losses.append(step_loss)
+        if state.step % log_every == 0 or state.step == steps:
+            log.info(
+                "step %d/%d loss %.4f tokens/s %.0f",
+                state.step,
+                steps,
+                step_loss,
+                state.tokens / max(state.seconds, 1e-9),
+            )
+        if checkpoints and dist.is_main and state.step % training.checkpoint_every_steps == 0 and state.step < steps:
+            _save(checkpoints, model, optimizer, scheduler, state)
+    window = max(1, min(10, len(state.losses) // 5 or 1))
+    return TrainMetrics(
+        steps=state.step,
+        tokens=state.tokens,
+        seconds=round(state.seconds, 4),
+        tokens_per_second=round(state.tokens / max(state.seconds, 1e-9), 2),
+        loss_first=round(sum(state.losses[:window]) / window, 5),
+        loss_last=round(sum(state.losses[-window:]) / window, 5),
+        loss_min=round(min(state.losses), 5),
+        loss_curve=curve(state.losses),
+        peak_memory_bytes=_peak_memory(device),
+        resumed_from_step=state.resumed_from,
+    )
