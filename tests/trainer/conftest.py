@@ -2,51 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch", reason="trainer tests need the trainer extra")
 
-from lora_ablation.api.trial import TrialSpec
-
-LETTERS = "abcdefgh"
-
-
-def choice_records(n: int, seed: int) -> list[dict]:
-    """Multiple choice: which option repeats the cue letter? The answer is a letter A-D."""
-    rng = random.Random(seed)
-    records = []
-    for _ in range(n):
-        cue = rng.choice(LETTERS)
-        others = rng.sample([c for c in LETTERS if c != cue], 3)
-        options = others[:]
-        position = rng.randrange(4)
-        options.insert(position, cue)
-        prompt = f"cue {cue} options " + " ".join(f"{'ABCD'[i]}={o}" for i, o in enumerate(options)) + " answer"
-        records.append({"prompt": prompt, "completion": "ABCD"[position]})
-    return records
-
-
-def chat_records(n: int, seed: int) -> list[dict]:
-    return [
-        {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
-        for r in choice_records(n, seed)
-    ]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def corpus() -> list[str]:
-    return [f"{r['prompt']} {r['completion']}" for r in choice_records(400, 99)] + [
-        "user: assistant: cue options answer"
-    ]
+from support.trainer_data import chat_records, choice_records, corpus, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -68,39 +30,3 @@ def choice_data(tmp_path_factory) -> dict[str, Path]:
         "chat_train": write_jsonl(root / "chat_train.jsonl", chat_records(64, 3)),
         "chat_eval": write_jsonl(root / "chat_eval.jsonl", chat_records(12, 4)),
     }
-
-
-def trial_spec(model_dir: Path, train: Path, eval_: Path, storage: str, **overrides) -> TrialSpec:
-    raw = {
-        "ablation": "test",
-        "name": overrides.pop("name", "test-trial"),
-        "baseModel": {"uri": f"file://{model_dir}", "dtype": "float32"},
-        "dataset": {
-            "name": "choice",
-            "train": f"file://{train}",
-            "eval": f"file://{eval_}",
-            "format": overrides.pop("format", "prompt-completion"),
-            "metric": overrides.pop("metric", "accuracy"),
-            "maxEvalSamples": 24,
-        },
-        "modules": overrides.pop("modules", ["o_proj", "fc2"]),
-        "rank": overrides.pop("rank", 8),
-        "alpha": overrides.pop("alpha", 16),
-        "variant": overrides.pop("variant", "lora"),
-        "training": {
-            "learningRate": 3e-3,
-            "maxSteps": 30,
-            "batchSize": 8,
-            "gradientAccumulation": 1,
-            "maxSeqLength": 64,
-            "checkpointEverySteps": 10,
-            "warmupRatio": 0.0,
-            **overrides.pop("training", {}),
-        },
-        "latency": {"promptTokens": 16, "outputTokens": 8, "warmup": 1, "repeats": 3, **overrides.pop("latency", {})},
-        "storage": {"uri": storage, **overrides.pop("storage", {})},
-    }
-    if raw["variant"] == "none":
-        raw["modules"], raw["rank"], raw["alpha"] = [], 0, 0
-    assert not overrides, overrides
-    return TrialSpec.model_validate(raw)

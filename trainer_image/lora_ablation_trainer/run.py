@@ -59,7 +59,12 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
-def run_trial(spec: TrialSpec, workdir: Path | None = None, dist: Distributed = Distributed()) -> TrialResult:  # noqa: B008
+def run_trial(
+    spec: TrialSpec,
+    workdir: Path | None = None,
+    dist: Distributed | None = None,
+) -> TrialResult | None:
+    dist = dist or Distributed()
     try:
         store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region)
         done = existing_result(store, spec)
@@ -79,7 +84,7 @@ def run_trial(spec: TrialSpec, workdir: Path | None = None, dist: Distributed = 
             raise PermanentTrialError(str(error)) from None
 
 
-def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialResult:
+def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialResult | None:
     started_at, wall = _now(), time.perf_counter()
     endpoint, region = spec.storage.endpoint, spec.storage.region
     # Everything that can be wrong with the inputs is checked before a weight is loaded.
@@ -114,8 +119,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
             dist,
         )
     if not dist.is_main:
-        return TrialResult(ablation=spec.ablation, trial=spec.name, dataset=spec.dataset.name, variant=spec.variant,
-                           eval={"metric": spec.dataset.metric, "score": 0.0, "samples": 0})  # fmt: skip
+        return None  # rank 0 alone evaluates, times and publishes
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)

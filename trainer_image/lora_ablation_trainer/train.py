@@ -110,9 +110,10 @@ def train_adapter(
     pad_id: int,
     device: torch.device,
     checkpoints: Store | None,
-    dist: Distributed = Distributed(),  # noqa: B008 - immutable default
+    dist: Distributed | None = None,
     log_every: int = 10,
 ) -> TrainMetrics:
+    dist = dist or Distributed()
     steps = total_steps(training, len(features), dist.world)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(training.warmup_ratio * steps), steps)
     state = (_load(checkpoints, model, optimizer, scheduler) if checkpoints else None) or TrainState()

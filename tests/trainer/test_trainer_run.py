@@ -1,0 +1,122 @@
+"""Whole trials on tiny real models: every variant trains, evaluates, times and publishes a valid result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from lora_ablation.api.trial import TrialResult
+from lora_ablation_trainer.run import run_trial
+from support.trainer_data import trial_spec
+
+pytestmark = pytest.mark.trainer
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gpt_neox"])
+@pytest.mark.parametrize("variant", ["lora", "rslora", "dora", "loraplus"])
+def test_every_family_and_variant_trains_and_publishes(family, variant, tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models[family], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      variant=variant)  # fmt: skip
+    result = run_trial(spec)
+    assert result.train.steps == 30
+    assert result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.train.tokens > 0 and result.train.tokens_per_second > 0
+    assert result.eval.samples == 24 and result.eval.metric == "accuracy"
+    assert 0.0 <= result.eval.score <= 1.0 and result.eval.eval_loss > 0
+    assert result.latency.adapter.tpot_p95_ms > 0 and result.latency.base.ttft_p50_ms > 0
+    assert result.latency.output_tokens == 8
+    assert result.targeted_module_names and len(result.targeted_module_names) == 4  # o_proj + fc2 x 2 layers
+    assert 0 < result.trainable_params < result.total_params
+    on_disk = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert TrialResult.model_validate(on_disk) == result
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").stat().st_size == result.adapter_bytes
+    assert not (tmp_path / "out" / "checkpoints").exists() or not list((tmp_path / "out" / "checkpoints").iterdir())
+
+
+def test_variants_change_what_peft_builds(tiny_models, choice_data, tmp_path):
+    def config(variant):
+        spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{variant}",
+                          variant=variant, training={"maxSteps": 2}, latency={"repeats": 1})  # fmt: skip
+        run_trial(spec)
+        return json.loads((tmp_path / variant / "adapter" / "adapter_config.json").read_text())
+
+    assert config("rslora")["use_rslora"] is True
+    assert config("dora")["use_dora"] is True
+    plain = config("lora")
+    assert plain["use_rslora"] is False and plain["use_dora"] is False
+    assert plain["r"] == 8 and plain["lora_alpha"] == 16
+
+
+def test_published_adapter_reloads_to_the_same_eval_loss(tiny_models, choice_data, tmp_path):
+    from lora_ablation_trainer.data import load_examples
+    from lora_ablation_trainer.evaluate import completion_loss
+
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out")
+    result = run_trial(spec)
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    model = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    examples = load_examples(choice_data["eval"], "prompt-completion", tokenizer, limit=24)
+    loss = completion_loss(model, tokenizer, examples, 64, torch.device("cpu"))
+    assert loss == pytest.approx(result.eval.eval_loss, rel=1e-4)
+
+
+def test_gpt2_conv1d_trains(tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models["gpt2"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      modules=["qkv", "fc2"])  # fmt: skip
+    result = run_trial(spec)
+    assert result.targeted_module_names == [
+        "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj", "transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj"
+    ]  # fmt: skip
+    assert result.train.loss_last < result.train.loss_first
+
+
+def test_baseline_skips_training_but_is_evaluated_and_timed(tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      variant="none")  # fmt: skip
+    result = run_trial(spec)
+    assert result.train is None and result.trainable_params == 0 and result.adapter_bytes == 0
+    assert result.latency.adapter is None and result.latency.base.tpot_p50_ms > 0
+    assert result.eval.samples == 24
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_chat_format_and_exact_match(tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models["phi3"], choice_data["chat_train"], choice_data["chat_eval"], f"file://{tmp_path}/out",
+                      format="chat", metric="exact_match")  # fmt: skip
+    result = run_trial(spec)
+    assert result.eval.metric == "exact_match" and result.eval.samples == 12
+    assert result.train.loss_last < result.train.loss_first
+
+
+def test_eval_loss_metric_scores_negative_loss(tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      metric="eval_loss", latency={"repeats": 1})  # fmt: skip
+    result = run_trial(spec)
+    assert result.eval.score == pytest.approx(-result.eval.eval_loss)
+    assert result.eval.perplexity == pytest.approx(2.718281828**result.eval.eval_loss, rel=1e-3)
+
+
+def test_rerun_of_a_finished_trial_returns_at_once(tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out")
+    first = run_trial(spec)
+    result_file = tmp_path / "out" / "result.json"
+    stamp = result_file.stat().st_mtime_ns
+    again = run_trial(spec)
+    assert again == first and result_file.stat().st_mtime_ns == stamp
+
+
+def test_invalid_previous_result_is_not_taken_as_done(tiny_models, choice_data, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "result.json").write_text('{"trial": "test-trial"}')  # a truncated, invalid result
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      training={"maxSteps": 3}, latency={"repeats": 1})  # fmt: skip
+    result = run_trial(spec)
+    assert result.train.steps == 3
+    assert TrialResult.model_validate_json((tmp_path / "out" / "result.json").read_text()).train.steps == 3
