@@ -100,7 +100,7 @@ def _checkpoint_step(path: Path) -> int:
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_models, choice_data, tmp_path):
     spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
-                      training={"maxSteps": 400, "checkpointEverySteps": 25}, latency={"repeats": 1})  # fmt: skip
+                      training={"maxSteps": 120, "checkpointEverySteps": 10}, latency={"repeats": 1})  # fmt: skip
     checkpoint = tmp_path / "out" / "checkpoints" / "latest.pt"
     process = trainer(spec, tmp_path, wait=False)
     deadline = time.monotonic() + 120
@@ -110,14 +110,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_models, choice_data, t
     process.send_signal(signal.SIGKILL)  # as the kubelet does after an OOM or node loss
     process.wait()
     killed_at = _checkpoint_step(checkpoint)
-    assert 25 <= killed_at < 400 and killed_at % 25 == 0
+    assert 10 <= killed_at < 120 and killed_at % 10 == 0
     assert not (tmp_path / "out" / "result.json").exists()
 
     done = trainer(spec, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = TrialResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert result.train.resumed_from_step >= killed_at
-    assert result.train.steps == 400
+    assert result.train.steps == 120
     assert f"resuming from checkpoint at step {result.train.resumed_from_step}" in done.stderr
     assert not checkpoint.exists(), "checkpoints are removed once the result is published"
 

@@ -72,8 +72,8 @@ def test_gpt2_conv1d_trains(tiny_models, choice_data, tmp_path):
                       modules=["qkv", "fc2"])  # fmt: skip
     result = run_trial(spec)
     assert result.targeted_module_names == [
-        "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj", "transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj"
-    ]  # fmt: skip
+        f"transformer.h.{layer}.{name}" for layer in (0, 1) for name in ("attn.c_attn", "mlp.c_proj")
+    ]
     assert result.train.loss_last < result.train.loss_first
 
 
