@@ -1,0 +1,105 @@
+"""Dataset parsing and encoding: the loss sees only completions, and bad lines are named."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from lora_ablation_trainer.data import (
+    IGNORE_INDEX,
+    Example,
+    encode,
+    iterate_micro_batches,
+    load_examples,
+    micro_batch_order,
+    pack,
+    read_jsonl,
+)
+from lora_ablation_trainer.errors import DataError, PermanentTrialError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_models):
+    return AutoTokenizer.from_pretrained(tiny_models["llama"])
+
+
+def test_loss_only_on_completion_and_eos(tokenizer):
+    feature = encode(Example("cue a options", " B"), tokenizer, 64)
+    prompt_len = 1 + len(tokenizer("cue a options", add_special_tokens=False)["input_ids"])
+    completion = tokenizer(" B", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert feature["input_ids"][0] == tokenizer.bos_token_id
+    assert feature["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+    assert feature["labels"][prompt_len:] == completion
+    assert feature["input_ids"][prompt_len:] == completion
+
+
+def test_truncation_drops_prompt_tokens_first(tokenizer):
+    long_prompt = "cue a options " * 40
+    feature = encode(Example(long_prompt, " B"), tokenizer, 16)
+    assert len(feature["input_ids"]) == 16
+    assert feature["input_ids"][0] == tokenizer.bos_token_id
+    assert feature["labels"][-1] == tokenizer.eos_token_id  # the answer survives
+    assert (
+        sum(1 for x in feature["labels"] if x != IGNORE_INDEX)
+        == len(tokenizer(" B", add_special_tokens=False)["input_ids"]) + 1
+    )
+
+
+def test_text_format_trains_on_everything(tokenizer, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "cue a"}\n')
+    (example,) = load_examples(path, "text", tokenizer)
+    feature = encode(example, tokenizer, 64)
+    assert feature["labels"][0] == IGNORE_INDEX  # only BOS is masked
+    assert all(x != IGNORE_INDEX for x in feature["labels"][1:])
+
+
+def test_chat_format_uses_the_chat_template(tokenizer, tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "B"}]}\n')
+    (example,) = load_examples(path, "chat", tokenizer)
+    assert example.prompt == "user: hi\nassistant: " and example.completion == "B"
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "message"),
+    [
+        ('{"prompt": "a", "completion": "b"}\n\n[1, 2]\n', "prompt-completion", ":3: expected a JSON object"),
+        ('{"prompt": "a"}\n', "prompt-completion", ":1: field 'completion' must be a string"),
+        ('{"messages": []}\n', "chat", ":1: field 'messages' must be a non-empty list"),
+        ('{"messages": [{"role": "user", "content": "x"}]}\n', "chat", "last message must be the assistant's"),
+        ('{"messages": [{"content": "x"}]}\n', "chat", "messages[0] must have string 'role' and 'content'"),
+        ("\n\n", "text", "no records"),
+    ],
+)
+def test_bad_records_name_file_and_line(tokenizer, tmp_path, content, fmt, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError) as caught:
+        load_examples(path, fmt, tokenizer)
+    assert str(path) in str(caught.value) and message in str(caught.value)
+    assert isinstance(caught.value, PermanentTrialError)
+
+
+def test_read_jsonl_limit_and_line_numbers(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3}\n')
+    records = read_jsonl(path, limit=2)
+    assert [(r["a"], r["_line"]) for r in records] == [(1, 1), (2, 3)]
+
+
+def test_pack_keeps_examples_whole_and_masks_intact():
+    features = [{"input_ids": [i] * n, "labels": [IGNORE_INDEX] + [i] * (n - 1)} for i, n in enumerate([3, 4, 5, 2], 1)]
+    packed = pack(features, 8)
+    assert [len(p["input_ids"]) for p in packed] == [7, 7]
+    assert packed[0]["labels"] == [IGNORE_INDEX, 1, 1, IGNORE_INDEX, 2, 2, 2]
+    assert sum(len(p["input_ids"]) for p in packed) == sum(len(f["input_ids"]) for f in features)
+
+
+def test_micro_batch_order_is_deterministic_and_resumable():
+    assert micro_batch_order(10, 3, seed=1, epoch=0) == micro_batch_order(10, 3, seed=1, epoch=0)
+    assert micro_batch_order(10, 3, seed=1, epoch=0) != micro_batch_order(10, 3, seed=1, epoch=1)
+    full = iterate_micro_batches([{}] * 10, 3, seed=7)
+    first_nine = [next(full) for _ in range(9)]  # crosses two epoch boundaries (4 batches per epoch)
+    resumed = iterate_micro_batches([{}] * 10, 3, seed=7, start=5)
+    assert [next(resumed) for _ in range(4)] == first_nine[5:9]
