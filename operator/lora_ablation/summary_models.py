@@ -1,0 +1,60 @@
+"""What an ablation's summary says: per-dataset tables, per-configuration aggregates, the Pareto front
+and the recommendation. Written to summary.json and (in part) into the resource status."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from lora_ablation.api.base import OpenModel
+from lora_ablation.api.status import Recommendation
+
+
+class Cell(OpenModel):
+    config: str = Field(description="Configuration label.")
+    trial: str = Field(description="Trial name.")
+    score: float = Field(description="Eval score (higher is better).")
+    delta_vs_baseline: float | None = Field(None, description="score - the no-adapter baseline's score.")
+    rank: int = Field(description="Position on this dataset (1 = best).")
+    gap_to_best: float = Field(description="Best score on this dataset - this score.")
+    tpot_p95_ms: float | None = Field(None, description="Adapter TPOT p95 measured in this trial.")
+
+
+class DatasetSummary(OpenModel):
+    name: str = Field(description="Dataset name.")
+    metric: str = Field(description="Metric of the dataset.")
+    baseline_score: float | None = Field(None, description="Score of the base model without an adapter.")
+    base_tpot_p95_ms: float | None = Field(None, description="Base model TPOT p95 measured alongside.")
+    best_config: str | None = Field(None, description="Best configuration on this dataset.")
+    cells: list[Cell] = Field(default_factory=list, description="One entry per configuration with a result.")
+    missing: list[str] = Field(default_factory=list, description="Configurations planned but without a result here.")
+
+
+class ConfigSummary(OpenModel):
+    config: str = Field(description="Label: module set, rank, variant.")
+    modules: list[str] = Field(default_factory=list, description="Module set.")
+    rank: int = Field(0, description="LoRA rank.")
+    variant: str = Field("lora", description="Adapter variant.")
+    datasets: int = Field(0, description="Datasets with a result.")
+    missing_datasets: list[str] = Field(default_factory=list, description="Datasets without a result.")
+    complete: bool = Field(True, description="Has a result on every dataset of the ablation.")
+    mean_score: float = Field(description="Mean score over its datasets.")
+    mean_rank: float = Field(description="Mean per-dataset position (1 = best).")
+    worst_gap: float = Field(description="Largest distance to a dataset's best configuration.")
+    beats_baseline: int | None = Field(None, description="Datasets where it scores above the baseline.")
+    tpot_p95_ms: float | None = Field(None, description="Mean adapter TPOT p95 over its datasets.")
+    latency_overhead_pct: float | None = Field(None, description="Mean adapter TPOT p95 over the base model's, in %.")
+    trainable_params: int | None = Field(None, description="Trainable adapter parameters.")
+    gpu_seconds: float = Field(0.0, description="GPU-seconds its trials used.")
+    pareto: bool = Field(False, description="On the score vs TPOT p95 Pareto front.")
+
+
+class Summary(OpenModel):
+    ablation: str = Field(description="LoraAblation name.")
+    namespace: str = Field("default", description="Namespace.")
+    tolerance: float = Field(description="selection.tolerance used for the balanced pick.")
+    latency_budget_ms: float | None = Field(None, description="selection.latencyBudgetMs used, if any.")
+    datasets: list[DatasetSummary] = Field(default_factory=list, description="Per-dataset tables.")
+    configs: list[ConfigSummary] = Field(default_factory=list, description="Configurations, best mean first.")
+    pareto_front: list[str] = Field(default_factory=list, description="Configurations on the Pareto front.")
+    recommendation: Recommendation = Field(default_factory=Recommendation, description="The answer.")
+    notes: list[str] = Field(default_factory=list, description="Caveats: missing results, mixed metrics.")
