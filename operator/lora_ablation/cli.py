@@ -69,21 +69,11 @@ def _target_count(trial: PlannedTrial) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
-    spec, meta = ablation.spec, ablation.metadata
-    inventory, source_note = None, ""
+    meta = ablation.metadata
     try:
-        if args.model_config:
-            config, where = json.loads(Path(args.model_config).read_text()), args.model_config
-        else:
-            config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
-        inventory = _plan_inventory(config)
-        source_note = f"modules resolved by the {inventory.source} from {where}"
-    except (ModelConfigUnavailable, UnsupportedModel) as error:
-        source_note = f"modules not resolved ({error})"
-    try:
-        plan = plan_trials(meta.name, meta.namespace, spec, inventory)
-    except ModuleResolutionError as error:
-        raise SpecError([f"{args.file}: spec.search.moduleSets: {error}"]) from None
+        plan, source_note = _planned(ablation, args.model_config)
+    except SpecError as error:
+        raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     if args.output == "json":
         out = {
             "ablation": meta.name,
@@ -122,6 +112,79 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ]
     print(_table(rows, ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"]))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
+    return 0
+
+
+def _planned(ablation, model_config_file: str | None = None):
+    """Plan an ablation, resolving modules when the model's config.json is readable from here."""
+    spec, meta = ablation.spec, ablation.metadata
+    inventory, source_note = None, ""
+    try:
+        if model_config_file:
+            config, where = json.loads(Path(model_config_file).read_text()), model_config_file
+        else:
+            config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
+        inventory = _plan_inventory(config)
+        source_note = f"modules resolved by the {inventory.source} from {where}"
+    except (ModelConfigUnavailable, UnsupportedModel) as error:
+        source_note = f"modules not resolved ({error})"
+    try:
+        return plan_trials(meta.name, meta.namespace, spec, inventory), source_note
+    except ModuleResolutionError as error:
+        raise SpecError([f"spec.search.moduleSets: {error}"]) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lora_ablation.local_runner import EXIT_INTERRUPTED, run_ablation
+
+    ablation = load_ablation(args.file)
+    base = ablation.spec.base_model.uri
+    if base.startswith("file://") and not (Path(base[len("file://") :]) / "config.json").is_file():
+        hint = " (build it with: python -m lora_ablation_trainer.quickstart examples)" if "tiny-llama" in base else ""
+        raise SpecError([f"{args.file}: spec.baseModel.uri {base}: no config.json there{hint}"])
+    plan, _ = _planned(ablation)
+    store = args.store or ablation.spec.storage.uri
+    logs = Path(args.logs) / ablation.metadata.namespace / ablation.metadata.name
+    try:
+        report = run_ablation(
+            ablation, plan, store, args.parallel or ablation.spec.execution.parallelism, logs,
+            Path(args.plots) if args.plots else None, sys.stdout,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if report.failed:
+        print(f"\n{len(report.failed)} trial(s) failed; see the logs in {logs}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lora_ablation.plots import write_plots
+    from lora_ablation.report import render_markdown, render_text
+    from lora_ablation.results import SUMMARY_FILE, read_all_results
+    from lora_ablation.store import StorageError, open_store
+    from lora_ablation.summary import summarize
+
+    try:
+        store = open_store(args.uri, args.endpoint)
+        results = read_all_results(store)
+        previous = store.read_json(SUMMARY_FILE) if store.exists(SUMMARY_FILE) else {}
+    except (StorageError, ValueError) as error:
+        raise SpecError([f"URI {args.uri}: {error}"]) from None
+    if not results:
+        raise SpecError([f"URI {args.uri}: no trial results (<trial>/result.json) under this prefix"])
+    tolerance = args.tolerance if args.tolerance is not None else previous.get("tolerance", 0.02)
+    budget = previous.get("latencyBudgetMs")
+    summary = summarize(results, results[0].ablation, results[0].namespace, tolerance, budget)
+    if args.output == "json":
+        print(json.dumps(summary.to_wire(), indent=2))
+    elif args.output == "markdown":
+        print(render_markdown(summary), end="")
+    else:
+        print(render_text(summary))
+    if args.plots:
+        for plot in write_plots(summary, Path(args.plots)):
+            print(f"wrote {plot}", file=sys.stderr)
     return 0
 
 
@@ -186,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-config", help="config.json to resolve modules with (instead of reading the base model's)"
     )
     plan.set_defaults(func=cmd_plan)
+    run = sub.add_parser("run", help="run the whole ablation on this machine (resumable; Ctrl-C keeps results)")
+    run.add_argument("file")
+    run.add_argument("--store", help="results store URI (default: spec.storage.uri), file://DIR or s3://bucket/prefix")
+    run.add_argument("--parallel", type=int, help="trials at once (default: spec.execution.parallelism; one GPU each)")
+    run.add_argument("--logs", default=".lora-ablation/logs", help="per-trial logs (default: .lora-ablation/logs)")
+    run.add_argument("--plots", help="where the PNGs go (default: next to summary.json)")
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="summarise an ablation's results from any store")
+    report.add_argument("uri", help="the ablation's prefix: <storage.uri>/<namespace>/<name>")
+    report.add_argument("-o", "--output", choices=["table", "markdown", "json"], default="table")
+    report.add_argument("--plots", help="write pareto.png and heatmap.png into this folder")
+    report.add_argument("--tolerance", type=float, help="selection tolerance (default: the stored summary's, or 0.02)")
+    report.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3)")
+    report.set_defaults(func=cmd_report)
     inspect = sub.add_parser("inspect-model", help="show a model's module groups and LoRA sizes")
     inspect.add_argument("model", help="local folder with config.json, or a hub id")
     inspect.add_argument("--rank", type=int, default=16)

@@ -58,7 +58,15 @@ def _dataset_tables(
     return tables
 
 
-def _config_summaries(tables: list[DatasetSummary], results: dict[tuple[str, str], TrialResult]) -> list[ConfigSummary]:
+def common_base_tpot(results: Iterable[TrialResult]) -> float | None:
+    """The median base-model TPOT p95 over every trial: each trial times the base in its own process."""
+    values = [r.latency.base.tpot_p95_ms for r in results if r.latency and r.latency.base.tpot_p95_ms > 0]
+    return round(statistics.median(values), 4) if values else None
+
+
+def _config_summaries(
+    tables: list[DatasetSummary], results: dict[tuple[str, str], TrialResult], base_tpot: float | None
+) -> list[ConfigSummary]:
     all_datasets = [t.name for t in tables]
     per_config: dict[str, list[tuple[DatasetSummary, Cell]]] = defaultdict(list)
     for table in tables:
@@ -68,11 +76,14 @@ def _config_summaries(tables: list[DatasetSummary], results: dict[tuple[str, str
     for label, entries in per_config.items():
         example = results[(entries[0][0].name, label)]
         tpots = [c.tpot_p95_ms for _, c in entries if c.tpot_p95_ms is not None]
-        overheads = [
-            (c.tpot_p95_ms / t.base_tpot_p95_ms - 1) * 100 for t, c in entries if c.tpot_p95_ms and t.base_tpot_p95_ms
-        ]
         own = [results[(t.name, label)] for t, _ in entries]
-        overheads += [r.latency.tpot_overhead_pct for r in own if r.latency and r.latency.tpot_overhead_pct is not None]
+        # Overheads measured against the base model in the same process cancel machine load and noise;
+        # absolute timings from different trials (or parallel ones on one box) do not.
+        overheads = [r.latency.tpot_overhead_pct for r in own if r.latency and r.latency.tpot_overhead_pct is not None]
+        if overheads and base_tpot:
+            tpot = base_tpot * (1 + statistics.fmean(overheads) / 100)
+        else:
+            tpot = statistics.fmean(tpots) if tpots else None
         beats = [c.delta_vs_baseline > 0 for _, c in entries if c.delta_vs_baseline is not None]
         present = {t.name for t, _ in entries}
         summaries.append(
@@ -88,7 +99,7 @@ def _config_summaries(tables: list[DatasetSummary], results: dict[tuple[str, str
                 mean_rank=round(statistics.fmean(c.rank for _, c in entries), 4),
                 worst_gap=round(max(c.gap_to_best for _, c in entries), 6),
                 beats_baseline=sum(beats) if beats else None,
-                tpot_p95_ms=round(statistics.fmean(tpots), 4) if tpots else None,
+                tpot_p95_ms=round(tpot, 4) if tpot is not None else None,
                 latency_overhead_pct=round(statistics.fmean(overheads), 3) if overheads else None,
                 trainable_params=max((r.trainable_params for r in own), default=None) or None,
                 gpu_seconds=round(sum(r.gpu_seconds or 0.0 for r in own), 3),
@@ -168,7 +179,8 @@ def summarize(
         by_dataset[result.dataset][label] = result
         keyed[(result.dataset, label)] = result
     tables = _dataset_tables(by_dataset, baselines, planned_by_dataset)
-    configs = _config_summaries(tables, keyed)
+    base_tpot = common_base_tpot([*keyed.values(), *baselines.values()])
+    configs = _config_summaries(tables, keyed, base_tpot)
     front = pareto_front(configs)
     for config in configs:
         config.pareto = config.config in front
@@ -190,6 +202,7 @@ def summarize(
         namespace=namespace,
         tolerance=tolerance,
         latency_budget_ms=latency_budget_ms,
+        base_tpot_p95_ms=base_tpot,
         datasets=tables,
         configs=configs,
         pareto_front=front,

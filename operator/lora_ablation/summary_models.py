@@ -41,7 +41,11 @@ class ConfigSummary(OpenModel):
     mean_rank: float = Field(description="Mean per-dataset position (1 = best).")
     worst_gap: float = Field(description="Largest distance to a dataset's best configuration.")
     beats_baseline: int | None = Field(None, description="Datasets where it scores above the baseline.")
-    tpot_p95_ms: float | None = Field(None, description="Mean adapter TPOT p95 over its datasets.")
+    tpot_p95_ms: float | None = Field(
+        None,
+        description="Adapter TPOT p95: the common base TPOT x (1 + its mean in-process overhead), so trials timed "
+        "under different load compare fairly; the mean raw adapter TPOT when no overhead was measured.",
+    )
     latency_overhead_pct: float | None = Field(None, description="Mean adapter TPOT p95 over the base model's, in %.")
     trainable_params: int | None = Field(None, description="Trainable adapter parameters.")
     gpu_seconds: float = Field(0.0, description="GPU-seconds its trials used.")
@@ -53,6 +57,9 @@ class Summary(OpenModel):
     namespace: str = Field("default", description="Namespace.")
     tolerance: float = Field(description="selection.tolerance used for the balanced pick.")
     latency_budget_ms: float | None = Field(None, description="selection.latencyBudgetMs used, if any.")
+    base_tpot_p95_ms: float | None = Field(
+        None, description="Median base-model TPOT p95 over all trials: the reference every adapter's overhead scales."
+    )
     datasets: list[DatasetSummary] = Field(default_factory=list, description="Per-dataset tables.")
     configs: list[ConfigSummary] = Field(default_factory=list, description="Configurations, best mean first.")
     pareto_front: list[str] = Field(default_factory=list, description="Configurations on the Pareto front.")

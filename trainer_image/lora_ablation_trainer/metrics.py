@@ -79,7 +79,7 @@ def _reference_choice(reference: str, index: int) -> str:
 def accuracy(predictions: list[str], references: list[str]) -> MetricResult:
     _check_lengths(predictions, references)
     correct = failures = 0
-    for index, (prediction, reference) in enumerate(zip(predictions, references)):
+    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         expected = _reference_choice(reference, index)
         parsed = parse_choice(prediction)
         failures += parsed is None
@@ -102,7 +102,7 @@ def normalize_answer(text: str) -> str:
 
 def exact_match(predictions: list[str], references: list[str]) -> MetricResult:
     _check_lengths(predictions, references)
-    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
     return MetricResult(hits / len(predictions) if predictions else 0.0, len(predictions))
 
 
@@ -135,7 +135,7 @@ def rouge_lsum(predictions: list[str], references: list[str]) -> MetricResult:
     scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
     scores = [
         scorer.score("\n".join(split_sentences(r)), "\n".join(split_sentences(p)))["rougeLsum"]  # (target, pred)
-        for p, r in zip(predictions, references)
+        for p, r in zip(predictions, references, strict=True)
     ]
     return MetricResult(
         _mean([s.fmeasure for s in scores]),
@@ -204,7 +204,7 @@ def json_kv_match(predictions: list[str], references: list[str]) -> MetricResult
     _check_lengths(predictions, references)
     rows: list[tuple[float, float, float]] = []
     failures = 0
-    for index, (prediction, reference) in enumerate(zip(predictions, references)):
+    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         ref = parse_json_object(reference)
         if ref is None:
             raise DataError(f"json_kv_match: reference {index} is not a JSON object")
@@ -213,7 +213,7 @@ def json_kv_match(predictions: list[str], references: list[str]) -> MetricResult
         rows.append(row or (0.0, 0.0, 0.0))
     recall, values, whole = ([row[i] for row in rows] for i in range(3))
     return MetricResult(
-        _mean([(k + v) / 2 for k, v in zip(recall, values)]),
+        _mean([(k + v) / 2 for k, v in zip(recall, values, strict=True)]),
         len(predictions),
         failures,
         {"key_recall": _mean(recall), "value_accuracy": _mean(values), "whole_object_match": _mean(whole)},

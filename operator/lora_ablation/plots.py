@@ -1,0 +1,93 @@
+"""The two pictures of an ablation: score vs latency (Pareto) and datasets x configurations (heatmap)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_ablation.summary_models import Summary
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("plots need matplotlib: pip install 'lora-ablation-operator[report]'") from None
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_plot(summary: Summary, path: Path) -> Path | None:
+    """Mean score vs adapter TPOT p95; front joined, recommendations marked. None when nothing was timed."""
+    timed = [c for c in summary.configs if c.tpot_p95_ms is not None]
+    if not timed:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    rec = summary.recommendation
+    for c in timed:
+        on_front = c.config in summary.pareto_front
+        ax.scatter(c.tpot_p95_ms, c.mean_score, s=70 if on_front else 40, zorder=3,
+                   color="tab:blue" if on_front else "tab:gray", edgecolor="black", linewidth=0.5)  # fmt: skip
+        ax.annotate(c.config.rsplit(" r", 1)[0] if len({x.rank for x in timed}) == 1 else c.config,
+                    (c.tpot_p95_ms, c.mean_score), textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
+    front = sorted((c for c in timed if c.config in summary.pareto_front), key=lambda c: c.tpot_p95_ms)
+    ax.plot([c.tpot_p95_ms for c in front], [c.mean_score for c in front], color="tab:blue", linewidth=1.5,
+            zorder=2, label="Pareto front")  # fmt: skip
+    picks = (("balanced", rec.balanced, "*", "tab:green"), ("accuracy-first", rec.accuracy_first, "D", "tab:red"))
+    for label, name, marker, color in picks:
+        chosen = next((c for c in timed if c.config == name), None)
+        if chosen:
+            ax.scatter(chosen.tpot_p95_ms, chosen.mean_score, marker=marker, s=260 if marker == "*" else 110,
+                       facecolor="none", edgecolor=color, linewidth=2, zorder=4, label=f"{label}: {name}")  # fmt: skip
+    if summary.base_tpot_p95_ms:
+        ax.axvline(summary.base_tpot_p95_ms, color="black", linestyle=":", linewidth=1, label="base model TPOT p95")
+    ax.set_xlabel("adapter TPOT p95 (ms per output token, lower is better)")
+    ax.set_ylabel("mean score over datasets (higher is better)")
+    ax.set_title(f"{summary.ablation}: quality vs latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def heatmap_plot(summary: Summary, path: Path) -> Path | None:
+    """Scores per dataset (rows) and configuration (columns), the baseline first, each cell annotated."""
+    if not summary.datasets or not summary.configs:
+        return None
+    plt = _pyplot()
+    configs = ["base", *(c.config for c in summary.configs)]
+    grid: list[list[float | None]] = []
+    for table in summary.datasets:
+        cells = {c.config: c.score for c in table.cells}
+        grid.append([table.baseline_score, *(cells.get(c.config) for c in summary.configs)])
+    import numpy as np
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(configs), 1.4 + 0.6 * len(summary.datasets)), dpi=120)
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(configs)), labels=configs, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(summary.datasets)), labels=[f"{t.name} ({t.metric})" for t in summary.datasets], fontsize=8)
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            text = "n/a" if np.isnan(value) else f"{value:.3f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if np.isnan(value) or value < middle else "black")  # fmt: skip
+    fig.colorbar(image, ax=ax, label="score")
+    ax.set_title(f"{summary.ablation}: score per dataset and configuration")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_plots(summary: Summary, directory: Path) -> list[Path]:
+    made = [pareto_plot(summary, directory / "pareto.png"), heatmap_plot(summary, directory / "heatmap.png")]
+    return [p for p in made if p is not None]

@@ -1,0 +1,54 @@
+"""Read trial results back from storage: the one place the runner, `report` and the operator do it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from lora_ablation.api.trial import TrialResult
+from lora_ablation.store import Store
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class ResultRead:
+    result: TrialResult | None
+    problem: str | None = None  # why a result.json that exists cannot be used
+
+
+def read_result(store: Store, trial: str) -> ResultRead:
+    """The trial's result, None when absent, or a problem when present but invalid (never success)."""
+    key = f"{trial}/{RESULT_FILE}"
+    try:
+        raw = store.read_json(key)
+    except FileNotFoundError:
+        return ResultRead(None)
+    except ValueError as error:  # not JSON at all
+        return ResultRead(None, f"{key} is not valid JSON ({error})")
+    try:
+        result = TrialResult.model_validate(raw)
+    except ValidationError as error:
+        return ResultRead(
+            None, f"{key} is not a valid result ({error.error_count()} problems: {error.errors()[0]['msg']})"
+        )
+    if result.trial != trial:
+        return ResultRead(None, f"{key} belongs to trial {result.trial!r}")
+    return ResultRead(result)
+
+
+def read_all_results(store: Store) -> list[TrialResult]:
+    """Every valid result under an ablation's prefix (<storage>/<namespace>/<ablation>)."""
+    trials = sorted({key.split("/", 1)[0] for key in store.list() if key.endswith("/" + RESULT_FILE)})
+    results = []
+    for trial in trials:
+        read = read_result(store, trial)
+        if read.result is not None:
+            results.append(read.result)
+        elif read.problem:
+            log.warning("skipping %s", read.problem)
+    return results

@@ -1,0 +1,161 @@
+"""`lora-ablation run` and `report` as a user runs them: real subprocesses, real trainer, real files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.s3 import s3_client
+from support.trainer_data import choice_records, write_jsonl
+
+pytestmark = pytest.mark.trainer
+
+
+def ablation_file(tmp_path: Path, model: Path, train: Path, eval_: Path, bad_dataset: Path | None = None) -> Path:
+    datasets = [
+        {"name": "first", "train": f"file://{train}", "eval": f"file://{eval_}", "format": "prompt-completion",
+         "metric": "accuracy", "maxEvalSamples": 12},
+        {"name": "second", "train": f"file://{bad_dataset or train}", "eval": f"file://{eval_}",
+         "format": "prompt-completion", "metric": "eval_loss", "maxEvalSamples": 12},
+    ]  # fmt: skip
+    manifest = {
+        "apiVersion": "lora.ablation.dev/v1alpha1",
+        "kind": "LoraAblation",
+        "metadata": {"name": "mini"},
+        "spec": {
+            "baseModel": {"uri": f"file://{model}", "dtype": "float32"},
+            "datasets": datasets,
+            "search": {"moduleSets": [["o_proj"], ["fc2"]], "ranks": [4]},
+            "training": {"maxSteps": 4, "batchSize": 8, "gradientAccumulation": 1, "maxSeqLength": 48},
+            "latency": {"promptTokens": 8, "outputTokens": 4, "warmup": 1, "repeats": 2},
+            "storage": {"uri": f"file://{tmp_path / 'results'}"},
+        },
+    }
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def lora_ablation(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lora_ablation.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def mini(tiny_models, choice_data, tmp_path) -> Path:
+    return ablation_file(tmp_path, tiny_models["llama"], choice_data["train"], choice_data["eval"])
+
+
+def _is_png(path: Path) -> bool:
+    import matplotlib.image
+
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).shape[0] > 100
+
+
+def test_run_writes_results_summary_and_plots(mini, tmp_path):
+    done = lora_ablation("run", str(mini), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "results" / "default" / "mini"
+    trials = [p for p in out.iterdir() if p.is_dir()]
+    assert len(trials) == 6 and all((p / "result.json").exists() for p in trials)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {c["config"] for c in summary["configs"]} == {"o_proj r4 lora", "fc2 r4 lora"}
+    assert summary["recommendation"]["accuracyFirst"] in {"o_proj r4 lora", "fc2 r4 lora"}
+    assert "## Leaderboard" in (out / "summary.md").read_text()
+    assert _is_png(out / "pareto.png") and _is_png(out / "heatmap.png")
+    assert "Leaderboard: default/mini" in done.stdout and "Recommendation: accuracy-first" in done.stdout
+    assert done.stdout.count(" done ") == 6
+
+
+def test_interrupted_run_resumes_only_the_missing_trials(mini, tmp_path):
+    logs = tmp_path / "logs"
+    command = [sys.executable, "-m", "lora_ablation.cli", "run", str(mini), "--parallel", "1", "--logs", str(logs)]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = tmp_path / "results" / "default" / "mini"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(out.glob("*/result.json"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "interrupted:" in output and "run the same command again" in output
+    finished = sorted(p.parent.name for p in out.glob("*/result.json"))
+    assert 2 <= len(finished) < 6
+    stamps = {name: (out / name / "result.json").stat().st_mtime_ns for name in finished}
+
+    again = lora_ablation("run", str(mini), "--parallel", "2", "--logs", str(logs), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert f"{6 - len(finished)} of 6 trials to run" in again.stdout
+    assert again.stdout.count(" cached ") == len(finished)
+    assert {name: (out / name / "result.json").stat().st_mtime_ns for name in finished} == stamps
+    assert len(list(out.glob("*/result.json"))) == 6
+
+
+def test_a_failing_trial_does_not_touch_the_others(tiny_models, choice_data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(choice_records(1, 0)[0]) + "\n{broken\n")
+    path = ablation_file(tmp_path, tiny_models["llama"], choice_data["train"], choice_data["eval"], bad_dataset=bad)
+    done = lora_ablation("run", str(path), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout.count("FAILED") == 2  # the two adapter trials of the bad dataset; its baseline trains nothing
+    assert "exit 42" in done.stdout and "bad.jsonl:2: not valid JSON" in done.stdout
+    out = tmp_path / "results" / "default" / "mini"
+    assert len(list(out.glob("*/result.json"))) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    second = next(d for d in summary["datasets"] if d["name"] == "second")
+    assert second["missing"] == ["fc2 r4 lora", "o_proj r4 lora"]
+
+
+def test_report_reads_any_store_including_s3(mini, tmp_path, s3_bucket):
+    done = lora_ablation("run", str(mini), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:]
+    endpoint, bucket = s3_bucket
+    client = s3_client(endpoint)
+    local = tmp_path / "results" / "default" / "mini"
+    for file in local.rglob("*"):
+        if file.is_file():
+            client.upload_file(str(file), bucket, f"ablations/default/mini/{file.relative_to(local)}")
+    uri = f"s3://{bucket}/ablations/default/mini"
+    table = lora_ablation("report", uri, "--endpoint", endpoint, "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "Leaderboard: default/mini" in table.stdout
+    assert _is_png(tmp_path / "plots" / "pareto.png")
+    as_json = json.loads(lora_ablation("report", uri, "--endpoint", endpoint, "-o", "json", cwd=tmp_path).stdout)
+    local_summary = json.loads((local / "summary.json").read_text())
+    assert as_json["recommendation"] == local_summary["recommendation"]
+    markdown = lora_ablation("report", f"file://{local}", "-o", "markdown", cwd=tmp_path).stdout
+    assert markdown.startswith("# LoRA ablation `default/mini`")
+
+
+def test_report_on_an_empty_prefix_exits_2(tmp_path):
+    done = lora_ablation("report", f"file://{tmp_path}/nothing", cwd=tmp_path)
+    assert done.returncode == 2 and "no trial results" in done.stderr
+
+
+def test_run_without_the_quickstart_model_says_how_to_build_it(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    manifest = yaml.safe_load((root / "examples" / "quickstart.yaml").read_text())
+    manifest["spec"]["baseModel"]["uri"] = f"file://{tmp_path}/models/tiny-llama"
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    done = lora_ablation("run", str(path), cwd=root)
+    assert done.returncode == 2
+    assert "no config.json there (build it with: python -m lora_ablation_trainer.quickstart examples)" in done.stderr
+
+
+def test_quickstart_data_are_what_the_generator_writes(tmp_path):
+    from lora_ablation_trainer.quickstart import write_datasets
+
+    write_datasets(tmp_path)
+    root = Path(__file__).resolve().parents[2] / "examples" / "data"
+    for task in ("reverse", "shift"):
+        for split in ("train", "eval"):
+            assert (tmp_path / task / f"{split}.jsonl").read_text() == (root / task / f"{split}.jsonl").read_text()
+    assert write_jsonl  # the shared helper stays importable for the data generator's callers
