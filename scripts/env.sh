@@ -7,10 +7,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ]; then
-  echo "installing lora-ablation-operator[operator,trainer,dev] into $VENV (first run only)..." >&2
+  echo "installing lora-ablation-operator[operator,trainer,report,dev] into $VENV (first run only)..." >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # torch is pinned to the CPU wheel in the trainer extra; a loose torch pulls a multi-GB CUDA build.
-  "$VENV/bin/python" -m pip install --quiet -e ".[operator,trainer,dev]"
+  "$VENV/bin/python" -m pip install --quiet -e ".[operator,trainer,report,dev]"
   rm -f "$VENV"/.installed-* && touch "$STAMP"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

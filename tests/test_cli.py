@@ -41,7 +41,7 @@ def test_plan_table_is_readable():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"]
-    assert "6 trials for default/quickstart" in result.stdout
+    assert "12 trials for default/quickstart" in result.stdout
 
 
 def test_invalid_file_exits_2_naming_the_field(tmp_path):
@@ -80,11 +80,21 @@ def test_validate_accepts_all_examples():
     assert result.stdout.count("is valid") == 3
 
 
+TINY_LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512)  # fmt: skip
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+    return str(tmp_path)
+
+
 @pytest.mark.parametrize("source", ["catalog", "tree"])
-def test_inspect_model_reports_groups_and_sizes(source):
+def test_inspect_model_reports_groups_and_sizes(source, tiny_llama_dir):
     if source == "tree":
         pytest.importorskip("torch", reason="needs the trainer extra")
-    result = run("inspect-model", "examples/models/tiny-llama", "--rank", "8", "-o", "json", "--source", source)
+    result = run("inspect-model", tiny_llama_dir, "--rank", "8", "-o", "json", "--source", source)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["source"] == ("module tree" if source == "tree" else "catalog")
@@ -96,8 +106,8 @@ def test_inspect_model_reports_groups_and_sizes(source):
     assert {"name": "model.layers.{0..1}.mlp.down_proj", "count": 2} in report["linearModules"]
 
 
-def test_inspect_model_table_says_which_source():
-    result = run("inspect-model", "examples/models/tiny-llama", "--source", "catalog")
+def test_inspect_model_table_says_which_source(tiny_llama_dir):
+    result = run("inspect-model", tiny_llama_dir, "--source", "catalog")
     assert result.returncode == 0, result.stderr
     assert "source:  catalog (install the trainer extra" in result.stdout
     assert "o_proj" in result.stdout
