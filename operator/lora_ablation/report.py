@@ -92,7 +92,7 @@ def render_text(summary: Summary) -> str:
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell.replace("*", "\\*") for cell in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
