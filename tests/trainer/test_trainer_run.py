@@ -120,3 +120,16 @@ def test_invalid_previous_result_is_not_taken_as_done(tiny_models, choice_data, 
     result = run_trial(spec)
     assert result.train.steps == 3
     assert TrialResult.model_validate_json((tmp_path / "out" / "result.json").read_text()).train.steps == 3
+
+
+def test_packing_trains_on_fewer_longer_sequences(tiny_models, choice_data, tmp_path):
+    def run(packing):
+        spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{packing}",
+                          training={"packing": packing, "maxSteps": 6, "maxSeqLength": 64}, latency={"enabled": False})  # fmt: skip
+        return run_trial(spec)
+
+    plain, packed = run(False), run(True)
+    assert packed.latency is None and plain.latency is None
+    # Same number of steps and sequences per step, but packed sequences hold several examples each.
+    assert packed.train.tokens > 2 * plain.train.tokens
+    assert packed.train.loss_last < packed.train.loss_first

@@ -14,8 +14,12 @@ log = logging.getLogger(__name__)
 
 # The operator mounts each PVC a trial references under this root (pvc://claim/path -> /mnt/pvc/claim/path)
 # and a read-only model cache under /models; both are overridable for local runs and tests.
-PVC_ROOT = Path(os.environ.get("LORA_ABLATION_PVC_ROOT", "/mnt/pvc"))
-MODEL_CACHE = Path(os.environ.get("LORA_ABLATION_MODEL_CACHE", "/models"))
+def pvc_root() -> Path:
+    return Path(os.environ.get("LORA_ABLATION_PVC_ROOT", "/mnt/pvc"))
+
+
+def model_cache() -> Path:
+    return Path(os.environ.get("LORA_ABLATION_MODEL_CACHE", "/models"))
 
 
 def local_path(uri: str) -> Path | None:
@@ -23,7 +27,7 @@ def local_path(uri: str) -> Path | None:
     if uri.startswith("file://"):
         return Path(uri[len("file://") :])
     if uri.startswith("pvc://"):
-        return PVC_ROOT / uri[len("pvc://") :]
+        return pvc_root() / uri[len("pvc://") :]
     if uri.startswith("/"):
         return Path(uri)
     return None
@@ -65,7 +69,7 @@ def fetch_file(uri: str, cache: Path, endpoint: str | None = None, region: str |
 def fetch_model(spec: BaseModelSpec, cache: Path, endpoint: str | None = None, region: str | None = None) -> Path:
     path = local_path(spec.uri)
     if path is None and spec.uri.startswith("hf://"):
-        cached = MODEL_CACHE / spec.uri[len("hf://") :]
+        cached = model_cache() / spec.uri[len("hf://") :]
         path = cached if (cached / "config.json").is_file() else None
         if path is None:
             return _from_hub(spec, cache)
