@@ -124,8 +124,9 @@ def test_invalid_previous_result_is_not_taken_as_done(tiny_models, choice_data, 
 
 def test_packing_trains_on_fewer_longer_sequences(tiny_models, choice_data, tmp_path):
     def run(packing):
+        training = {"packing": packing, "maxSteps": 6, "maxSeqLength": 64}
         spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{packing}",
-                          training={"packing": packing, "maxSteps": 6, "maxSeqLength": 64}, latency={"enabled": False})  # fmt: skip
+                          training=training, latency={"enabled": False})  # fmt: skip
         return run_trial(spec)
 
     plain, packed = run(False), run(True)
