@@ -1,4 +1,5 @@
 """`python -m lora_ablation_trainer --trial FILE` (or the JSON in $LORA_ABLATION_TRIAL): run one trial.
+`--preflight FILE` (or $LORA_ABLATION_PREFLIGHT): check an ablation's modules and data before any GPU is used.
 
 Exit codes: 0 done (or already done), 42 permanent error (do not retry), 75 transient error (retry).
 """
@@ -15,49 +16,64 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lora_ablation.api.base import format_validation_error
-from lora_ablation.api.trial import TrialSpec
+from lora_ablation.api.trial import PreflightSpec, TrialSpec
 from lora_ablation_trainer.errors import EXIT_OK, EXIT_PERMANENT, TrialError
 
 TRIAL_ENV = "LORA_ABLATION_TRIAL"
+PREFLIGHT_ENV = "LORA_ABLATION_PREFLIGHT"
 log = logging.getLogger("lora_ablation_trainer")
 
 
-def load_trial(path: str | None) -> TrialSpec:
+def _load(model: type, path: str | None, env: str, flag: str):
     if path:
         try:
             raw = Path(path).read_text()
         except OSError as error:
-            raise TrialError(f"--trial {path}: cannot read ({error.strerror or error})") from None
+            raise TrialError(f"{flag} {path}: cannot read ({error.strerror or error})") from None
         origin = path
-    elif os.environ.get(TRIAL_ENV):
-        raw, origin = os.environ[TRIAL_ENV], f"${TRIAL_ENV}"
+    elif os.environ.get(env):
+        raw, origin = os.environ[env], f"${env}"
     else:
-        raise TrialError(f"no trial given: pass --trial FILE or set {TRIAL_ENV}")
+        raise TrialError(f"nothing to do: pass {flag} FILE or set {env}")
     try:
-        return TrialSpec.model_validate(json.loads(raw))
+        return model.model_validate(json.loads(raw))
     except json.JSONDecodeError as error:
         raise TrialError(f"{origin}: not valid JSON ({error.msg} at line {error.lineno})") from None
     except ValidationError as error:
         raise TrialError(f"{origin}: " + "; ".join(format_validation_error(error))) from None
 
 
+def load_trial(path: str | None) -> TrialSpec:
+    return _load(TrialSpec, path, TRIAL_ENV, "--trial")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_ablation_trainer", description=__doc__)
     parser.add_argument("--trial", help=f"TrialSpec JSON file (default: ${TRIAL_ENV})")
+    parser.add_argument("--preflight", help=f"PreflightSpec JSON file (default: ${PREFLIGHT_ENV})")
     parser.add_argument("--workdir", help="scratch space for downloads (default: the system temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.preflight or (os.environ.get(PREFLIGHT_ENV) and not args.trial):
+            from lora_ablation_trainer.preflight import run_preflight
+
+            run_preflight(_load(PreflightSpec, args.preflight, PREFLIGHT_ENV, "--preflight"), workdir(args))
+            return EXIT_OK
         spec = load_trial(args.trial)
         from lora_ablation_trainer.distributed import run_maybe_distributed
 
-        result = run_maybe_distributed(spec, Path(args.workdir) if args.workdir else None)
+        result = run_maybe_distributed(spec, workdir(args))
     except TrialError as error:
         log.error("%s (exit %d)", error, error.exit_code)
         return error.exit_code
     if result is not None:
         log.info("trial %s: %s %.4f", spec.name, result.eval.metric, result.eval.score)
     return EXIT_OK
+
+
+def workdir(args: argparse.Namespace) -> Path | None:
+    return Path(args.workdir) if args.workdir else None
 
 
 __all__ = ["EXIT_PERMANENT", "main"]

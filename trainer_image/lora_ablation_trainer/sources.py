@@ -12,6 +12,7 @@ from lora_ablation_trainer.errors import DataError, PermanentTrialError, Transie
 
 log = logging.getLogger(__name__)
 
+
 # The operator mounts each PVC a trial references under this root (pvc://claim/path -> /mnt/pvc/claim/path)
 # and a read-only model cache under /models; both are overridable for local runs and tests.
 def pvc_root() -> Path:
@@ -33,8 +34,13 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
-def _download(uri: str, target: Path, endpoint: str | None, region: str | None, single_file: bool) -> Path:
-    marker = target / ".complete"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _download(
+    uri: str, target: Path, endpoint: str | None, region: str | None, single_file: bool, weights: bool = True
+) -> Path:
+    marker = target / (".complete" if weights else ".complete-no-weights")
     if marker.exists():
         return target / Path(uri).name if single_file else target
     target.mkdir(parents=True, exist_ok=True)
@@ -44,7 +50,15 @@ def _download(uri: str, target: Path, endpoint: str | None, region: str | None, 
             store = open_store(parent, endpoint, region)
             (target / name).write_bytes(store.read_bytes(name))
         else:
-            count = open_store(uri.rstrip("/"), endpoint, region).download_prefix("", target)
+            store = open_store(uri.rstrip("/"), endpoint, region)
+            if weights:
+                count = store.download_prefix("", target)
+            else:  # config and tokenizer only: enough to resolve modules and tokenize
+                keys = [k for k in store.list() if not k.endswith(WEIGHT_SUFFIXES)]
+                for key in keys:
+                    (target / key).parent.mkdir(parents=True, exist_ok=True)
+                    (target / key).write_bytes(store.read_bytes(key))
+                count = len(keys)
             if count == 0:
                 raise PermanentTrialError(f"{uri}: no objects under this prefix")
     except FileNotFoundError as error:
@@ -66,21 +80,26 @@ def fetch_file(uri: str, cache: Path, endpoint: str | None = None, region: str |
     return _download(uri, cache / "data" / _safe(uri), endpoint, region, single_file=True)
 
 
-def fetch_model(spec: BaseModelSpec, cache: Path, endpoint: str | None = None, region: str | None = None) -> Path:
+def fetch_model(
+    spec: BaseModelSpec, cache: Path, endpoint: str | None = None, region: str | None = None, weights: bool = True
+) -> Path:
+    """A local folder with the model; weights=False fetches only config and tokenizer files (preflight)."""
     path = local_path(spec.uri)
     if path is None and spec.uri.startswith("hf://"):
         cached = model_cache() / spec.uri[len("hf://") :]
         path = cached if (cached / "config.json").is_file() else None
         if path is None:
-            return _from_hub(spec, cache)
+            return _from_hub(spec, cache, weights)
     if path is None:
-        path = _download(spec.uri, cache / "model" / _safe(spec.uri), endpoint, region, single_file=False)
+        path = _download(
+            spec.uri, cache / "model" / _safe(spec.uri), endpoint, region, single_file=False, weights=weights
+        )
     if not (path / "config.json").is_file():
         raise PermanentTrialError(f"baseModel.uri {spec.uri}: no config.json in {path}")
     return path
 
 
-def _from_hub(spec: BaseModelSpec, cache: Path) -> Path:
+def _from_hub(spec: BaseModelSpec, cache: Path, weights: bool = True) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -92,7 +111,8 @@ def _from_hub(spec: BaseModelSpec, cache: Path) -> Path:
                 revision=spec.revision,
                 token=os.environ.get("HF_TOKEN") or None,
                 cache_dir=cache / "hub",
-                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+                allow_patterns=["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+                + (["*.safetensors"] if weights else []),
             )
         )
     except (RepositoryNotFoundError, GatedRepoError) as error:

@@ -58,6 +58,27 @@ class TrialSpec(ApiModel):
         return self
 
 
+class PreflightSpec(ApiModel):
+    """What the preflight Job checks before any GPU is used: every module set resolves on the real model,
+    every dataset file is readable and every record parses."""
+
+    ablation: str = Field(description="Name of the LoraAblation.")
+    namespace: str = Field("default", description="Namespace of the LoraAblation.")
+    base_model: BaseModelSpec = Field(description="The model every trial adapts.")
+    datasets: list[DatasetSpec] = Field(description="Datasets of the ablation.")
+    module_sets: list[list[str]] = Field(description="Module sets of the ablation.")
+    storage: TrialStorage = Field(description="Where preflight.json is written.")
+
+
+class PreflightReport(OpenModel):
+    ok: bool = Field(description="True when every check passed.")
+    problems: list[str] = Field(default_factory=list, description="What failed, each naming the field or file.")
+    modules: dict[str, list[str]] = Field(
+        default_factory=dict, description="Module set label -> resolved weight names."
+    )
+    records: dict[str, int] = Field(default_factory=dict, description="'<dataset>/<split>' -> records parsed.")
+
+
 class TrainMetrics(OpenModel):
     steps: int = Field(description="Optimizer steps taken.")
     tokens: int = Field(description="Training tokens processed (non-padding).")
