@@ -17,10 +17,9 @@ from pydantic import ValidationError
 
 from lora_ablation.api.base import format_validation_error
 from lora_ablation.api.trial import PreflightSpec, TrialSpec
+from lora_ablation.contract import PREFLIGHT_ENV, TRIAL_ENV
 from lora_ablation_trainer.errors import EXIT_OK, EXIT_PERMANENT, TrialError
 
-TRIAL_ENV = "LORA_ABLATION_TRIAL"
-PREFLIGHT_ENV = "LORA_ABLATION_PREFLIGHT"
 log = logging.getLogger("lora_ablation_trainer")
 
 

@@ -8,9 +8,9 @@ retried like a transient failure.
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_PERMANENT = 42  # bad trial config, module not in model, malformed data, missing file: do not retry
-EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage or hub unreachable after retries: retry the pod
+from lora_ablation.contract import EXIT_OK, EXIT_PERMANENT, EXIT_TRANSIENT
+
+__all__ = ["EXIT_OK", "EXIT_PERMANENT", "EXIT_TRANSIENT", "DataError", "PermanentTrialError", "TransientTrialError"]
 
 
 class TrialError(Exception):

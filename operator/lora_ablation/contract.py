@@ -1,0 +1,9 @@
+"""The contract between the operator (or local runner) and the trainer process, in one place:
+how a trial is handed over and what its exit code means."""
+
+TRIAL_ENV = "LORA_ABLATION_TRIAL"  # TrialSpec JSON for one trial
+PREFLIGHT_ENV = "LORA_ABLATION_PREFLIGHT"  # PreflightSpec JSON for the preflight check
+
+EXIT_OK = 0
+EXIT_PERMANENT = 42  # bad trial config, module not in model, malformed or missing data: do not retry
+EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage or hub unreachable after retries: retry the pod

@@ -1,0 +1,54 @@
+"""Condition types and reasons, in one place (kubernetes API conventions: conditions, not a phase)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Types
+READY = "Ready"  # True once the ablation finished and its summary is in status and storage
+PROGRESSING = "Progressing"  # True while preflight or trials are running
+DEGRADED = "Degraded"  # True when some trials failed or left no result
+SUSPENDED = "Suspended"  # True while spec.execution.suspend is set
+
+# Reasons
+INVALID_SPEC = "InvalidSpec"
+PREFLIGHT_RUNNING = "PreflightRunning"
+PREFLIGHT_FAILED = "PreflightFailed"
+TRIALS_RUNNING = "TrialsRunning"
+COMPLETED = "Completed"
+COMPLETED_WITH_FAILURES = "CompletedWithFailures"
+TOO_MANY_FAILURES = "TooManyFailedTrials"
+TRIALS_FAILED = "TrialsFailed"
+NO_FAILURES = "NoFailures"
+SUSPENDED_BY_SPEC = "SuspendedBySpec"
+NOT_SUSPENDED = "NotSuspended"
+STORAGE_UNAVAILABLE = "StorageUnavailable"
+
+# Trial states (status.trialStatuses[].state)
+PENDING, RUNNING, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED = (
+    "Pending", "Running", "Succeeded", "Failed", "ResultsMissing", "Suspended",
+)  # fmt: skip
+TERMINAL = frozenset({SUCCEEDED, FAILED, RESULTS_MISSING})
+
+
+def condition(
+    previous: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    """A condition dict; lastTransitionTime moves only when the status value changes."""
+    value = "True" if status else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == value and old.get("lastTransitionTime") else now
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }

@@ -1,0 +1,278 @@
+"""The one decision function: spec + observed Jobs + collected results -> Jobs to create, stop, suspend or
+resume, events, and the new status. Pure and level-based: it runs the same on create, update, resume,
+timers and Job events, and running it twice on the same input gives the same answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lora_ablation.api.base import SpecError
+from lora_ablation.api.resource import parse_spec
+from lora_ablation.api.spec import LoraAblationSpec
+from lora_ablation.plan import Plan, plan_trials
+from lora_ablation.results import ResultRead
+from lora_ablation.summary import leaderboard, summarize
+from lora_ablation.summary_models import Summary
+from lora_ablation_operator import conditions as c
+from lora_ablation_operator.jobs import TRIAL_LABEL, preflight_job, preflight_name, trial_job
+from lora_ablation_operator.settings import Settings
+
+
+@dataclass
+class Observed:
+    name: str
+    namespace: str
+    generation: int | None
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    jobs: dict[str, dict[str, Any]]  # Jobs owned by this ablation, by name
+    results: dict[str, ResultRead]  # for trials whose Job completed
+    preflight_problems: list[str] | None  # from preflight.json once the preflight Job finished
+    now: str
+
+
+@dataclass
+class Decision:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    suspend: list[str] = field(default_factory=list)
+    resume: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    status: dict[str, Any] = field(default_factory=dict)
+    summary: Summary | None = None
+    finished: bool = False
+
+
+def job_finished(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The Job's Complete or Failed condition when it is True."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def completed_trials(jobs: dict[str, dict[str, Any]]) -> list[str]:
+    """Trial names whose Job completed: the handler reads their result.json before reconciling."""
+    return [
+        n
+        for n, j in jobs.items()
+        if (j["metadata"].get("labels") or {}).get(TRIAL_LABEL) and job_finished(j, "Complete")
+    ]
+
+
+def failure_message(job: dict[str, Any]) -> str:
+    cond = job_finished(job, "Failed") or {}
+    reason, message = cond.get("reason", ""), cond.get("message", "")
+    if reason == "PodFailurePolicy":
+        return f"permanent error (trainer exit code 42): {message}".strip()
+    if reason == "DeadlineExceeded":
+        return "exceeded execution.activeDeadlineSeconds"
+    if reason == "BackoffLimitExceeded":
+        return f"failed after {job['spec'].get('backoffLimit', 0) + 1} attempts: {message}".strip(": ")
+    return f"{reason}: {message}".strip(": ") or "failed"
+
+
+def _trial_state(job: dict[str, Any] | None, read: ResultRead | None) -> tuple[str, str | None]:
+    if job is None:
+        return c.PENDING, None
+    if job_finished(job, "Failed"):
+        return c.FAILED, failure_message(job)
+    if job_finished(job, "Complete"):
+        if read is not None and read.result is not None:
+            return c.SUCCEEDED, None
+        return c.RESULTS_MISSING, (read.problem if read else None) or "the Job succeeded but left no result.json"
+    if job["spec"].get("suspend"):
+        return c.TRIAL_SUSPENDED, None
+    return c.RUNNING, None
+
+
+def _invalid(observed: Observed, message: str, reason: str) -> Decision:
+    conds = observed.status.get("conditions") or []
+    gen, now = observed.generation, observed.now
+    status = {
+        "observedGeneration": gen,
+        "conditions": [
+            c.condition(conds, c.READY, False, reason, message, gen, now),
+            c.condition(conds, c.PROGRESSING, False, reason, message, gen, now),
+        ],
+    }
+    events = [("Warning", reason, message)] if _changed(conds, c.READY, reason) else []
+    return Decision(status=status, events=events, finished=True)
+
+
+def _changed(previous: list[dict[str, Any]], type_: str, reason: str) -> bool:
+    old = next((x for x in previous if x.get("type") == type_), None)
+    return old is None or old.get("reason") != reason
+
+
+def reconcile(observed: Observed, settings: Settings) -> Decision:
+    try:
+        spec = parse_spec(observed.spec)
+    except SpecError as error:
+        return _invalid(observed, "; ".join(error.problems), c.INVALID_SPEC)
+    if spec.base_model.uri.startswith("file://") or any(
+        u.startswith("file://") for d in spec.datasets for u in (d.train, d.eval)
+    ) or spec.storage.uri.startswith("file://"):  # fmt: skip
+        return _invalid(observed, "file:// paths exist only on one machine; use s3:// or pvc:// in a cluster",
+                        c.INVALID_SPEC)  # fmt: skip
+    if settings.default_storage_endpoint and not spec.storage.endpoint:
+        spec.storage.endpoint = settings.default_storage_endpoint
+    plan = plan_trials(observed.name, observed.namespace, spec)
+    decision = Decision()
+    if settings.preflight and not _preflight_passed(observed, spec, plan, settings, decision):
+        return decision
+    _run_trials(observed, spec, plan, settings, decision)
+    return decision
+
+
+def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings,
+                      decision: Decision) -> bool:  # fmt: skip
+    name = preflight_name(observed.name, spec)
+    job = observed.jobs.get(name)
+    if job is not None and job_finished(job, "Complete"):
+        return True
+    if job is not None and job_finished(job, "Failed"):
+        problems = observed.preflight_problems or [failure_message(job)]
+        failed = _invalid(observed, "preflight failed: " + "; ".join(problems), c.PREFLIGHT_FAILED)
+        decision.status, decision.events, decision.finished = failed.status, failed.events, True
+        decision.delete = [n for n, j in observed.jobs.items() if n != name and not job_finished(j, "Complete")]
+        return False
+    if job is None and not spec.execution.suspend:
+        decision.create.append(preflight_job(observed.name, observed.namespace, spec, settings))
+        decision.events.append(("Normal", "PreflightStarted", f"checking modules and data in Job {name}"))
+    conds, gen, now = observed.status.get("conditions") or [], observed.generation, observed.now
+    message = (
+        f"preflight Job {name} checks {len(spec.search.module_sets)} module sets and {len(spec.datasets)} datasets"
+    )
+    decision.status = {
+        "observedGeneration": gen,
+        "conditions": [
+            c.condition(conds, c.READY, False, c.PREFLIGHT_RUNNING, message, gen, now),
+            c.condition(conds, c.PROGRESSING, True, c.PREFLIGHT_RUNNING, message, gen, now),
+            c.condition(conds, c.SUSPENDED, spec.execution.suspend,
+                        c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.NOT_SUSPENDED, "", gen, now),
+        ],
+        "progress": f"0/{len(plan.trials)}",
+        "trials": {"total": len(plan.trials), "pending": len(plan.trials)},
+    }  # fmt: skip
+    return False
+
+
+def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings, decision: Decision) -> None:
+    planned = {t.name for t in plan.trials}
+    trial_jobs = {n: j for n, j in observed.jobs.items() if (j["metadata"].get("labels") or {}).get(TRIAL_LABEL)}
+    # Trials removed from the spec by an edit: stop their Jobs (their results stay in storage).
+    decision.delete += sorted(n for n, j in trial_jobs.items() if n not in planned and not _terminal_job(j))
+    previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
+    states: dict[str, tuple[str, str | None]] = {
+        t.name: _trial_state(trial_jobs.get(t.name), observed.results.get(t.name)) for t in plan.trials
+    }
+    failures = sum(1 for s, _ in states.values() if s in {c.FAILED, c.RESULTS_MISSING})
+    too_many = failures > spec.execution.max_failed_trials
+    suspended = spec.execution.suspend
+    active = [n for n, (s, _) in states.items() if s in {c.RUNNING, c.TRIAL_SUSPENDED}]
+    if too_many:
+        decision.delete += sorted(active)  # stop what is still running: the ablation has failed
+    elif suspended:
+        decision.suspend += sorted(n for n in active if states[n][0] == c.RUNNING)
+    else:
+        queued = bool(spec.execution.queue_name)  # Kueue owns suspend on queued Jobs
+        decision.resume += sorted(n for n in active if states[n][0] == c.TRIAL_SUSPENDED and not queued)
+        capacity = spec.execution.parallelism - len(active)
+        for trial in plan.trials:
+            if capacity <= 0:
+                break
+            if states[trial.name][0] == c.PENDING:
+                decision.create.append(trial_job(observed.name, observed.namespace, spec, trial, settings))
+                decision.events.append(
+                    ("Normal", "TrialStarted", f"{trial.name}: {trial.spec.dataset.name} {trial.label}")
+                )
+                states[trial.name] = (c.RUNNING, None)
+                capacity -= 1
+    for trial in plan.trials:
+        state, message = states[trial.name]
+        if previous.get(trial.name) != state and state == c.SUCCEEDED:
+            result = observed.results[trial.name].result
+            decision.events.append(("Normal", "TrialSucceeded",
+                                    f"{trial.name}: {result.eval.metric} {result.eval.score:.4f}"))  # fmt: skip
+        elif previous.get(trial.name) != state and state in {c.FAILED, c.RESULTS_MISSING}:
+            decision.events.append(("Warning", "TrialFailed" if state == c.FAILED else "ResultsMissing",
+                                    f"{trial.name}: {message}"))  # fmt: skip
+    _status(observed, spec, plan, states, too_many, settings, decision)
+
+
+def _terminal_job(job: dict[str, Any]) -> bool:
+    return bool(job_finished(job, "Complete") or job_finished(job, "Failed"))
+
+
+def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict[str, tuple[str, str | None]],
+            too_many: bool, settings: Settings, decision: Decision) -> None:  # fmt: skip
+    counts = {"total": len(plan.trials), "pending": 0, "running": 0, "succeeded": 0, "failed": 0, "resultsMissing": 0}
+    key = {c.PENDING: "pending", c.TRIAL_SUSPENDED: "pending", c.RUNNING: "running", c.SUCCEEDED: "succeeded",
+           c.FAILED: "failed", c.RESULTS_MISSING: "resultsMissing"}  # fmt: skip
+    for state, _ in states.values():
+        counts[key[state]] += 1
+    finished_trials = counts["succeeded"] + counts["failed"] + counts["resultsMissing"]
+    all_done = finished_trials == len(plan.trials)
+    results = [observed.results[n].result for n, (s, _) in states.items() if s == c.SUCCEEDED]
+    summary = summarize(
+        results, observed.name, observed.namespace, spec.selection.tolerance, spec.selection.latency_budget_ms,
+        planned=[(t.spec.dataset.name, t.label) for t in plan.trials],
+    )  # fmt: skip
+    trial_statuses = []
+    for trial in plan.trials[: settings.max_trial_statuses]:
+        state, message = states[trial.name]
+        entry: dict[str, Any] = {"name": trial.name, "dataset": trial.spec.dataset.name, "modules": trial.spec.modules,
+                                 "rank": trial.spec.rank, "variant": trial.spec.variant, "state": state}  # fmt: skip
+        if state != c.PENDING:
+            entry["job"] = trial.name
+        read = observed.results.get(trial.name)
+        if state == c.SUCCEEDED and read and read.result:
+            entry["score"] = read.result.eval.score
+            if read.result.latency and read.result.latency.adapter:
+                entry["tpotP95Ms"] = read.result.latency.adapter.tpot_p95_ms
+        if message:
+            entry["message"] = message[:512]
+        trial_statuses.append(entry)
+
+    conds, gen, now = observed.status.get("conditions") or [], observed.generation, observed.now
+    failures = counts["failed"] + counts["resultsMissing"]
+    rec = summary.recommendation
+    done_text = f"{finished_trials}/{len(plan.trials)} trials done"
+    if too_many:
+        limit = spec.execution.max_failed_trials
+        message = f"{failures} trials failed (maxFailedTrials {limit}); running trials were stopped"
+        ready = (False, c.TOO_MANY_FAILURES, message)
+    elif all_done:
+        reason = c.COMPLETED_WITH_FAILURES if failures else c.COMPLETED
+        ready = (True, reason, f"{done_text}; accuracy-first {rec.accuracy_first}, balanced {rec.balanced}")
+    else:
+        ready = (False, c.TRIALS_RUNNING, done_text)
+    finished = too_many or all_done
+    decision.finished = finished
+    decision.status = {
+        "observedGeneration": gen,
+        "conditions": [
+            c.condition(conds, c.READY, ready[0], ready[1], ready[2], gen, now),
+            c.condition(conds, c.PROGRESSING, not finished and not spec.execution.suspend,
+                        ready[1] if finished else (c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.TRIALS_RUNNING),
+                        done_text, gen, now),
+            c.condition(conds, c.DEGRADED, failures > 0, c.TRIALS_FAILED if failures else c.NO_FAILURES,
+                        f"{failures} trial(s) failed or left no result" if failures else "", gen, now),
+            c.condition(conds, c.SUSPENDED, spec.execution.suspend,
+                        c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.NOT_SUSPENDED, "", gen, now),
+        ],
+        "progress": f"{finished_trials}/{len(plan.trials)}",
+        "bestConfig": summary.configs[0].config if summary.configs else None,
+        "trials": counts,
+        "trialStatuses": trial_statuses,
+        "trialStatusesTruncated": len(plan.trials) > settings.max_trial_statuses,
+        "leaderboard": [e.to_wire() for e in leaderboard(summary, spec.selection.leaderboard_size)],
+        "paretoFront": summary.pareto_front,
+        "recommendation": rec.to_wire() if results else None,
+        "resultsUri": f"{spec.storage.uri.rstrip('/')}/{observed.namespace}/{observed.name}",
+    }  # fmt: skip
+    if ready[1] != next((x.get("reason") for x in conds if x.get("type") == c.READY), None) and finished:
+        decision.events.append(("Normal" if ready[0] else "Warning", ready[1], ready[2]))
+    decision.summary = summary if results else None

@@ -1,0 +1,37 @@
+"""Operator settings from the environment (the Helm chart sets them); defaults suit a plain cluster."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"LORA_ABLATION_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    trainer_image: str = "ghcr.io/lora-ablation/trainer:0.1.0"  # used when spec.execution.image is unset
+    default_storage_endpoint: str | None = None  # applied when spec.storage.endpoint is unset (e.g. in-cluster MinIO)
+    default_credentials_secret: str | None = None  # Secret name when spec.storage.credentialsSecretRef is unset
+    preflight: bool = True  # run the CPU preflight Job before any GPU trial
+    preflight_cpu: str = "1"
+    preflight_memory: str = "4Gi"
+    reconcile_interval: float = 10.0  # seconds between level-based reconciles of an unfinished ablation
+    max_trial_statuses: int = 200  # status.trialStatuses cap; etcd objects are limited to ~1.5 MiB
+    run_as_user: int = 10001
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            trainer_image=_env("TRAINER_IMAGE", cls.trainer_image),
+            default_storage_endpoint=_env("STORAGE_ENDPOINT", "") or None,
+            default_credentials_secret=_env("CREDENTIALS_SECRET", "") or None,
+            preflight=_env("PREFLIGHT", "true").lower() not in {"0", "false", "no"},
+            preflight_cpu=_env("PREFLIGHT_CPU", cls.preflight_cpu),
+            preflight_memory=_env("PREFLIGHT_MEMORY", cls.preflight_memory),
+            reconcile_interval=float(_env("RECONCILE_INTERVAL", str(cls.reconcile_interval))),
+            max_trial_statuses=int(_env("MAX_TRIAL_STATUSES", str(cls.max_trial_statuses))),
+        )
