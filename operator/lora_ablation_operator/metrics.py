@@ -1,0 +1,33 @@
+"""Prometheus metrics of the operator (served on the port the chart's Service scrapes)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+TRIALS = Gauge("lora_ablation_trials", "Trials of all ablations by state", ["state"])
+RECONCILE_SECONDS = Histogram("lora_ablation_reconcile_seconds", "Time spent in one reconcile of one ablation")
+API_REQUESTS = Counter("lora_ablation_api_requests_total", "Kubernetes API requests by verb", ["verb"])
+API_ERRORS = Counter(
+    "lora_ablation_api_errors_total", "Kubernetes API errors by verb and HTTP status", ["verb", "status"]
+)
+STORAGE_ERRORS = Counter("lora_ablation_storage_errors_total", "Failed reads and writes of results storage")
+
+_per_ablation: dict[tuple[str, str], dict[str, int]] = {}
+
+
+def record_trials(namespace: str, name: str, counts: dict[str, int] | None) -> None:
+    """Keep the per-state totals summed over ablations (labels per ablation would explode cardinality)."""
+    if counts is None:
+        _per_ablation.pop((namespace, name), None)
+    else:
+        _per_ablation[(namespace, name)] = {k: v for k, v in counts.items() if k != "total"}
+    totals: dict[str, int] = {}
+    for per in _per_ablation.values():
+        for state, value in per.items():
+            totals[state] = totals.get(state, 0) + value
+    for state in ("pending", "running", "succeeded", "failed", "resultsMissing"):
+        TRIALS.labels(state).set(totals.get(state, 0))
+
+
+def serve(port: int) -> None:
+    start_http_server(port)
