@@ -6,4 +6,4 @@ lint-imports
 lora-ablation crd | diff -u crds/lora.ablation.dev_loraablations.yaml - \
   || { echo "crds/ is stale: run 'make crds'" >&2; exit 1; }
 lora-ablation validate examples/*.yaml
-hadolint trainer_image/Dockerfile
+hadolint trainer_image/Dockerfile operator/Dockerfile
