@@ -24,7 +24,7 @@ from kmock._internal.references import ResourceInfo, resource
 
 STATUS_SUBRESOURCE = "status"
 BUILTIN_RESOURCES = {
-    ("", "v1", "namespaces"): ResourceInfo(kind="Namespace", namespaced=False, verbs={"list", "watch", "get", "create"}),
+    ("", "v1", "namespaces"): ResourceInfo(kind="Namespace", namespaced=False, verbs={"list", "watch", "get"}),
     ("", "v1", "events"): ResourceInfo(kind="Event", namespaced=True, verbs={"create", "list", "watch", "get"}),
     ("batch", "v1", "jobs"): ResourceInfo(kind="Job", namespaced=True, subresources={STATUS_SUBRESOURCE},
                                           verbs={"create", "delete", "get", "list", "patch", "watch"}),
@@ -99,7 +99,8 @@ class ApiServer(kmock.KubernetesEmulator):
             self.resources[resource(spec["group"], version["name"], spec["names"]["plural"])] = ResourceInfo(
                 kind=spec["names"]["kind"], singular=spec["names"].get("singular"),
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                shortnames=set(spec["names"].get("shortNames", [])), categories=set(spec["names"].get("categories", [])),
+                shortnames=set(spec["names"].get("shortNames", [])),
+                categories=set(spec["names"].get("categories", [])),
                 subresources=set((version.get("subresources") or {}).keys()),
                 verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
             )  # fmt: skip
