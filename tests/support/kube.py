@@ -87,7 +87,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def _stored(self, request: rendering.Request) -> k8s_dicts.Object | None:
         key = (request.resource, request.namespace, request.name)
-        return self.objects.get(key, None)
+        return self.objects[key] if key in self.objects else None  # noqa: SIM401 - ObjectsArray has no .get()
 
     def _has_status_subresource(self, res: resource) -> bool:
         return res in self.resources and STATUS_SUBRESOURCE in self.resources[res].subresources
