@@ -3,6 +3,7 @@ the preflight report, and summary.json. Storage I/O only; no Kubernetes here."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
@@ -34,9 +35,15 @@ class ResultCache:
             del self._reads[key]
 
 
+@lru_cache(maxsize=256)
+def _root_store(uri: str, endpoint: str | None, region: str | None) -> Store:
+    # One client per storage location, reused by every reconcile (building a boto3 client costs ~10 ms).
+    return open_store(uri, endpoint, region)
+
+
 def ablation_store(spec: LoraAblationSpec, namespace: str, name: str, default_endpoint: str | None) -> Store:
     endpoint = spec.storage.endpoint or default_endpoint
-    return open_store(spec.storage.uri, endpoint, spec.storage.region).child(namespace, name)
+    return _root_store(spec.storage.uri, endpoint, spec.storage.region).child(namespace, name)
 
 
 def preflight_problems(store: Store) -> list[str] | None:

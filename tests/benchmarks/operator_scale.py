@@ -93,9 +93,9 @@ def main() -> None:
         baseline_seconds, baseline_jobs = bare_loop(api, manifests)
 
         os.environ["LORA_ABLATION_PREFLIGHT"] = "false"
-        cluster.start_operator(interval=args.interval)
+        cluster.start_operator(interval=args.interval, verbose=False)
         time.sleep(3)  # let Kopf start its watches before the clock starts
-        requests_before = len(api.emulator._requests)
+        requests_before = api.emulator.served
         started = time.perf_counter()
         for body in manifests:
             cluster.apply(body)
@@ -119,7 +119,7 @@ def main() -> None:
 
         wait(all_ready, 900, "every ablation Ready")
         final_seconds = time.perf_counter() - last_completion
-        requests = len(api.emulator._requests) - requests_before
+        requests = api.emulator.served - requests_before
         memory = peak_rss_mib(cluster.operator.pid)
         cluster.stop_operator()
         server.stop()

@@ -55,7 +55,7 @@ class Cluster:
         # Namespaces need not exist: the emulator keeps objects of any namespace.
         kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(build_crd())
 
-    def start_operator(self, interval: float = 0.3) -> None:
+    def start_operator(self, interval: float = 0.3, verbose: bool = True) -> None:
         self.starts += 1
         env = {
             **os.environ,
@@ -65,8 +65,8 @@ class Cluster:
             "LORA_ABLATION_TRAINER_IMAGE": "trainer:test",
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("w")
-        command = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--verbose",
-                   "-m", "lora_ablation_operator.handlers"]  # fmt: skip
+        command = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
+                   *(["--verbose"] if verbose else []), "-m", "lora_ablation_operator.handlers"]  # fmt: skip
         self.operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def kill_operator(self) -> None:
