@@ -57,3 +57,7 @@ def preflight_problems(store: Store) -> list[str] | None:
 def write_summary(store: Store, summary: Summary) -> None:
     store.write_json(SUMMARY_FILE, summary.to_wire())
     store.write_text("summary.md", render_markdown(summary))
+
+
+def write_trial_statuses(store: Store, statuses: list[dict[str, Any]]) -> None:
+    store.write_json("trials.json", statuses)

@@ -89,6 +89,8 @@ def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch, store: Any, pr
         and (decision.finished or succeeded != (previous.get("trials") or {}).get("succeeded"))
     ):
         collector.write_summary(store, decision.summary)
+        if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
+            collector.write_trial_statuses(store, decision.all_trial_statuses)
     for event_type, reason, message in decision.events:
         (kopf.warn if event_type == "Warning" else kopf.info)(body, reason=reason, message=message)
     patch.status.update(decision.status)

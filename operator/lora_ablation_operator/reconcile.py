@@ -41,6 +41,7 @@ class Decision:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     status: dict[str, Any] = field(default_factory=dict)
     summary: Summary | None = None
+    all_trial_statuses: list[dict[str, Any]] = field(default_factory=list)  # uncapped, for storage
     finished: bool = False
 
 
@@ -221,7 +222,7 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         planned=[(t.spec.dataset.name, t.label) for t in plan.trials],
     )  # fmt: skip
     trial_statuses = []
-    for trial in plan.trials[: settings.max_trial_statuses]:
+    for trial in plan.trials:
         state, message = states[trial.name]
         entry: dict[str, Any] = {"name": trial.name, "dataset": trial.spec.dataset.name, "modules": trial.spec.modules,
                                  "rank": trial.spec.rank, "variant": trial.spec.variant, "state": state}  # fmt: skip
@@ -266,7 +267,7 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         "progress": f"{finished_trials}/{len(plan.trials)}",
         "bestConfig": summary.configs[0].config if summary.configs else None,
         "trials": counts,
-        "trialStatuses": trial_statuses,
+        "trialStatuses": trial_statuses[: settings.max_trial_statuses],
         "trialStatusesTruncated": len(plan.trials) > settings.max_trial_statuses,
         "leaderboard": [e.to_wire() for e in leaderboard(summary, spec.selection.leaderboard_size)],
         "paretoFront": summary.pareto_front,
@@ -276,3 +277,4 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
     if ready[1] != next((x.get("reason") for x in conds if x.get("type") == c.READY), None) and finished:
         decision.events.append(("Normal" if ready[0] else "Warning", ready[1], ready[2]))
     decision.summary = summary if results else None
+    decision.all_trial_statuses = trial_statuses

@@ -206,6 +206,7 @@ def test_status_list_is_capped():
     decision = reconcile(observed(raw, jobs=[pre]), Settings(max_trial_statuses=2))
     assert len(decision.status["trialStatuses"]) == 2 and decision.status["trialStatusesTruncated"] is True
     assert decision.status["trials"]["total"] == 4
+    assert len(decision.all_trial_statuses) == 4  # the whole list goes to storage (trials.json)
 
 
 @pytest.mark.parametrize("kind", ["Complete", "Failed"])
