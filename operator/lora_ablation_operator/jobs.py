@@ -87,6 +87,17 @@ def _volumes(spec: LoraAblationSpec) -> tuple[list[dict[str, Any]], list[dict[st
     return volumes, mounts
 
 
+def _container(spec: LoraAblationSpec, settings: Settings, payload_env: str, payload: str,
+               limits: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "name": CONTAINER,
+        "image": spec.execution.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": _env(spec, settings, payload_env, payload),
+        "resources": {"requests": dict(limits), "limits": limits},  # requests = limits: Guaranteed QoS
+    }
+
+
 def _pod_spec(spec: LoraAblationSpec, settings: Settings, container: dict[str, Any]) -> dict[str, Any]:
     execution = spec.execution
     volumes, mounts = _volumes(spec)
@@ -162,13 +173,7 @@ def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: Plan
         limits["ephemeral-storage"] = resources.ephemeral_storage
     # The trainer re-resolves modules on the real model, so the (possibly long) name list stays out of the env.
     payload = trial.spec.model_copy(update={"target_modules": None, "target_parameters": None})
-    container = {
-        "name": CONTAINER,
-        "image": spec.execution.image or settings.trainer_image,
-        "imagePullPolicy": "IfNotPresent",
-        "env": _env(spec, settings, TRIAL_ENV, payload.model_dump_json(by_alias=True, exclude_none=True)),
-        "resources": {"requests": dict(limits), "limits": limits},
-    }
+    container = _container(spec, settings, TRIAL_ENV, payload.model_dump_json(by_alias=True, exclude_none=True), limits)
     job_labels = labels(ablation, "trial", settings, trial.name)
     queued = bool(spec.execution.queue_name)
     if queued:
@@ -207,13 +212,9 @@ def preflight_job(ablation: str, namespace: str, spec: LoraAblationSpec, setting
         ),
     )
     limits = {"cpu": settings.preflight_cpu, "memory": settings.preflight_memory}
-    container = {
-        "name": CONTAINER,
-        "image": spec.execution.image or settings.trainer_image,
-        "imagePullPolicy": "IfNotPresent",
-        "env": _env(spec, settings, PREFLIGHT_ENV, payload.model_dump_json(by_alias=True, exclude_none=True)),
-        "resources": {"requests": dict(limits), "limits": limits},
-    }
+    container = _container(
+        spec, settings, PREFLIGHT_ENV, payload.model_dump_json(by_alias=True, exclude_none=True), limits
+    )
     cpu_only = spec.model_copy(deep=True)
     cpu_only.execution.priority_class_name = None  # a CPU check does not need the GPU priority class
     pod = _pod_spec(cpu_only, settings, container)
