@@ -7,3 +7,4 @@ lora-ablation crd | diff -u crds/lora.ablation.dev_loraablations.yaml - \
   || { echo "crds/ is stale: run 'make crds'" >&2; exit 1; }
 lora-ablation validate examples/*.yaml
 hadolint trainer_image/Dockerfile operator/Dockerfile
+bash scripts/helm.sh lint --strict helm/lora-ablation-operator

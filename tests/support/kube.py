@@ -1,294 +1,480 @@
-"""kmock's KubernetesEmulator, served over HTTP on 127.0.0.1, with the few fixes that the official
-Python client, Kopf and kubectl need from kmock 0.8 (each fix says why). Tests run the operator for
-real against it; the emulator has no controllers, so tests play the Job controller themselves."""
+"""kmock's KubernetesEmulator served over real HTTP on 127.0.0.1, so that the official `kubernetes` client, Kopf
+(`kopf run` or `kopf.testing.KopfRunner`) and kubectl can all talk to it. kmock 0.8 is an in-memory object store
+with a Kubernetes-shaped URL scheme; `ApiServer` closes the gaps those clients trip over (one comment per fix).
+
+API (fixtures registered for the whole suite via `pytest_plugins` in tests/conftest.py):
+  ApiServer()                          the emulator; `.objects` holds what was stored, `.served` counts requests
+  serve_api(emulator=None)             context manager -> ServedApi(.url, .emulator, .objects(), .get())
+  write_kubeconfig(path, url) -> path  a kubeconfig without auth for kopf, the kubernetes client and kubectl
+  kube_api                             fixture: a fresh ServedApi per test
+  kubeconfig                           fixture: writes the kubeconfig to tmp_path and points $KUBECONFIG at it
+
+Not emulated: admission, schema validation or pruning (status fields a CRD schema does not describe are kept),
+garbage collection (ownerReferences are stored, children are never deleted), set-based label selectors, and
+watch events for objects that stop matching a selector.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import functools
 import itertools
+import math
+import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
 import pytest
 import yaml
-from kmock._internal import enums, k8s_dicts, rendering
-from kmock._internal.references import ResourceInfo, resource
 
-STATUS_SUBRESOURCE = "status"
+T = TypeVar("T")
+STATUS = "status"
+VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+# Metadata only the server writes: creates and patches cannot set or change it.
+SERVER_OWNED = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp")
+# kmock's error reasons read "Object Not Found"; clients (kubectl) expect the API's CamelCase reasons.
+REASONS = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 422: "Invalid", 500: "InternalError"}
+MODIFIED = "the object has been modified; please apply your changes to the latest version and try again"
+CLOSE = object()  # put on every watch bus at shutdown: idle watches end instead of holding the server for a minute
+
+
+def _info(kind: str, namespaced: bool = True, subresources: frozenset[str] = frozenset()) -> kmock.ResourceInfo:
+    return kmock.ResourceInfo(kind=kind, namespaced=namespaced, subresources=set(subresources), verbs=set(VERBS))
+
+
+# Built-in resources the operator, Kopf and the tests use. kmock answers 404 to listing a resource it does not know
+# of (no objects stored yet and not declared), and Kopf finds resources only through discovery.
 BUILTIN_RESOURCES = {
-    ("", "v1", "namespaces"): ResourceInfo(kind="Namespace", namespaced=False, verbs={"list", "watch", "get"}),
-    ("", "v1", "events"): ResourceInfo(kind="Event", namespaced=True, verbs={"create", "list", "watch", "get"}),
-    ("batch", "v1", "jobs"): ResourceInfo(kind="Job", namespaced=True, subresources={STATUS_SUBRESOURCE},
-                                          verbs={"create", "delete", "get", "list", "patch", "watch"}),
-    ("events.k8s.io", "v1", "events"): ResourceInfo(kind="Event", namespaced=True, verbs={"create", "list"}),
-    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ResourceInfo(
-        kind="CustomResourceDefinition", namespaced=False, verbs={"create", "get", "list", "watch"}),
-}  # fmt: skip
+    ("", "v1", "namespaces"): _info("Namespace", namespaced=False, subresources=frozenset({STATUS})),
+    ("", "v1", "configmaps"): _info("ConfigMap"),
+    ("", "v1", "secrets"): _info("Secret"),
+    ("", "v1", "pods"): _info("Pod", subresources=frozenset({STATUS})),
+    ("", "v1", "events"): _info("Event"),
+    ("batch", "v1", "jobs"): _info("Job", subresources=frozenset({STATUS})),
+    ("events.k8s.io", "v1", "events"): _info("Event"),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): _info(
+        "CustomResourceDefinition", namespaced=False, subresources=frozenset({STATUS})
+    ),
+}
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def merge_diff(old: Any, new: Any) -> Any:
-    """A JSON merge patch turning old into new (kmock stores changes as merge patches)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return copy.deepcopy(new)
-    diff = {k: None for k in old if k not in new}
-    for key, value in new.items():
-        if key not in old or old[key] != value:
-            diff[key] = merge_diff(old.get(key), value)
-    return diff
+def _error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=code, reason=reason, message=message, details=details)
 
 
-def _labels_match(obj: dict[str, Any], selector: str | None) -> bool:
-    """Equality-based label selectors (a=b,c=d, a!=b, and bare keys): kmock ignores them."""
-    if not selector:
-        return True
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    for term in filter(None, (t.strip() for t in selector.split(","))):
+def _what(res: kmock.resource) -> str:
+    return f"{res.plural}.{res.group}" if res.group else str(res.plural)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch. kmock's own merge refuses to replace a scalar by a dict or a dict by a scalar."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _selector_match(selector: str | None, value_of: Any, bare_keys: bool) -> bool:
+    """Equality-based selectors: `a=b`, `a==b`, `a!=b`, and for labels `a` / `!a` (existence)."""
+    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
         if "!=" in term:
             key, value = term.split("!=", 1)
-            if labels.get(key) == value:
+            if value_of(key.strip()) == value.strip():
                 return False
         elif "=" in term:
-            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
-            if labels.get(key) != value:
+            key, value = term.replace("==", "=").split("=", 1)
+            if value_of(key.strip()) != value.strip():
                 return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
+        elif bare_keys and (value_of(term.lstrip("!")) is None) != term.startswith("!"):
             return False
     return True
 
 
+def selected(request: kmock.Request, obj: dict[str, Any]) -> bool:
+    """Whether an object is in a list/watch request's scope: namespace, name, labelSelector, fieldSelector."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+
+    def field(path: str) -> str | None:
+        value = functools.reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None,
+                                 path.split("."), obj)  # fmt: skip
+        return None if value is None else str(value)
+
+    return (
+        (request.namespace is None or meta.get("namespace") == request.namespace)
+        and (request.name is None or meta.get("name") == request.name)
+        and _selector_match(request.params.get("labelSelector"), labels.get, bare_keys=True)
+        and _selector_match(request.params.get("fieldSelector"), field, bare_keys=False)
+    )
+
+
+def _version(raw: Any) -> int:
+    return int(raw) if str(raw or "").isdigit() else 0
+
+
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
+    """The emulator with the fixes; all state lives in kmock's `objects` (inspect it directly in tests)."""
+
+    served: int = attrs.field(default=0, init=False)  # requests served so far (kmock's own log is trimmed)
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_version: int = attrs.field(default=0, init=False)
-    served: int = attrs.field(default=0, init=False)  # requests served so far (kmock's own log is trimmed)
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for (group, version, plural), info in BUILTIN_RESOURCES.items():
-            self.resources[resource(group, version, plural)] = copy.deepcopy(info)
+            self.resources[kmock.resource(group, version, plural)] = copy.deepcopy(info)
+        # Reactions just above kmock's own fallbacks (a sub-priority of -inf), reusing its handlers: creates answer
+        # 201 as the API does (kmock says 200, and the client's create_*() then returns None), and watch streams are
+        # application/json (kmock sends application/octet-stream, which kubectl refuses to decode).
+        fallback = (self**1) ** -math.inf
+        fallback[kmock.action.CREATE] << 201 << self._serve_create
+        fallback[kmock.action.WATCH] << {"Content-Type": "application/json"} << self._serve_watch
+
+    @property
+    def resource_version(self) -> int:
+        """The latest resourceVersion handed out: every change gets the next one, across all resources."""
+        return self._last_version
 
     def _next_version(self) -> str:
         self._last_version = next(self._versions)
         return str(self._last_version)
 
-    def _stored(self, request: rendering.Request) -> k8s_dicts.Object | None:
-        key = (request.resource, request.namespace, request.name)
-        return self.objects[key] if key in self.objects else None  # noqa: SIM401 - ObjectsArray has no .get()
-
-    def _has_status_subresource(self, res: resource) -> bool:
-        return res in self.resources and STATUS_SUBRESOURCE in self.resources[res].subresources
-
-    def _register_crd(self, crd: dict[str, Any]) -> None:
-        # Creating a CRD must add its resource to discovery, or Kopf never finds it.
-        spec = crd["spec"]
-        for version in spec["versions"]:
-            self.resources[resource(spec["group"], version["name"], spec["names"]["plural"])] = ResourceInfo(
-                kind=spec["names"]["kind"], singular=spec["names"].get("singular"),
-                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                shortnames=set(spec["names"].get("shortNames", [])),
-                categories=set(spec["names"].get("categories", [])),
-                subresources=set((version.get("subresources") or {}).keys()),
-                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-            )  # fmt: skip
-
-    async def __call__(self, raw_request: Any) -> Any:
-        # The Python client sends ?watch=True; kmock only recognises `true` (watches became lists).
-        if raw_request.query.get("watch") in {"True", "1"}:
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # The Python client sends ?watch=True (str(True)); kmock recognises only `true`: watches became lists.
+        watch = raw_request.query.get("watch")
+        if watch is not None and watch != "true" and watch.lower() in {"true", "1"}:
             raw_request = raw_request.clone(rel_url=raw_request.rel_url.update_query(watch="true"))
-        response = await super().__call__(raw_request)
-        # The API answers 201 to a create; kmock says 200 and the client's create_* then returns None.
-        if raw_request.method == "POST" and response.status == 200 and not response.prepared:
-            response.set_status(201)
-        return response
+        return await super().__call__(raw_request)
 
-    async def _handle(self, request: rendering.Request) -> Any:
-        original = request
-        if request.resource is not None and request.action == enums.action.CREATE:
-            request = self._prepare_create(request)
-        elif request.resource is not None and request.action == enums.action.UPDATE and request.name:
-            request = self._prepare_update(request)
-        elif request.resource is not None and request.action == enums.action.DELETE and request.name:
-            stored = self._stored(request)
-            if stored is not None and not stored.deleted:  # marking deletionTimestamp is a change: new version
-                stored.patch({"metadata": {"resourceVersion": self._next_version()}})
-        if request is not original:  # kmock routes only requests it has recorded: record the amended one
-            self._requests[self._requests.index(original)] = request
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         self.served += 1
         try:
-            return await super()._handle(request)
-        except kmock.KubernetesError as error:  # e.g. AlreadyExists raised before kmock's error rendering
+            writes = request.action in {kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE}
+            if request.resource is None or not (writes or (request.method == kmock.method.PUT and request.name)):
+                return await super()._handle(request)
+            # Writes go one at a time, as through etcd: a JSON patch's resourceVersion test, the version counter and
+            # the order of watch events all stay consistent (kmock's lock does not cover the steps added here).
+            async with self._write_lock:
+                amended = self._amend(request)
+                if amended is not request:  # kmock routes only requests it has recorded: record the amended one
+                    self._requests[self._requests.index(request)] = request = amended
+                return await super()._handle(request)
+        except kmock.KubernetesError as error:  # e.g. AlreadyExists, raised before kmock's own error rendering
             return await self._render_error(error)
         finally:
-            # kmock keeps every request for assertions and scans them on each dispatch, which makes a long
-            # run quadratic; these tests assert on objects, not requests, so forget served ones.
-            self._requests.remove(request)
+            # kmock keeps every request for assertions and scans them all on each dispatch, which makes a long run
+            # quadratic (and memory-bound); these tests assert on objects, so forget requests once served.
+            with contextlib.suppress(ValueError):
+                self._requests.remove(request)
+            for reaction in self._payloads:
+                reaction._requests.clear()
 
-    def _prepare_create(self, request: rendering.Request) -> rendering.Request:
-        # kmock sets no uid/resourceVersion/creationTimestamp/generation; Kopf and our operator need them.
-        data = copy.deepcopy(request.data)
+    def _amend(self, request: kmock.Request) -> kmock.Request:
+        if request.action == kmock.action.CREATE:
+            return self._prepare_create(request)
+        if request.name is None:
+            return request
+        stored = self._stored(request)
+        if request.action == kmock.action.UPDATE or request.method == kmock.method.PUT:
+            return self._prepare_update(request, stored)
+        if request.action == kmock.action.DELETE and not stored.get("metadata", {}).get("deletionTimestamp"):
+            # Deletion is a change: the DELETED event (or MODIFIED, if finalizers hold it) carries a new version.
+            stored.history.append(kmock.ObjectVersion(self._with_version(stored.raw)))
+        return request
+
+    def _stored(self, request: kmock.Request) -> kmock.Object:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise _error(404, "NotFound", f'{_what(request.resource)} "{request.name}" not found',
+                         name=request.name, group=request.resource.group, kind=request.resource.plural)  # fmt: skip
+        return self.objects[key]
+
+    def _with_version(self, obj: dict[str, Any]) -> dict[str, Any]:
+        new = copy.deepcopy(obj)
+        new.setdefault("metadata", {})["resourceVersion"] = self._next_version()
+        return new
+
+    def _has_status(self, res: kmock.resource) -> bool:
+        return res in self.resources and STATUS in self.resources[res].subresources
+
+    def _prepare_create(self, request: kmock.Request) -> kmock.Request:
+        res = request.resource
+        data = copy.deepcopy(request.data) if isinstance(request.data, dict) else {}
         meta = data.setdefault("metadata", {})
-        if not meta.get("name") and meta.get("generateName"):  # Kopf names its Events this way
+        if not meta.get("name") and meta.get("generateName"):  # e.g. Kopf names its Events this way
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-        if request.namespace and self._is_namespaced(request.resource):
-            meta.setdefault("namespace", request.namespace)
+        if not meta.get("name"):
+            raise _error(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+        if res not in self.resources or self.resources[res].namespaced is not False:
+            if request.namespace and meta.setdefault("namespace", request.namespace) != request.namespace:
+                raise _error(400, "BadRequest", "the namespace of the object does not match the request's")
+        else:
+            meta.pop("namespace", None)  # cluster-scoped: kmock would file it under a namespace nobody asks for
+        # kmock answers 200 and overwrites nothing here, but its conflict error reads "Object Already Exists" with a
+        # traceback: answer as the API does, which the operator's idempotent creates rely on.
+        key = (res, meta.get("namespace"), meta["name"])
+        if key in self.objects and not self.objects[key].deleted:
+            raise _error(409, "AlreadyExists", f'{_what(res)} "{meta["name"]}" already exists',
+                         name=meta["name"], group=res.group, kind=res.plural)  # fmt: skip
+        # kmock sets no uid/resourceVersion/creationTimestamp/generation: Kopf's patches and our operator's
+        # observedGeneration need them. Status is the status subresource's alone, as in the API.
+        for name in SERVER_OWNED:
+            meta.pop(name, None)
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), creationTimestamp=_now(), generation=1)
-        if request.resource.plural == "customresourcedefinitions":
+        if self._has_status(res):
+            data.pop(STATUS, None)
+        if res.group == "apiextensions.k8s.io" and res.plural == "customresourcedefinitions":
             self._register_crd(data)
         return attrs.evolve(request, data=data)
 
-    def _is_namespaced(self, res: resource) -> bool:
-        return res not in self.resources or self.resources[res].namespaced is not False
+    def _register_crd(self, crd: dict[str, Any]) -> None:
+        # kmock does not add a CRD's resource to discovery; Kopf scans /apis and never finds it otherwise.
+        spec, now = crd.get("spec") or {}, _now()
+        names = spec.get("names") or {}
+        for version in spec.get("versions") or []:
+            if version.get("served", True):
+                self.resources[kmock.resource(spec["group"], version["name"], names["plural"])] = kmock.ResourceInfo(
+                    kind=names.get("kind"), singular=names.get("singular"), verbs=set(VERBS),
+                    namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                    shortnames=set(names.get("shortNames") or []), categories=set(names.get("categories") or []),
+                    subresources=set(version.get("subresources") or {}),
+                )  # fmt: skip
+        # As the API reports it, for `kubectl wait --for condition=Established` and the like.
+        crd[STATUS] = {
+            "acceptedNames": names,
+            "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
+            "conditions": [{"type": t, "status": "True", "reason": r, "lastTransitionTime": now}
+                           for t, r in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))],
+        }  # fmt: skip
 
-    def _prepare_update(self, request: rendering.Request) -> rendering.Request:
-        stored = self._stored(request)
-        if stored is None or stored.deleted:
-            return request  # kmock answers 404
+    def _prepare_update(self, request: kmock.Request, stored: kmock.Object) -> kmock.Request:
         old = copy.deepcopy(stored.raw)
-        if isinstance(request.data, list):  # JSON patch (Kopf's finalizer removal tests resourceVersion)
+        old_meta, patch = old.get("metadata") or {}, request.data
+        expected = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+        if expected and str(expected) != old_meta.get("resourceVersion"):  # optimistic concurrency, as the API
+            raise _error(409, "Conflict", f'{_what(request.resource)} "{request.name}": {MODIFIED}')
+        if request.method == kmock.method.PUT and isinstance(patch, dict):  # replace (kmock ignores PUT)
+            new = copy.deepcopy(patch)
+        elif isinstance(patch, list):  # JSON patch: Kopf removes finalizers with a `test` of resourceVersion
             try:
-                new = jsonpatch.apply_patch(old, request.data)
+                new = jsonpatch.apply_patch(old, patch)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-                raise kmock.KubernetesError(f"JSON patch failed: {error}") from None
+                # 422 tells Kopf "conflict, retry on the next event"; kmock's 500 made it retry stale patches.
+                raise _error(422, "Invalid", f"the JSON patch was not applied: {error}") from None
+        elif isinstance(patch, dict):  # merge patch (strategic merge patches are treated as merge patches)
+            new = _merge_patch(old, patch)
         else:
-            new = copy.deepcopy(old)
-            _merge(new, request.data or {})
-        # The status subresource changes only status; the main resource never changes status.
-        if request.subresource == STATUS_SUBRESOURCE:
-            new = {**copy.deepcopy(old), "status": new.get("status")}
-        elif self._has_status_subresource(request.resource):
-            new["status"] = old.get("status")
-        if new.get("status") is None:
-            new.pop("status", None)
+            raise _error(400, "BadRequest", "the patch is neither a JSON patch nor a merge patch")
+        # kmock applies every patch to the whole object. In the API, /status changes only status, and the main
+        # resource never changes status when the resource has a status subresource.
+        if request.subresource == STATUS:
+            new = {**old, STATUS: new.get(STATUS)}
+        elif request.subresource is None and self._has_status(request.resource):
+            new[STATUS] = old.get(STATUS)
+        if new.get(STATUS) is None:
+            new.pop(STATUS, None)
         meta = new.setdefault("metadata", {})
-        meta["resourceVersion"] = self._next_version()
-        if new.get("spec") != old.get("spec"):
-            meta["generation"] = (old.get("metadata", {}).get("generation") or 1) + 1
-        return attrs.evolve(request, data=merge_diff(old, new))
+        for name in (*SERVER_OWNED, "name", "namespace"):
+            if name in old_meta:
+                meta[name] = old_meta[name]
+            else:
+                meta.pop(name, None)
+        if new != old:  # a no-op patch keeps the version (kmock's repeated event for it is dropped from watches)
+            # kmock bumps neither resourceVersion (Kopf's JSON-patch test then fails forever) nor generation.
+            meta["resourceVersion"] = self._next_version()
+            if new.get("spec") != old.get("spec"):
+                meta["generation"] = int(old_meta.get("generation") or 1) + 1
+        # Store the exact new state; kmock then "patches" with nothing, emitting its MODIFIED event (and DELETED
+        # when the last finalizer of a deleted object went).
+        stored.history.append(kmock.ObjectVersion(new))
+        return attrs.evolve(request, action=kmock.action.UPDATE, data={})
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        listed: dict[str, Any] = await super()._serve_list(request)  # type: ignore[assignment]
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        self._stored(request)  # the API's NotFound message: kmock's tells how to add objects to kmock
+        return await super()._serve_fetch(request)
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        async with self._write_lock:  # a snapshot no write is half-way through, and the version it is at
+            listed: dict[str, Any] = await super()._serve_list(request)  # type: ignore[assignment]
+            version = self._last_version
         info = self.resources.get(request.resource, None)
-        kind = info.kind if info and info.kind else "Object"
-        group = request.resource.group
+        group, api_version = request.resource.group, request.resource.version
         return {
-            # Lists carry kind/apiVersion and a real resourceVersion (kubectl and Kopf's watch resume need them).
-            "kind": f"{kind}List",
-            "apiVersion": f"{group}/{request.resource.version}" if group else request.resource.version,
-            "metadata": {"resourceVersion": str(self._current_version())},
-            "items": [o for o in listed["items"] if _labels_match(o, request.params.get("labelSelector"))],
-        }
+            # kmock's lists have no kind/apiVersion (kubectl needs them) and resourceVersion "..." (a watch resumes
+            # from it); it also ignores label and field selectors.
+            "kind": f"{info.kind if info and info.kind else 'Object'}List",
+            "apiVersion": f"{group}/{api_version}" if group else api_version,
+            "metadata": {"resourceVersion": str(version)},
+            "items": sorted((o for o in listed["items"] if selected(request, o)),
+                            key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"])),
+        }  # fmt: skip
 
-    def _current_version(self) -> int:
-        return self._last_version
-
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
-        # A watch from a resourceVersion must not replay what the preceding list returned (Kopf would
-        # retry stale patches): drop events not newer than that or than the last one sent per object.
-        # timeoutSeconds ends the stream as the API server does (kmock streams forever; clients hang).
-        raw_since = str(request.params.get("resourceVersion") or "0")
-        since = int(raw_since) if raw_since.isdigit() else 0
-        selector = request.params.get("labelSelector")
-        timeout = float(request.params.get("timeoutSeconds") or 0) or None
-        deadline = asyncio.get_running_loop().time() + timeout if timeout else None
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        yield b""  # send the headers at once: clients wait for them
+        # Replaces kmock's watch: it took its snapshot, streamed it, and only then subscribed to changes (events in
+        # between were lost); it ignored ?resourceVersion (replaying what the preceding list returned, so Kopf retried
+        # stale patches); it streamed forever (?timeoutSeconds ignored, clients hung); it ignored selectors.
+        since = _version(request.params.get("resourceVersion"))
+        timeout = float(request.params.get("timeoutSeconds") or 0) or math.inf
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        bus = self._buses[request.resource]
+        async with self._write_lock:  # subscribe and take the snapshot at the same instant
+            marker = await bus.mark()
+            snapshot = self.live(request.resource)
         sent: dict[tuple[str | None, str | None], int] = {}
-        events = super()._serve_watch(request).__aiter__()
-        while True:
-            try:
-                if deadline is None:
-                    event = await events.__anext__()
-                else:
-                    event = await asyncio.wait_for(
-                        events.__anext__(), max(0.0, deadline - asyncio.get_running_loop().time())
-                    )
-            except (StopAsyncIteration, asyncio.TimeoutError):
-                await events.aclose()
-                return
-            if not isinstance(event, dict):
-                yield event
-                continue
-            obj = event.get("object") or {}
-            meta = obj.get("metadata") or {}
-            version = int(meta.get("resourceVersion") or 0)
-            key = (meta.get("namespace"), meta.get("name"))
-            if event.get("type") != "DELETED" and (version <= since or version <= sent.get(key, 0)):
-                continue
-            if _labels_match(obj, selector):
-                sent[key] = version
-                yield event
+        events = aiter(bus.stream(since=marker))
+        try:
+            for obj in sorted(snapshot, key=lambda o: _version(o["metadata"].get("resourceVersion"))):
+                if self._fresh(request, "ADDED", obj, since, sent):
+                    yield {"type": "ADDED", "object": obj}
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    event = await asyncio.wait_for(anext(events), None if math.isinf(remaining) else remaining)
+                except asyncio.TimeoutError:
+                    return
+                if event is CLOSE:
+                    return
+                if self._fresh(request, event["type"], event["object"], since, sent):
+                    yield event
+        finally:
+            with contextlib.suppress(ValueError):  # unknown once the bus dropped it
+                await bus.unmark(marker)
 
+    @staticmethod
+    def _fresh(request: kmock.Request, kind: str, obj: dict[str, Any], since: int, sent: dict[Any, int]) -> bool:
+        """Whether a watch sends this event: selected, and newer than ?resourceVersion and what it already sent
+        for this object (DELETED always goes: an object freed of its last finalizer keeps its version)."""
+        meta = obj.get("metadata") or {}
+        version, key = _version(meta.get("resourceVersion")), (meta.get("namespace"), meta.get("name"))
+        if kind != "DELETED" and version <= max(since, sent.get(key, 0)):
+            return False
+        if not selected(request, obj):
+            return False
+        sent[key] = version
+        return True
 
-def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        # A Status as the API writes it: CamelCase reason, no traceback (kmock's carries one in `details`).
+        if isinstance(exc, kmock.KubernetesError):
+            code, message, details = exc.status, exc.message or repr(exc), exc.details
+            reason = exc.reason if type(exc) is kmock.KubernetesError else REASONS.get(code, "InternalError")
         else:
-            target[key] = copy.deepcopy(value)
+            code, reason, message, details = 500, "InternalError", repr(exc), None
+        details = details if isinstance(details, dict) else {}
+        body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": code,
+                "reason": reason, "message": message, "details": details}  # fmt: skip
+        return aiohttp.web.json_response(body, status=code)
+
+    def live(self, res: kmock.resource) -> list[dict[str, Any]]:
+        """The stored, not deleted objects of a resource (call it on the server's loop)."""
+        return [o.raw for (r, _, _), o in list(self.objects.items()) if r == res and not o.deleted]
+
+    async def close_watches(self) -> None:
+        """End every open watch stream (at shutdown; clients see a normal end of stream)."""
+        for bus in list(self._buses.values()):
+            await bus.put(CLOSE)
 
 
 class ServedApi:
-    """The emulator on a real port, in its own thread and event loop, usable from sync code."""
+    """An ApiServer on http://127.0.0.1:<free port>, run by its own event loop in a daemon thread, so that sync
+    code (the kubernetes client) and other threads or loops (KopfRunner) can use it alike."""
 
-    def __init__(self) -> None:
-        self.emulator = ApiServer()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="kube-api", daemon=True)
+    def __init__(self, emulator: ApiServer | None = None) -> None:
+        self.emulator = emulator if emulator is not None else ApiServer()
         self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-api", daemon=True)
+        self._runner: aiohttp.web.ServerRunner | None = None
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
+        """Run a coroutine on the server's loop (where the emulator's state may be touched safely)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with kmock.Server(self.emulator, host="127.0.0.1") as server:
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
+    async def _start(self) -> None:
+        await self.emulator.__aenter__()  # kmock's stream feeder; errors become Status responses, not dropped links
+        # Plain aiohttp rather than kmock.Server: that one also swaps aiohttp's DNS resolver process-wide, which
+        # must be undone in strict LIFO order (and Kopf in the same process resolves with aiohttp too).
+        server = aiohttp.web.Server(self.emulator, handler_cancellation=True)  # a client's hang-up ends its watch
+        self._runner = aiohttp.web.ServerRunner(server, shutdown_timeout=5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race for a "free" port
+        await aiohttp.web.SockSite(self._runner, sock).start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def _stop(self) -> None:
+        await self.emulator.close_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.emulator.__aexit__(None, None, None)
 
     def __enter__(self) -> ServedApi:
         self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("the emulated API server did not start")
+        self.call(self._start())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=20)
+        try:
+            self.call(self._stop(), timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def objects(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
-        res = resource(group, version, plural)
-        return [o.raw for (r, _, _), o in list(self.emulator.objects.items()) if r == res and not o.deleted]
+        """Copies of the live objects of one resource, all namespaces."""
+        res = kmock.resource(group, version, plural)
+
+        async def snapshot() -> list[dict[str, Any]]:
+            return copy.deepcopy(self.emulator.live(res))
+
+        return self.call(snapshot())
+
+    def get(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict | None:
+        """A copy of one live object, or None."""
+        found = [o for o in self.objects(group, version, plural)
+                 if o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace]  # fmt: skip
+        return found[0] if found else None
 
 
-def write_kubeconfig(path: Path, url: str) -> Path:
+@contextlib.contextmanager
+def serve_api(emulator: ApiServer | None = None) -> Iterator[ServedApi]:
+    """Serve an ApiServer on 127.0.0.1 for the duration of the block."""
+    with ServedApi(emulator) as api:
+        yield api
+
+
+def write_kubeconfig(path: Path, url: str, ns: str = "default") -> Path:
+    """A kubeconfig with one context and no credentials (the emulator checks none; plain HTTP needs no TLS)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulated", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "not-checked"}}],
-        "contexts": [
-            {"name": "emulated", "context": {"cluster": "emulated", "user": "tester", "namespace": "default"}}
-        ],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "tester", "namespace": ns}}],
         "current-context": "emulated",
     }
     path.write_text(yaml.safe_dump(config))
@@ -297,12 +483,18 @@ def write_kubeconfig(path: Path, url: str) -> Path:
 
 @pytest.fixture
 def kube_api() -> Iterator[ServedApi]:
-    with ServedApi() as api:
+    with serve_api() as api:
         yield api
 
 
 @pytest.fixture
-def kubeconfig(kube_api: ServedApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def kubeconfig(kube_api: ServedApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    return path
+    monkeypatch.setenv("KUBECONFIG", str(path))  # subprocesses (kopf run, kubectl) and Kopf's own kubeconfig login
+    try:  # the kubernetes client reads $KUBECONFIG once, at import: in-process load_kube_config() (Kopf's
+        import kubernetes.config.kube_config as kube_config  # login_via_client in a KopfRunner) would miss it
+
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    except ImportError:  # the operator extra is not installed: nothing in-process to point
+        pass
+    yield path
