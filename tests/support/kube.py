@@ -48,22 +48,23 @@ MODIFIED = "the object has been modified; please apply your changes to the lates
 CLOSE = object()  # put on every watch bus at shutdown: idle watches end instead of holding the server for a minute
 
 
-def _info(kind: str, namespaced: bool = True, subresources: frozenset[str] = frozenset()) -> kmock.ResourceInfo:
-    return kmock.ResourceInfo(kind=kind, namespaced=namespaced, subresources=set(subresources), verbs=set(VERBS))
+def _info(kind: str, short: str, namespaced: bool = True, status: bool = False) -> kmock.ResourceInfo:
+    return kmock.ResourceInfo(kind=kind, singular=kind.lower(), shortnames=set(short.split()), namespaced=namespaced,
+                              subresources={STATUS} if status else set(), verbs=set(VERBS))  # fmt: skip
 
 
 # Built-in resources the operator, Kopf and the tests use. kmock answers 404 to listing a resource it does not know
 # of (no objects stored yet and not declared), and Kopf finds resources only through discovery.
 BUILTIN_RESOURCES = {
-    ("", "v1", "namespaces"): _info("Namespace", namespaced=False, subresources=frozenset({STATUS})),
-    ("", "v1", "configmaps"): _info("ConfigMap"),
-    ("", "v1", "secrets"): _info("Secret"),
-    ("", "v1", "pods"): _info("Pod", subresources=frozenset({STATUS})),
-    ("", "v1", "events"): _info("Event"),
-    ("batch", "v1", "jobs"): _info("Job", subresources=frozenset({STATUS})),
-    ("events.k8s.io", "v1", "events"): _info("Event"),
+    ("", "v1", "namespaces"): _info("Namespace", "ns", namespaced=False, status=True),
+    ("", "v1", "configmaps"): _info("ConfigMap", "cm"),
+    ("", "v1", "secrets"): _info("Secret", ""),
+    ("", "v1", "pods"): _info("Pod", "po", status=True),
+    ("", "v1", "events"): _info("Event", "ev"),
+    ("batch", "v1", "jobs"): _info("Job", "", status=True),
+    ("events.k8s.io", "v1", "events"): _info("Event", ""),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): _info(
-        "CustomResourceDefinition", namespaced=False, subresources=frozenset({STATUS})
+        "CustomResourceDefinition", "crd crds", namespaced=False, status=True
     ),
 }
 
@@ -161,6 +162,10 @@ class ApiServer(kmock.KubernetesEmulator):
         return str(self._last_version)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # Typed kubectl commands (`kubectl create configmap`) send protobuf, unreadable here: say so rather than fail
+        # on an empty object (`kubectl apply/create -f` manifests go as JSON and work).
+        if "protobuf" in raw_request.content_type:
+            return await self._render_error(_error(415, "UnsupportedMediaType", "only JSON bodies are understood"))
         # The Python client sends ?watch=True (str(True)); kmock recognises only `true`: watches became lists.
         watch = raw_request.query.get("watch")
         if watch is not None and watch != "true" and watch.lower() in {"true", "1"}:
@@ -309,6 +314,14 @@ class ApiServer(kmock.KubernetesEmulator):
         # when the last finalizer of a deleted object went).
         stored.history.append(kmock.ObjectVersion(new))
         return attrs.evolve(request, action=kmock.action.UPDATE, data={})
+
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
+        listing: dict[str, Any] = await super()._serve_version(request)  # type: ignore[assignment]
+        listing["groupVersion"] = listing["groupVersion"].lstrip("/")  # kmock says "/v1": kubectl then sees no core
+        for entry in listing["resources"]:  # kmock repeats names on subresources: kubectl calls short names ambiguous
+            if "/" in entry["name"]:
+                entry.update(singularName="", shortNames=[], categories=[])
+        return listing
 
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
         self._stored(request)  # the API's NotFound message: kmock's tells how to add objects to kmock
