@@ -1,12 +1,12 @@
 """The LoraAblation API: the single source of truth for the CRD, the planner, the operator and the trainer."""
 
 from lora_ablation.api.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError
+from lora_ablation.api.execution import ExecutionSpec, ResourcesSpec, Toleration
 from lora_ablation.api.resource import LoraAblation, ObjectMeta, parse_ablation, parse_spec
 from lora_ablation.api.spec import (
     BaseModelSpec,
     DatasetFormat,
     DatasetSpec,
-    ExecutionSpec,
     LatencySpec,
     LoraAblationSpec,
     Metric,
@@ -58,10 +58,12 @@ __all__ = [
     "Metric",
     "ObjectMeta",
     "Recommendation",
+    "ResourcesSpec",
     "SearchSpec",
     "SelectionSpec",
     "SpecError",
     "StorageSpec",
+    "Toleration",
     "TrainMetrics",
     "TrainingSpec",
     "TrialCounts",

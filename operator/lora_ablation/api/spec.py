@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import DNS1123_LABEL, ApiModel
+from lora_ablation.api.execution import ExecutionSpec
 from lora_ablation.modules.groups import canonical_module_set, validate_module_name
 
 MODEL_URI = re.compile(r"^(hf://[^/\s]+(/[^/\s]+)?|s3://[^/\s]+(/\S*)?|pvc://[a-z0-9][-a-z0-9.]*(/\S*)?|file://\S+)$")
@@ -20,7 +21,6 @@ MODEL_URI = re.compile(r"^(hf://[^/\s]+(/[^/\s]+)?|s3://[^/\s]+(/\S*)?|pvc://[a-
 # working directory. Cluster trials read s3:// or pvc:// only; the operator rejects file:// (preflight).
 DATA_URI = re.compile(r"^(s3://[^/\s]+/\S+|file://\S+|/\S+|pvc://[a-z0-9][-a-z0-9.]*/\S+)$")
 STORAGE_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?|file://\S+)$")
-QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 
 
 class DatasetFormat(str, Enum):
@@ -267,73 +267,6 @@ class SelectionSpec(ApiModel):
         description="Only configs with adapter TPOT p95 at or under this many milliseconds qualify as balanced.",
     )
     leaderboard_size: int = Field(10, ge=1, le=100, description="How many configurations the status leaderboard lists.")
-
-
-class Toleration(ApiModel):
-    key: str | None = Field(None, description="Taint key the toleration applies to (all keys when empty with Exists).")
-    operator: str | None = Field(
-        None, description="Exists or Equal (default Equal).", json_schema_extra={"enum": ["Exists", "Equal"]}
-    )
-    value: str | None = Field(None, description="Taint value to match with Equal.")
-    effect: str | None = Field(
-        None,
-        description="NoSchedule, PreferNoSchedule or NoExecute (all effects when empty).",
-        json_schema_extra={"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
-    )
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
-
-
-class ResourcesSpec(ApiModel):
-    gpus: int = Field(1, ge=0, description="GPUs per trial; more than one trains data-parallel inside the pod.")
-    gpu_resource_name: str = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
-    cpu: str = Field(
-        "8",
-        description="CPU request and limit per trial (Kubernetes quantity).",
-        json_schema_extra={"pattern": QUANTITY.pattern},
-    )
-    memory: str = Field(
-        "64Gi",
-        description="Memory request and limit per trial (Kubernetes quantity).",
-        json_schema_extra={"pattern": QUANTITY.pattern},
-    )
-    ephemeral_storage: str | None = Field(
-        None,
-        description="Ephemeral storage request per trial (model download and checkpoints).",
-        json_schema_extra={"pattern": QUANTITY.pattern},
-    )
-
-    @field_validator("cpu", "memory", "ephemeral_storage")
-    @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not QUANTITY.match(value):
-            raise ValueError("expected a Kubernetes quantity such as 8, 500m, 64Gi")
-        return value
-
-
-class ExecutionSpec(ApiModel):
-    image: str | None = Field(None, description="Trainer image; the operator's configured default when unset.")
-    parallelism: int = Field(4, ge=1, description="At most this many trials run at once.")
-    max_failed_trials: int = Field(
-        2, ge=0, description="The ablation fails (and stops running trials) once more trials than this have failed."
-    )
-    backoff_limit: int = Field(2, ge=0, description="Pod retries per trial Job for transient failures.")
-    active_deadline_seconds: int | None = Field(86400, ge=1, description="Wall-clock limit per trial Job.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources of each trial pod.")
-    node_selector: dict[str, str] | None = Field(None, description="Node labels trial pods must match.")
-    tolerations: list[Toleration] | None = Field(None, description="Tolerations for trial pods (e.g. GPU taints).")
-    affinity: dict[str, Any] | None = Field(
-        None,
-        description="Pod affinity for trial pods (core/v1 Affinity).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-    )
-    priority_class_name: str | None = Field(None, description="PriorityClass of trial pods.")
-    service_account_name: str | None = Field(None, description="ServiceAccount trial pods run as.")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; trial Jobs are admitted by Kueue when set.")
-    model_cache_claim: str | None = Field(
-        None,
-        description="PVC mounted read-only at /models holding pre-downloaded base models, so trials skip the download.",
-    )
-    suspend: bool = Field(False, description="Stop starting trials and suspend running ones; false resumes.")
 
 
 class StorageSpec(ApiModel):
