@@ -17,23 +17,9 @@ from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
 from lora_ablation.plan import PlannedTrial, plan_trials
+from lora_ablation.report import human_count, text_table
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), *(line(r) for r in rows)])
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -105,12 +91,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "+".join(t.spec.modules) or "(none)",
             str(t.spec.rank),
             t.spec.variant,
-            _human(t.estimated_params),
+            human_count(t.estimated_params, missing="?"),
             _target_count(t),
         ]
         for t in plan.trials
     ]
-    print(_table(rows, ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"]))
+    print(text_table(["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"], rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
     return 0
 
@@ -223,13 +209,13 @@ def _print_inspection(report: dict[str, Any]) -> None:
         [
             g["group"],
             str(g["modules"]),
-            _human(g["loraParams"]),
+            human_count(g["loraParams"], missing="?"),
             g.get("error") or ", ".join(compress_names(g["names"]))[:100],
         ]
         for g in report["groups"]
     ]
     print()
-    print(_table(rows, ["GROUP", "MODULES", f"PARAMS@r{report['rank']}", "NAMES"]))
+    print(text_table(["GROUP", "MODULES", f"PARAMS@r{report['rank']}", "NAMES"], rows))
     for note in report["notes"]:
         print(f"note: {note}")
 

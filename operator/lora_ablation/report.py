@@ -9,10 +9,14 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _params(n: int | None) -> str:
-    if not n:
-        return "-"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+def human_count(n: int | None, missing: str = "-") -> str:
+    """12_345_678 -> '12.35M'; also what `plan` and `inspect-model` print for parameter counts."""
+    if n is None:
+        return missing
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
 
 
 LEADERBOARD_HEADERS = [
@@ -43,7 +47,7 @@ def leaderboard_rows(summary: Summary) -> list[list[str]]:
                 "-" if c.beats_baseline is None else f"{c.beats_baseline}/{c.datasets if c.complete else total}",
                 _fmt(c.tpot_p95_ms),
                 "-" if c.latency_overhead_pct is None else f"{c.latency_overhead_pct:+.1f}%",
-                _params(c.trainable_params),
+                human_count(c.trainable_params or None),
             ]
         )
     return rows
@@ -67,7 +71,8 @@ def dataset_matrix(summary: Summary) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; the terminal tables of every command."""
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
     render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([render(headers), *(render(r) for r in rows)])
@@ -78,10 +83,10 @@ def render_text(summary: Summary) -> str:
     rec = summary.recommendation
     parts = [
         f"Leaderboard: {summary.namespace}/{summary.ablation} (* = on the score/latency Pareto front)",
-        _table(LEADERBOARD_HEADERS, leaderboard_rows(summary)),
+        text_table(LEADERBOARD_HEADERS, leaderboard_rows(summary)),
         "",
         "Scores per dataset (delta vs the base model):",
-        _table(headers, rows),
+        text_table(headers, rows),
         "",
         f"Recommendation: accuracy-first {rec.accuracy_first or '-'}; balanced {rec.balanced or '-'}",
         f"  {rec.rationale or ''}",

@@ -212,21 +212,9 @@ def summarize(
 
 
 def leaderboard(summary: Summary, size: int) -> list[LeaderboardEntry]:
+    """The top configurations as status entries: the same fields as ConfigSummary, plus the position."""
+    fields = set(LeaderboardEntry.model_fields) - {"position"}
     return [
-        LeaderboardEntry(
-            position=index,
-            config=c.config,
-            modules=c.modules,
-            rank=c.rank,
-            variant=c.variant,
-            mean_score=c.mean_score,
-            mean_rank=c.mean_rank,
-            worst_gap=c.worst_gap,
-            beats_baseline=c.beats_baseline,
-            datasets=c.datasets,
-            tpot_p95_ms=c.tpot_p95_ms,
-            latency_overhead_pct=c.latency_overhead_pct,
-            trainable_params=c.trainable_params,
-        )
+        LeaderboardEntry(position=index, **c.model_dump(include=fields))
         for index, c in enumerate(summary.configs[:size], start=1)
     ]
