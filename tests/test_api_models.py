@@ -43,7 +43,27 @@ def _problems(manifest: dict) -> list[str]:
 @pytest.mark.parametrize(
     ("overrides", "field", "fragment"),
     [
-        ({"storage": {"uri": "gs://bucket/x"}}, "spec.storage.uri", "s3://bucket/prefix or file://"),
+        ({"storage": {"uri": "gs://bucket/x"}}, "spec.storage.uri", "s3://bucket/prefix"),
+        ({"storage": {"uri": "s3://bucket/../x"}}, "spec.storage.uri", "not empty, '.' or '..'"),
+        ({"storage": {"uri": "s3://b-1/a//b"}}, "spec.storage.uri", "not empty, '.' or '..'"),
+        ({"execution": {"queueName": "Team_A"}}, "spec.execution.queueName", "DNS-1123 label"),
+        ({"execution": {"priorityClassName": "high priority"}}, "spec.execution.priorityClassName", "object name"),
+        ({"execution": {"serviceAccountName": "x" * 254}}, "spec.execution.serviceAccountName", "at most 253"),
+        ({"execution": {"modelCacheClaim": "-cache"}}, "spec.execution.modelCacheClaim", "object name"),
+        ({"execution": {"nodeSelector": {"gpu": "a" * 64}}}, "spec.execution.nodeSelector.gpu", "label value"),
+        ({"execution": {"nodeSelector": {"bad key!": "x"}}}, "spec.execution.nodeSelector.bad key! (key)",
+         "qualified name"),
+        ({"execution": {"tolerations": [{"operator": "Maybe"}]}}, "spec.execution.tolerations[0].operator", "Exists"),
+        ({"execution": {"resources": {"gpuResourceName": "gpu/"}}}, "spec.execution.resources.gpuResourceName",
+         "qualified name"),
+        ({"execution": {"image": "trainer: latest"}}, "spec.execution.image", "without whitespace"),
+        ({"storage": {"uri": "s3://b-1/x", "credentialsSecretRef": {"name": "Creds"}}},
+         "spec.storage.credentialsSecretRef.name", "object name"),
+        ({"baseModel": {"uri": "hf://org/m", "tokenSecretRef": {"name": "t", "key": "a key"}}},
+         "spec.baseModel.tokenSecretRef.key", "Secret key"),
+        ({"training": {"learningRate": float("nan")}}, "spec.training.learningRate", "finite"),
+        ({"search": {"alphaOverRank": float("inf"), "moduleSets": [["o_proj"]]}}, "spec.search.alphaOverRank",
+         "finite"),
         ({"baseModel": {"uri": "ftp://host/model"}}, "spec.baseModel.uri", "hf://org/name"),
         ({"search": {"moduleSets": [["o_proj"]], "ranks": [0]}}, "spec.search.ranks[0]", "greater than or equal to 1"),
         ({"search": {"moduleSets": [["o_proj"]], "ranks": [8, 8]}}, "spec.search.ranks", "repeat"),
@@ -90,10 +110,22 @@ def test_dataset_name_must_be_dns_label():
     assert any(p.startswith("spec.datasets[0].name:") for p in _problems(manifest))
 
 
-def test_ablation_name_must_leave_room_for_trial_names():
+def test_ablation_name_is_at_most_a_label_value():
     manifest = minimal_manifest()
-    manifest["metadata"]["name"] = "x" * 41
-    assert any(p.startswith("metadata.name:") and "40" in p for p in _problems(manifest))
+    manifest["metadata"]["name"] = "x" * 64
+    assert any(p.startswith("metadata.name:") and "63" in p for p in _problems(manifest))
+    manifest["metadata"]["name"] = "x" * 63
+    parse_ablation(manifest)
+
+
+def test_the_grid_is_bounded_before_anything_is_planned():
+    manifest = minimal_manifest(
+        datasets=[{"name": f"d{i}", "train": "s3://d/t.jsonl", "eval": "s3://d/e.jsonl"} for i in range(64)],
+        search={"moduleSets": [[f"layers.{i}.q_proj"] for i in range(64)], "ranks": list(range(1, 17)),
+                "variants": ["lora", "rslora", "dora", "loraplus"]},
+    )  # fmt: skip
+    (problem,) = _problems(manifest)
+    assert problem.startswith("spec:") and "262208 trials" in problem and "at most 5000" in problem
 
 
 def test_missing_required_fields_listed_together():

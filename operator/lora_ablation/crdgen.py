@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from lora_ablation.api.base import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from lora_ablation.api.resource import MAX_ABLATION_NAME
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.status import LoraAblationStatus
 
@@ -57,6 +58,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node = merged
         if len(non_null) != len(any_of):
             node["nullable"] = True
+    patterns = node.pop("patternProperties", None)
+    if patterns:
+        # Structural schemas allow neither patternProperties nor propertyNames: keep the value schema and leave
+        # the keys to the operator's validation (a CEL rule over map keys has no length bound for the cost budget).
+        (node["additionalProperties"],) = patterns.values()
+        node.pop("propertyNames", None)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP_KEYS:
@@ -127,6 +134,14 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A LoRA target-module and rank ablation, run as one training Job per trial.",
                             "required": ["spec"],
+                            # The one rule a root schema may state about metadata: the name's length.
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"size(self.metadata.name) <= {MAX_ABLATION_NAME}",
+                                    "message": f"metadata.name must be at most {MAX_ABLATION_NAME} characters: it "
+                                    "becomes a label value on every trial Job",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

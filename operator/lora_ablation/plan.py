@@ -82,14 +82,9 @@ def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory
         for s_index, modules, rank, variant in combos:
             resolution = resolutions.get(s_index) if s_index is not None else None
             label = config_label(modules, rank, variant)
-            readable = (
-                f"{dataset.name}-base"
-                if variant == BASELINE_VARIANT
-                else f"{dataset.name}-{module_set_label(modules)}-r{rank}-{variant}"
-            )
-            name = trial_name(
-                ablation, readable, {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant)}
-            )
+            config = ["base"] if variant == BASELINE_VARIANT else [module_set_label(modules), f"r{rank}", variant]
+            identity = {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant)}
+            name = trial_name(ablation, dataset.name, config, identity)
             trial_spec = TrialSpec(
                 ablation=ablation,
                 namespace=namespace,

@@ -7,11 +7,15 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from lora_ablation.api.base import format_location
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.store import Store
+from lora_ablation.store import ObjectTooLarge, Store
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
+# A real result is a few KiB (tens with thousands of module names); anything far larger is broken or hostile,
+# and the operator reading it is shared by every ablation in the cluster.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 SUMMARY_FILE = "summary.json"
 
 
@@ -25,16 +29,20 @@ def read_result(store: Store, trial: str) -> ResultRead:
     """The trial's result, None when absent, or a problem when present but invalid (never success)."""
     key = f"{trial}/{RESULT_FILE}"
     try:
-        raw = store.read_json(key)
+        raw = store.read_json(key, MAX_RESULT_BYTES)
     except FileNotFoundError:
         return ResultRead(None)
-    except ValueError as error:  # not JSON at all
-        return ResultRead(None, f"{key} is not valid JSON ({error})")
+    except ObjectTooLarge as error:
+        return ResultRead(None, f"{key} is too large ({error})")
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, NaN/Infinity, or nested past reason
+        return ResultRead(None, f"{key} is not valid JSON ({str(error)[:200]})")
     try:
         result = TrialResult.model_validate(raw)
     except ValidationError as error:
+        first = error.errors()[0]
+        where = format_location(tuple(first["loc"]))
         return ResultRead(
-            None, f"{key} is not a valid result ({error.error_count()} problems: {error.errors()[0]['msg']})"
+            None, f"{key} is not a valid result ({error.error_count()} problem(s); {where}: {first['msg']})"
         )
     if result.trial != trial:
         return ResultRead(None, f"{key} belongs to trial {result.trial!r}")

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +42,15 @@ class StorageAccessDenied(StorageError):
     """Permanent until someone fixes the spec or the credentials: 403, missing bucket, bad keys."""
 
 
+class ObjectTooLarge(ValueError):
+    """An object is larger than the reader allows (a bounded read: see read_bytes)."""
+
+    def __init__(self, uri: str, size: int | None, limit: int) -> None:
+        self.size, self.limit = size, limit
+        told = f"{size} bytes" if size is not None else "more than that"
+        super().__init__(f"{uri} is {told}; at most {limit} bytes are read")
+
+
 def _clean(path: str, what: str, *, allow_empty: bool = False) -> str:
     """Validate a relative key or prefix; '.', '..' and empty parts are refused so no key escapes its root."""
     # A trailing '/' on a prefix is harmless; a leading one is refused, so "/" can never mean "everything".
@@ -53,6 +62,16 @@ def _clean(path: str, what: str, *, allow_empty: bool = False) -> str:
     if any(part in ("", ".", "..") for part in trimmed.split("/")) or "\\" in trimmed or "\0" in trimmed:
         raise ValueError(f"invalid {what} {path!r}: expected a relative path like 'a/b' without '.' or '..' parts")
     return trimmed
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """'bytes 0-99/5000' -> 5000."""
+    total = (content_range or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
 
 
 def _join(*parts: str) -> str:
@@ -102,7 +121,12 @@ class Store(abc.ABC):
     def child(self, *parts: str) -> Store: ...
 
     @abc.abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; with max_bytes, never more than that read or held (ObjectTooLarge)."""
+
+    @abc.abstractmethod
+    def version(self, key: str) -> str:
+        """A token that changes whenever the object is rewritten (ETag and size; mtime and size locally)."""
 
     @abc.abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -122,17 +146,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _download_file(self, key: str, dest: Path) -> None: ...
 
-    def read_text(self, key: str) -> str:
-        return self.read_bytes(key).decode("utf-8")
+    def read_text(self, key: str, max_bytes: int | None = None) -> str:
+        return self.read_bytes(key, max_bytes).decode("utf-8")
 
-    def read_json(self, key: str) -> Any:
-        return json.loads(self.read_text(key))
+    def read_json(self, key: str, max_bytes: int | None = None) -> Any:
+        """Strict JSON: NaN and Infinity (which Python writes and other readers refuse) are errors too."""
+        return json.loads(self.read_text(key, max_bytes), parse_constant=_refuse_constant)
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
 
     def write_json(self, key: str, obj: Any) -> None:
-        self.write_text(key, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+        # allow_nan=False: Python would write NaN and Infinity, which no other JSON reader accepts.
+        self.write_text(key, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n")
 
     def upload_dir(self, local_dir: Path, prefix: str) -> int:
         prefix = _clean(prefix, "prefix", allow_empty=True)
@@ -166,11 +192,22 @@ class LocalStore(Store):
     def child(self, *parts: str) -> LocalStore:
         return LocalStore(self.root / _clean("/".join(p.rstrip("/") for p in parts), "child path"))
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with self._path(key).open("rb") as handle:
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise _not_found(self._uri(key)) from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLarge(self._uri(key), self._path(key).stat().st_size, max_bytes)
+        return data
+
+    def version(self, key: str) -> str:
+        try:
+            info = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise _not_found(self._uri(key)) from None
+        return f"{info.st_mtime_ns}-{info.st_size}"
 
     def write_bytes(self, key: str, data: bytes) -> None:
         _atomic_write(self._path(key), lambda handle: handle.write(data))
@@ -305,9 +342,29 @@ class S3Store(Store):
         prefix = _join(self.prefix, _clean("/".join(p.rstrip("/") for p in parts), "child path"))
         return S3Store(self.bucket, prefix, self._client)
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        from botocore.exceptions import ClientError
+
         with self._errors(key):
-            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            if max_bytes is None:
+                return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max_bytes}")
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # an empty object has no byte 0
+                raise
+            with closing(response["Body"]) as body:
+                data = body.read(max_bytes + 1)  # bounded even where an endpoint ignores Range
+        total = _range_total(response.get("ContentRange"))
+        if len(data) > max_bytes or (total is not None and total > max_bytes):
+            raise ObjectTooLarge(self._uri(key), total, max_bytes)
+        return data
+
+    def version(self, key: str) -> str:
+        with self._errors(key):
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return f"{head.get('ETag', '')}-{head.get('ContentLength', '')}"
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):

@@ -1,57 +1,106 @@
-"""Results storage as the operator sees it: result.json of finished trials (cached, read once each),
-the preflight report, and summary.json. Storage I/O only; no Kubernetes here."""
+"""Results storage as the operator sees it: result.json of finished trials (bounded reads, cached, re-checked
+for rewrites), the preflight report, summary.json, and deleting an ablation's results. Storage I/O only; no
+Kubernetes here. Everything read was written by a trial image, so nothing read is trusted."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from lora_ablation.api.spec import LoraAblationSpec
+from pydantic import ValidationError
+
+from lora_ablation.api.spec import LoraAblationSpec, StorageSpec
 from lora_ablation.api.trial import PreflightReport
 from lora_ablation.report import render_markdown
-from lora_ablation.results import SUMMARY_FILE, ResultRead, read_result
-from lora_ablation.store import Store, open_store
+from lora_ablation.results import RESULT_FILE, SUMMARY_FILE, ResultRead, read_result
+from lora_ablation.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store, open_store
 from lora_ablation.summary_models import Summary
+from lora_ablation_operator.settings import Settings
+
+PREFLIGHT_FILE = "preflight/preflight.json"
+MAX_PREFLIGHT_BYTES = 1024 * 1024
 
 
 class ResultCache:
-    """A finished trial's result never changes, so each is read from storage once per operator process;
-    a restarted operator re-reads them, which is what makes a restart lose nothing."""
+    """Each finished trial's result is read once, then only its version (ETag and size) is checked, at most every
+    `recheck_seconds`: a result rewritten after it was read is read and validated again. A restarted operator
+    re-reads everything, which is what makes a restart lose nothing."""
 
-    def __init__(self) -> None:
-        self._reads: dict[tuple[str, str], ResultRead] = {}
+    def __init__(self, recheck_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._recheck, self._clock = recheck_seconds, clock
+        self._reads: dict[tuple[str, str], tuple[str | None, ResultRead, float]] = {}
 
     def collect(self, uid: str, store: Store, trials: list[str]) -> dict[str, ResultRead]:
         out = {}
+        now = self._clock()
         for trial in trials:
             key = (uid, trial)
-            if key not in self._reads:
-                self._reads[key] = read_result(store, trial)
-            out[trial] = self._reads[key]
+            cached = self._reads.get(key)
+            if cached is None or now - cached[2] >= self._recheck:
+                version = _version(store, f"{trial}/{RESULT_FILE}")
+                if cached is None or version != cached[0]:
+                    cached = (version, read_result(store, trial), now)
+                self._reads[key] = (cached[0], cached[1], now)
+            out[trial] = self._reads[key][1]
         return out
 
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reads if k[0] == uid]:
             del self._reads[key]
 
+    def __len__(self) -> int:
+        return len(self._reads)
+
+
+def _version(store: Store, key: str) -> str | None:
+    try:
+        return store.version(key)
+    except FileNotFoundError:
+        return None
+
 
 @lru_cache(maxsize=256)
-def _root_store(uri: str, endpoint: str | None, region: str | None) -> Store:
+def _root_store(uri: str, endpoint: str | None, region: str | None, retries: int, timeout: float) -> Store:
     # One client per storage location, reused by every reconcile (building a boto3 client costs ~10 ms).
-    return open_store(uri, endpoint, region)
+    return open_store(uri, endpoint, region, retries=retries, timeout=timeout)
 
 
-def ablation_store(spec: LoraAblationSpec, namespace: str, name: str, default_endpoint: str | None) -> Store:
-    endpoint = spec.storage.endpoint or default_endpoint
-    return _root_store(spec.storage.uri, endpoint, spec.storage.region).child(namespace, name)
+def _store_for(storage: StorageSpec, namespace: str, name: str, settings: Settings) -> Store:
+    if not storage.uri.startswith("s3://"):
+        raise ValueError(f"storage.uri {storage.uri!r}: the operator reads and writes s3:// storage only")
+    endpoint = storage.endpoint or settings.default_storage_endpoint
+    root = _root_store(storage.uri, endpoint, storage.region, settings.storage_retries, settings.storage_timeout)
+    return root.child(namespace, name)
+
+
+def ablation_store(spec: LoraAblationSpec, namespace: str, name: str, settings: Settings) -> Store:
+    return _store_for(spec.storage, namespace, name, settings)
+
+
+def describe(error: StorageError) -> str:
+    """A StorageUnavailable condition message that tells a denied access from an unreachable endpoint."""
+    if isinstance(error, StorageAccessDenied):
+        return f"results storage denies access: {error}"
+    return f"results storage unreachable: {error}"
 
 
 def preflight_problems(store: Store) -> list[str] | None:
+    """The problems preflight.json lists, or a problem with the file itself; None when there is no file."""
     try:
-        raw: Any = store.read_json("preflight/preflight.json")
-    except (FileNotFoundError, ValueError):
+        raw: Any = store.read_json(PREFLIGHT_FILE, MAX_PREFLIGHT_BYTES)
+    except FileNotFoundError:
         return None
-    return PreflightReport.model_validate(raw).problems or None
+    except ObjectTooLarge as error:
+        return [f"{PREFLIGHT_FILE} is too large ({error})"]
+    except (ValueError, RecursionError):
+        return [f"{PREFLIGHT_FILE} is not valid JSON"]
+    try:
+        report = PreflightReport.model_validate(raw)
+    except ValidationError as error:
+        return [f"{PREFLIGHT_FILE} is not a valid preflight report ({error.error_count()} problem(s))"]
+    return [p[:500] for p in report.problems[:20]] or None
 
 
 def write_summary(store: Store, summary: Summary) -> None:
@@ -61,3 +110,14 @@ def write_summary(store: Store, summary: Summary) -> None:
 
 def write_trial_statuses(store: Store, statuses: list[dict[str, Any]]) -> None:
     store.write_json("trials.json", statuses)
+
+
+def delete_results(raw_storage: Any, namespace: str, name: str, settings: Settings) -> tuple[int, str]:
+    """Remove everything under <storage.uri>/<namespace>/<name>; needs nothing of the spec but its storage, so
+    an ablation whose spec is otherwise invalid can still be deleted. ValueError when storage is unusable."""
+    try:
+        storage = StorageSpec.model_validate(raw_storage)
+    except ValidationError as error:
+        raise ValueError(f"spec.storage is invalid ({error.error_count()} problem(s))") from None
+    store = _store_for(storage, namespace, name, settings)
+    return store.delete_prefix(""), store.uri

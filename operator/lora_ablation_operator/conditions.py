@@ -22,11 +22,13 @@ TRIALS_FAILED = "TrialsFailed"
 NO_FAILURES = "NoFailures"
 SUSPENDED_BY_SPEC = "SuspendedBySpec"
 NOT_SUSPENDED = "NotSuspended"
-STORAGE_UNAVAILABLE = "StorageUnavailable"
+STORAGE_UNAVAILABLE = "StorageUnavailable"  # results storage unreachable or access denied (message says which)
+JOB_REJECTED = "JobRejected"  # the API server refused a Job (quota, admission webhook, invalid field)
+TRIAL_STUCK = "TrialStuck"  # a pod cannot start (image pull, missing Secret, unschedulable)
 
 # Trial states (status.trialStatuses[].state)
-PENDING, RUNNING, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED = (
-    "Pending", "Running", "Succeeded", "Failed", "ResultsMissing", "Suspended",
+PENDING, RUNNING, STUCK, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED = (
+    "Pending", "Running", "Stuck", "Succeeded", "Failed", "ResultsMissing", "Suspended",
 )  # fmt: skip
 TERMINAL = frozenset({SUCCEEDED, FAILED, RESULTS_MISSING})
 

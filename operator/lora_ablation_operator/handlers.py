@@ -3,6 +3,7 @@ level-based reconcile; logic lives in reconcile.py, API calls in kube.py, storag
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -11,16 +12,19 @@ from typing import Any
 
 import kopf
 
-from lora_ablation.api.base import GROUP, PLURAL, VERSION, SpecError
-from lora_ablation.api.resource import parse_spec
+from lora_ablation.api.base import GROUP, PLURAL, VERSION
+from lora_ablation.naming import label_value
 from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
 from lora_ablation_operator import conditions as c
-from lora_ablation_operator.reconcile import Decision, Observed, completed_trials, job_finished, reconcile
+from lora_ablation_operator.observe import completed_trials, is_preflight_job, job_finished, stuck_jobs
+from lora_ablation_operator.planning import PlanCache, Planned
+from lora_ablation_operator.reconcile import Decision, Observed, reconcile
 from lora_ablation_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
-RESULTS = collector.ResultCache()
+RESULTS = collector.ResultCache(SETTINGS.result_recheck_seconds)
+PLANS = PlanCache()
 log = logging.getLogger(__name__)
 
 
@@ -44,38 +48,61 @@ def _finished(status: dict[str, Any], generation: int | None) -> bool:
     return ready.get("reason") in final and status.get("observedGeneration") == generation
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def observe(planned: Planned, name: str, namespace: str, uid: str, meta: Any, spec: Any, status: Any) -> Observed:
+    """Everything reconcile needs from the API and storage; storage failures become an observation, not an error."""
+    now, ablation = _now(), label_value(name)
+    jobs = kube.list_jobs(namespace, ablation)
+    active = any(not (job_finished(j, "Complete") or job_finished(j, "Failed")) for j in jobs.values())
+    stuck = stuck_jobs(kube.list_pods(namespace, ablation), now, SETTINGS.unschedulable_after) if active else {}
+    results: dict[str, Any] = {}
+    problems, storage_problem = None, None
+    if planned.spec is not None:
+        try:
+            store = collector.ablation_store(planned.spec, namespace, name, SETTINGS)
+            results = RESULTS.collect(uid, store, completed_trials(jobs))
+            if any(job_finished(j, "Failed") for j in jobs.values() if is_preflight_job(j)):
+                problems = collector.preflight_problems(store)
+        except StorageError as error:
+            metrics.STORAGE_ERRORS.inc()
+            storage_problem = collector.describe(error)
+    return Observed(name, namespace, meta.get("generation"), dict(spec), dict(status), jobs, results, problems, now,
+                    planned, storage_problem, stuck=stuck)  # fmt: skip
+
+
 def run_reconcile(body: kopf.Body, name: str, namespace: str, uid: str, meta: Any, spec: Any, status: Any,
                   patch: kopf.Patch) -> None:  # fmt: skip
     started = time.perf_counter()
-    spec_dict, status_dict = dict(spec), dict(status)
-    jobs = kube.list_jobs(namespace, name)
-    results: dict[str, Any] = {}
-    problems = None
-    store = None
-    try:
-        parsed = parse_spec(spec_dict)
-        if not parsed.storage.uri.startswith("file://"):
-            store = collector.ablation_store(parsed, namespace, name, SETTINGS.default_storage_endpoint)
-            results = RESULTS.collect(uid, store, completed_trials(jobs))
-            if any(job_finished(j, "Failed") for n, j in jobs.items() if "-preflight-" in n):
-                problems = collector.preflight_problems(store)
-    except SpecError:
-        pass  # reconcile reports it as a condition
-    except StorageError as error:
-        metrics.STORAGE_ERRORS.inc()
-        raise kopf.TemporaryError(f"results storage unavailable: {error}", delay=30) from None
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    observed = Observed(name, namespace, meta.get("generation"), spec_dict, status_dict, jobs, results, problems, now)
+    planned = PLANS.get(uid, meta.get("generation"), name, namespace, dict(spec), SETTINGS)
+    observed = observe(planned, name, namespace, uid, meta, spec, status)
     decision = reconcile(observed, SETTINGS)
-    apply(decision, body, patch, store, status_dict)
+    created, rejected = create_jobs(decision, body)
+    if rejected:  # judge again, knowing what the API server refused: the status says so, nothing else is created
+        again = reconcile(dataclasses.replace(observed, jobs={**observed.jobs, **created}, rejected=rejected), SETTINGS)
+        started_events = [e for e in decision.events if e[2].split(":", 1)[0] in created]
+        decision = dataclasses.replace(again, events=started_events + again.events)
+    apply(decision, body, patch, planned, dict(status))
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
 
-def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch, store: Any, previous: dict[str, Any]) -> None:
-    namespace, name = body.metadata.namespace, body.metadata.name
+def create_jobs(decision: Decision, body: kopf.Body) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Create the decided Jobs in order, stopping at the first refusal: (created by name, refused name -> why)."""
+    created: dict[str, dict[str, Any]] = {}
     for job in decision.create:
-        kopf.adopt(job, owner=body)  # ownerReferences: deleting the ablation deletes its Jobs
-        kube.create_job(job)
+        kopf.append_owner_reference(job, owner=body)  # deleting the ablation deletes its Jobs; no labels copied
+        try:
+            kube.create_job(job)
+        except kube.JobRefused as error:
+            return created, {job["metadata"]["name"]: str(error)}
+        created[job["metadata"]["name"]] = job
+    return created, {}
+
+
+def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch, planned: Planned, previous: dict[str, Any]) -> None:
+    namespace, name = body.metadata.namespace, body.metadata.name
     for job_name in decision.delete:
         kube.delete_job(namespace, job_name)
     for job_name in decision.suspend:
@@ -85,12 +112,17 @@ def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch, store: Any, pr
     succeeded = (decision.status.get("trials") or {}).get("succeeded")
     if (
         decision.summary is not None
-        and store is not None
+        and planned.spec is not None
         and (decision.finished or succeeded != (previous.get("trials") or {}).get("succeeded"))
     ):
-        collector.write_summary(store, decision.summary)
-        if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
-            collector.write_trial_statuses(store, decision.all_trial_statuses)
+        try:
+            store = collector.ablation_store(planned.spec, namespace, name, SETTINGS)
+            collector.write_summary(store, decision.summary)
+            if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
+                collector.write_trial_statuses(store, decision.all_trial_statuses)
+        except StorageError as error:  # the status still records the results; the summary is written next time
+            metrics.STORAGE_ERRORS.inc()
+            decision.events.append(("Warning", c.STORAGE_UNAVAILABLE, f"summary not written: {error}"))
     for event_type, reason, message in decision.events:
         (kopf.warn if event_type == "Warning" else kopf.info)(body, reason=reason, message=message)
     patch.status.update(decision.status)
@@ -112,12 +144,32 @@ def on_timer(body: kopf.Body, name: str, namespace: str, uid: str, meta: Any, sp
     run_reconcile(body, name, namespace, uid, meta, spec, status, patch)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL,
-                when=lambda spec, **_: (spec.get("storage") or {}).get("retainOnDelete") is False)  # fmt: skip
-def on_delete(name: str, namespace: str, uid: str, spec: Any, logger: Any, **_: Any) -> None:
-    """Jobs go with their owner (ownerReferences); results go only when the spec asks for it."""
-    store = collector.ablation_store(parse_spec(dict(spec)), namespace, name, SETTINGS.default_storage_endpoint)
-    removed = store.delete_prefix("")
-    logger.info("storage.retainOnDelete is false: removed %d objects under %s", removed, store.uri)
-    RESULTS.forget(uid)
-    metrics.record_trials(namespace, name, None)
+def _removes_results(spec: Any, **_: Any) -> bool:
+    storage = spec.get("storage") if hasattr(spec, "get") else None
+    return isinstance(storage, dict) and storage.get("retainOnDelete") is False
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_removes_results)
+def on_delete(body: kopf.Body, name: str, namespace: str, spec: Any, retry: int, logger: Any, **_: Any) -> None:
+    """Jobs go with their owner (ownerReferences); results go only when the spec asks for it. Bounded: after
+    settings.delete_retries failed tries the object is let go with a Warning, so deletion never hangs."""
+    try:
+        removed, uri = collector.delete_results(spec.get("storage"), namespace, name, SETTINGS)
+    except ValueError as error:  # nothing usable to delete from: say so and let the object go
+        kopf.warn(body, reason="ResultsKept", message=f"results not deleted: {error}")
+        return
+    except StorageError as error:
+        if retry + 1 < SETTINGS.delete_retries:
+            raise kopf.TemporaryError(f"results not deleted yet: {error}", delay=10) from None
+        kopf.warn(body, reason="ResultsKept", message=f"results not deleted after {retry + 1} tries: {error}")
+        return
+    logger.info("storage.retainOnDelete is false: removed %d objects under %s", removed, uri)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_event(event: dict[str, Any], namespace: str, name: str, uid: str, **_: Any) -> None:
+    """Every deletion, whatever retainOnDelete says, drops what the process holds for the object."""
+    if event.get("type") == "DELETED":
+        RESULTS.forget(uid)
+        PLANS.forget(uid)
+        metrics.record_trials(namespace, name, None)

@@ -7,7 +7,7 @@ from typing import Any
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.trial import PreflightSpec, TrialStorage
 from lora_ablation.contract import EXIT_PERMANENT, PREFLIGHT_ENV, TRIAL_ENV
-from lora_ablation.naming import config_hash
+from lora_ablation.naming import bounded_name, label_value
 from lora_ablation.plan import PlannedTrial
 from lora_ablation_operator.settings import Settings
 
@@ -27,7 +27,7 @@ def labels(ablation: str, component: str, settings: Settings, trial: str | None 
         "app.kubernetes.io/part-of": "lora-ablation",
         "app.kubernetes.io/managed-by": "lora-ablation-operator",
         COMPONENT_LABEL: component,
-        ABLATION_LABEL: ablation,
+        ABLATION_LABEL: label_value(ablation),
         **settings.extra_labels,
     }
     if trial:
@@ -191,7 +191,7 @@ def preflight_name(ablation: str, spec: LoraAblationSpec) -> str:
         "datasets": [d.to_wire() for d in spec.datasets],
         "moduleSets": spec.search.module_sets,
     }
-    return f"{ablation}-preflight-{config_hash(identity)}"
+    return bounded_name([ablation, "preflight"], identity)
 
 
 def preflight_storage_uri(spec: LoraAblationSpec, namespace: str, ablation: str) -> str:

@@ -25,7 +25,7 @@ def record_trials(namespace: str, name: str, counts: dict[str, int] | None) -> N
     for per in _per_ablation.values():
         for state, value in per.items():
             totals[state] = totals.get(state, 0) + value
-    for state in ("pending", "running", "succeeded", "failed", "resultsMissing"):
+    for state in ("pending", "running", "stuck", "succeeded", "failed", "resultsMissing"):
         TRIALS.labels(state).set(totals.get(state, 0))
 
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_ablation.api.base import SpecError
-from lora_ablation.api.resource import parse_spec
 from lora_ablation.api.spec import LoraAblationSpec
-from lora_ablation.plan import Plan, plan_trials
+from lora_ablation.plan import Plan
 from lora_ablation.results import ResultRead
 from lora_ablation.summary import leaderboard, summarize
 from lora_ablation.summary_models import Summary
 from lora_ablation_operator import conditions as c
-from lora_ablation_operator.jobs import TRIAL_LABEL, preflight_job, preflight_name, trial_job
+from lora_ablation_operator.jobs import preflight_job, preflight_name, trial_job
+from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
+from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
 
 
@@ -30,6 +30,10 @@ class Observed:
     results: dict[str, ResultRead]  # for trials whose Job completed
     preflight_problems: list[str] | None  # from preflight.json once the preflight Job finished
     now: str
+    planned: Planned | None = None  # the handler's cached plan for this generation; computed here when None
+    storage_problem: str | None = None  # why results storage could not be read (StorageUnavailable)
+    rejected: dict[str, str] = field(default_factory=dict)  # Job name -> why the API server refused to create it
+    stuck: dict[str, str] = field(default_factory=dict)  # Job name -> why its pod cannot start
 
 
 @dataclass
@@ -45,46 +49,21 @@ class Decision:
     finished: bool = False
 
 
-def job_finished(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    """The Job's Complete or Failed condition when it is True."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def completed_trials(jobs: dict[str, dict[str, Any]]) -> list[str]:
-    """Trial names whose Job completed: the handler reads their result.json before reconciling."""
-    return [
-        n
-        for n, j in jobs.items()
-        if (j["metadata"].get("labels") or {}).get(TRIAL_LABEL) and job_finished(j, "Complete")
-    ]
-
-
-def failure_message(job: dict[str, Any]) -> str:
-    cond = job_finished(job, "Failed") or {}
-    reason, message = cond.get("reason", ""), cond.get("message", "")
-    if reason == "PodFailurePolicy":
-        return f"permanent error (trainer exit code 42): {message}".strip()
-    if reason == "DeadlineExceeded":
-        return "exceeded execution.activeDeadlineSeconds"
-    if reason == "BackoffLimitExceeded":
-        return f"failed after {job['spec'].get('backoffLimit', 0) + 1} attempts: {message}".strip(": ")
-    return f"{reason}: {message}".strip(": ") or "failed"
-
-
-def _trial_state(job: dict[str, Any] | None, read: ResultRead | None) -> tuple[str, str | None]:
+def _trial_state(job: dict[str, Any] | None, read: ResultRead | None, observed: Observed,
+                 name: str) -> tuple[str, str | None]:  # fmt: skip
     if job is None:
-        return c.PENDING, None
+        rejected = observed.rejected.get(name)
+        return c.PENDING, (f"Job rejected by the API server: {rejected}" if rejected else None)
     if job_finished(job, "Failed"):
         return c.FAILED, failure_message(job)
     if job_finished(job, "Complete"):
         if read is not None and read.result is not None:
             return c.SUCCEEDED, None
         return c.RESULTS_MISSING, (read.problem if read else None) or "the Job succeeded but left no result.json"
-    if job["spec"].get("suspend"):
+    if (job.get("spec") or {}).get("suspend"):
         return c.TRIAL_SUSPENDED, None
+    if name in observed.stuck:
+        return c.STUCK, observed.stuck[name]
     return c.RUNNING, None
 
 
@@ -108,23 +87,32 @@ def _changed(previous: list[dict[str, Any]], type_: str, reason: str) -> bool:
 
 
 def reconcile(observed: Observed, settings: Settings) -> Decision:
-    try:
-        spec = parse_spec(observed.spec)
-    except SpecError as error:
-        return _invalid(observed, "; ".join(error.problems), c.INVALID_SPEC)
-    if spec.base_model.uri.startswith("file://") or any(
-        u.startswith("file://") for d in spec.datasets for u in (d.train, d.eval)
-    ) or spec.storage.uri.startswith("file://"):  # fmt: skip
-        return _invalid(observed, "file:// paths exist only on one machine; use s3:// or pvc:// in a cluster",
-                        c.INVALID_SPEC)  # fmt: skip
-    if settings.default_storage_endpoint and not spec.storage.endpoint:
-        spec.storage.endpoint = settings.default_storage_endpoint
-    plan = plan_trials(observed.name, observed.namespace, spec)
+    planned = observed.planned or plan_for(observed.name, observed.namespace, observed.spec, settings)
+    if planned.spec is None or planned.plan is None:
+        return _invalid(observed, planned.problem or "invalid spec", c.INVALID_SPEC)
+    spec, plan = planned.spec, planned.plan
+    if observed.storage_problem:
+        return _storage_unavailable(observed, observed.storage_problem)
     decision = Decision()
     if settings.preflight and not _preflight_passed(observed, spec, plan, settings, decision):
         return decision
     _run_trials(observed, spec, plan, settings, decision)
     return decision
+
+
+def _storage_unavailable(observed: Observed, problem: str) -> Decision:
+    """Nothing is started or judged while results cannot be read (a completed trial would look ResultsMissing);
+    the last known trial states stay as they are."""
+    conds, gen, now = observed.status.get("conditions") or [], observed.generation, observed.now
+    reason = c.STORAGE_UNAVAILABLE
+    status = {
+        "conditions": [
+            c.condition(conds, c.READY, False, reason, problem, gen, now),
+            c.condition(conds, c.PROGRESSING, False, reason, problem, gen, now),
+        ]
+    }
+    events = [("Warning", reason, problem)] if _changed(conds, c.READY, reason) else []
+    return Decision(status=status, events=events)
 
 
 def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings,
@@ -139,18 +127,24 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
         decision.status, decision.events, decision.finished = failed.status, failed.events, True
         decision.delete = [n for n, j in observed.jobs.items() if n != name and not job_finished(j, "Complete")]
         return False
-    if job is None and not spec.execution.suspend:
-        decision.create.append(preflight_job(observed.name, observed.namespace, spec, settings))
-        decision.events.append(("Normal", "PreflightStarted", f"checking modules and data in Job {name}"))
     conds, gen, now = observed.status.get("conditions") or [], observed.generation, observed.now
-    message = (
+    reason, message = c.PREFLIGHT_RUNNING, (
         f"preflight Job {name} checks {len(spec.search.module_sets)} module sets and {len(spec.datasets)} datasets"
     )
+    if job is None and name in observed.rejected:
+        reason, message = c.JOB_REJECTED, f"preflight Job {name} rejected by the API server: {observed.rejected[name]}"
+        decision.events.append(("Warning", reason, message)) if _changed(conds, c.READY, reason) else None
+    elif job is None and not spec.execution.suspend:
+        decision.create.append(preflight_job(observed.name, observed.namespace, spec, settings))
+        decision.events.append(("Normal", "PreflightStarted", f"{name}: checking modules and data"))
+    elif name in observed.stuck:
+        reason, message = c.TRIAL_STUCK, f"preflight Job {name} cannot start: {observed.stuck[name]}"
+        decision.events.append(("Warning", reason, message)) if _changed(conds, c.READY, reason) else None
     decision.status = {
         "observedGeneration": gen,
         "conditions": [
-            c.condition(conds, c.READY, False, c.PREFLIGHT_RUNNING, message, gen, now),
-            c.condition(conds, c.PROGRESSING, True, c.PREFLIGHT_RUNNING, message, gen, now),
+            c.condition(conds, c.READY, False, reason, message, gen, now),
+            c.condition(conds, c.PROGRESSING, reason == c.PREFLIGHT_RUNNING, reason, message, gen, now),
             c.condition(conds, c.SUSPENDED, spec.execution.suspend,
                         c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.NOT_SUSPENDED, "", gen, now),
         ],
@@ -162,25 +156,27 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
 
 def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings, decision: Decision) -> None:
     planned = {t.name for t in plan.trials}
-    trial_jobs = {n: j for n, j in observed.jobs.items() if (j["metadata"].get("labels") or {}).get(TRIAL_LABEL)}
+    trial_jobs = {n: j for n, j in observed.jobs.items() if is_trial_job(j)}
     # Trials removed from the spec by an edit: stop their Jobs (their results stay in storage).
     decision.delete += sorted(n for n, j in trial_jobs.items() if n not in planned and not _terminal_job(j))
     previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
     states: dict[str, tuple[str, str | None]] = {
-        t.name: _trial_state(trial_jobs.get(t.name), observed.results.get(t.name)) for t in plan.trials
+        t.name: _trial_state(trial_jobs.get(t.name), observed.results.get(t.name), observed, t.name)
+        for t in plan.trials
     }
     failures = sum(1 for s, _ in states.values() if s in {c.FAILED, c.RESULTS_MISSING})
     too_many = failures > spec.execution.max_failed_trials
     suspended = spec.execution.suspend
-    active = [n for n, (s, _) in states.items() if s in {c.RUNNING, c.TRIAL_SUSPENDED}]
+    active = [n for n, (s, _) in states.items() if s in {c.RUNNING, c.STUCK, c.TRIAL_SUSPENDED}]
     if too_many:
         decision.delete += sorted(active)  # stop what is still running: the ablation has failed
     elif suspended:
-        decision.suspend += sorted(n for n in active if states[n][0] == c.RUNNING)
+        decision.suspend += sorted(n for n in active if states[n][0] != c.TRIAL_SUSPENDED)
     else:
         queued = bool(spec.execution.queue_name)  # Kueue owns suspend on queued Jobs
         decision.resume += sorted(n for n in active if states[n][0] == c.TRIAL_SUSPENDED and not queued)
-        capacity = spec.execution.parallelism - len(active)
+        # After a refusal nothing more is created this pass: the next Job would most likely be refused alike.
+        capacity = 0 if observed.rejected else spec.execution.parallelism - len(active)
         for trial in plan.trials:
             if capacity <= 0:
                 break
@@ -197,9 +193,9 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
             result = observed.results[trial.name].result
             decision.events.append(("Normal", "TrialSucceeded",
                                     f"{trial.name}: {result.eval.metric} {result.eval.score:.4f}"))  # fmt: skip
-        elif previous.get(trial.name) != state and state in {c.FAILED, c.RESULTS_MISSING}:
-            decision.events.append(("Warning", "TrialFailed" if state == c.FAILED else "ResultsMissing",
-                                    f"{trial.name}: {message}"))  # fmt: skip
+        elif previous.get(trial.name) != state and state in {c.FAILED, c.RESULTS_MISSING, c.STUCK}:
+            reason = {c.FAILED: "TrialFailed", c.RESULTS_MISSING: c.RESULTS_MISSING, c.STUCK: c.TRIAL_STUCK}[state]
+            decision.events.append(("Warning", reason, f"{trial.name}: {message}"))
     _status(observed, spec, plan, states, too_many, settings, decision)
 
 
@@ -209,11 +205,13 @@ def _terminal_job(job: dict[str, Any]) -> bool:
 
 def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict[str, tuple[str, str | None]],
             too_many: bool, settings: Settings, decision: Decision) -> None:  # fmt: skip
-    counts = {"total": len(plan.trials), "pending": 0, "running": 0, "succeeded": 0, "failed": 0, "resultsMissing": 0}
-    key = {c.PENDING: "pending", c.TRIAL_SUSPENDED: "pending", c.RUNNING: "running", c.SUCCEEDED: "succeeded",
-           c.FAILED: "failed", c.RESULTS_MISSING: "resultsMissing"}  # fmt: skip
+    counts = {"total": len(plan.trials), "pending": 0, "running": 0, "stuck": 0, "succeeded": 0, "failed": 0,
+              "resultsMissing": 0}  # fmt: skip
+    key = {c.PENDING: "pending", c.TRIAL_SUSPENDED: "pending", c.RUNNING: "running", c.STUCK: "running",
+           c.SUCCEEDED: "succeeded", c.FAILED: "failed", c.RESULTS_MISSING: "resultsMissing"}  # fmt: skip
     for state, _ in states.values():
         counts[key[state]] += 1
+        counts["stuck"] += state == c.STUCK
     finished_trials = counts["succeeded"] + counts["failed"] + counts["resultsMissing"]
     all_done = finished_trials == len(plan.trials)
     results = [observed.results[n].result for n, (s, _) in states.items() if s == c.SUCCEEDED]
@@ -248,17 +246,23 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
     elif all_done:
         reason = c.COMPLETED_WITH_FAILURES if failures else c.COMPLETED
         ready = (True, reason, f"{done_text}; accuracy-first {rec.accuracy_first}, balanced {rec.balanced}")
+    elif observed.rejected:
+        job, why = next(iter(sorted(observed.rejected.items())))
+        ready = (False, c.JOB_REJECTED, f"Job {job} rejected by the API server: {why}")
     else:
         ready = (False, c.TRIALS_RUNNING, done_text)
     finished = too_many or all_done
+    progressing = (c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.TRIALS_RUNNING, done_text)
+    if counts["stuck"]:
+        first = next(m for s, m in states.values() if s == c.STUCK)
+        progressing = (c.TRIAL_STUCK, f"{done_text}; {counts['stuck']} trial(s) cannot start, first: {first}")
     decision.finished = finished
     decision.status = {
         "observedGeneration": gen,
         "conditions": [
             c.condition(conds, c.READY, ready[0], ready[1], ready[2], gen, now),
             c.condition(conds, c.PROGRESSING, not finished and not spec.execution.suspend,
-                        ready[1] if finished else (c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.TRIALS_RUNNING),
-                        done_text, gen, now),
+                        ready[1] if finished else progressing[0], done_text if finished else progressing[1], gen, now),
             c.condition(conds, c.DEGRADED, failures > 0, c.TRIALS_FAILED if failures else c.NO_FAILURES,
                         f"{failures} trial(s) failed or left no result" if failures else "", gen, now),
             c.condition(conds, c.SUSPENDED, spec.execution.suspend,
@@ -274,7 +278,7 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         "recommendation": rec.to_wire() if results else None,
         "resultsUri": f"{spec.storage.uri.rstrip('/')}/{observed.namespace}/{observed.name}",
     }  # fmt: skip
-    if ready[1] != next((x.get("reason") for x in conds if x.get("type") == c.READY), None) and finished:
+    if _changed(conds, c.READY, ready[1]) and (finished or ready[1] == c.JOB_REJECTED):
         decision.events.append(("Normal" if ready[0] else "Warning", ready[1], ready[2]))
     decision.summary = summary if results else None
     decision.all_trial_statuses = trial_statuses

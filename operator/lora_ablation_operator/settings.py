@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from lora_ablation.api.spec import MAX_TRIALS
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"LORA_ABLATION_{name}", default)
@@ -20,6 +22,12 @@ class Settings:
     preflight_memory: str = "4Gi"
     reconcile_interval: float = 10.0  # seconds between level-based reconciles of an unfinished ablation
     max_trial_statuses: int = 200  # status.trialStatuses cap; etcd objects are limited to ~1.5 MiB
+    max_trials: int = MAX_TRIALS  # trials one ablation may plan; the chart's maxTrials can lower it
+    result_recheck_seconds: float = 300.0  # how often a collected result.json is checked for a rewrite (ETag/size)
+    unschedulable_after: float = 600.0  # a pod Unschedulable this long makes its trial Stuck (autoscalers are slow)
+    storage_timeout: float = 5.0  # seconds per storage request: a handler thread must never hang on storage
+    storage_retries: int = 2  # botocore attempts per storage request
+    delete_retries: int = 5  # deletion tries to remove results (retainOnDelete: false) before letting the object go
     run_as_user: int = 10001
     extra_labels: dict[str, str] = field(default_factory=dict)
 
@@ -34,4 +42,10 @@ class Settings:
             preflight_memory=_env("PREFLIGHT_MEMORY", cls.preflight_memory),
             reconcile_interval=float(_env("RECONCILE_INTERVAL", str(cls.reconcile_interval))),
             max_trial_statuses=int(_env("MAX_TRIAL_STATUSES", str(cls.max_trial_statuses))),
+            max_trials=min(MAX_TRIALS, int(_env("MAX_TRIALS", str(MAX_TRIALS)))),
+            result_recheck_seconds=float(_env("RESULT_RECHECK_SECONDS", str(cls.result_recheck_seconds))),
+            unschedulable_after=float(_env("UNSCHEDULABLE_AFTER", str(cls.unschedulable_after))),
+            storage_timeout=float(_env("STORAGE_TIMEOUT", str(cls.storage_timeout))),
+            storage_retries=int(_env("STORAGE_RETRIES", str(cls.storage_retries))),
+            delete_retries=int(_env("DELETE_RETRIES", str(cls.delete_retries))),
         )

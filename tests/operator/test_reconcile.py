@@ -11,7 +11,8 @@ from lora_ablation.api.trial import TrialResult
 from lora_ablation.results import ResultRead
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import TRIAL_LABEL, preflight_name
-from lora_ablation_operator.reconcile import Observed, completed_trials, reconcile
+from lora_ablation_operator.observe import completed_trials
+from lora_ablation_operator.reconcile import Observed, reconcile
 from lora_ablation_operator.settings import Settings
 
 SETTINGS = Settings(trainer_image="trainer:test")
@@ -96,8 +97,8 @@ def test_trials_respect_parallelism_and_plan_order():
     decision = reconcile(observed(raw, jobs=[pre]), SETTINGS)
     names = [j["metadata"]["name"] for j in decision.create]
     assert len(names) == 2 and names[0].startswith("demo-med-base-") and "o-proj" in names[1]
-    assert decision.status["trials"] == {"total": 4, "pending": 2, "running": 2, "succeeded": 0, "failed": 0,
-                                         "resultsMissing": 0}  # fmt: skip
+    assert decision.status["trials"] == {"total": 4, "pending": 2, "running": 2, "stuck": 0, "succeeded": 0,
+                                         "failed": 0, "resultsMissing": 0}  # fmt: skip
     # One finishes: exactly one more starts.
     done = finished(decision.create[0], "Complete")
     later = reconcile(observed(raw, jobs=[pre, done, decision.create[1]],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "lora.ablation.dev"
@@ -16,8 +16,49 @@ PLURAL = "loraablations"
 SINGULAR = "loraablation"
 SHORT_NAMES = ("lab", "lorab")
 
-# DNS-1123 label: what Kubernetes accepts as a Job name or a label value.
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# What the API server and the kubelet accept, so a spec that passes here never yields a refused Job.
+# The patterns are RE2 (the API server's regex engine) and Python alike.
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # Job names, namespaces; <= 63
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # <= 253
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")  # <= 63
+QUALIFIED_NAME = re.compile(  # label and annotation keys, extended resource names: [prefix/]name
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")  # <= 253
+NO_SPACE = re.compile(r"^\S+$")
+
+
+def _qualified_name_ok(value: str) -> bool:
+    prefix, _, name = value.rpartition("/")
+    return bool(QUALIFIED_NAME.match(value)) and len(prefix) <= 253 and len(name) <= 63
+
+
+def _constrained(pattern: re.Pattern[str], max_length: int, expected: str, extra_check: Any = None) -> Any:
+    """A string type checked with a message that says what is expected; the CRD gets the same pattern."""
+
+    def check(value: str) -> str:
+        if len(value) > max_length or not pattern.match(value) or (extra_check and not extra_check(value)):
+            raise ValueError(f"expected {expected}, at most {max_length} characters")
+        return value
+
+    schema = {"type": "string", "pattern": pattern.pattern, "maxLength": max_length}
+    return Annotated[str, AfterValidator(check), WithJsonSchema(schema)]
+
+
+ObjectName = _constrained(
+    DNS1123_SUBDOMAIN, 253, "a Kubernetes object name: lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit"
+)
+LabelName = _constrained(DNS1123_LABEL, 63, "a DNS-1123 label: lowercase letters, digits and '-', "
+                         "starting and ending with a letter or digit")  # fmt: skip
+LabelValue = _constrained(LABEL_VALUE, 63, "a label value: letters, digits, '-', '_' and '.', "
+                          "starting and ending with a letter or digit")  # fmt: skip
+QualifiedName = _constrained(
+    QUALIFIED_NAME, 317, "a qualified name such as example.com/name (prefix a DNS subdomain of at most 253 "
+    "characters, name at most 63 letters, digits, '-', '_' or '.')", _qualified_name_ok
+)
+SecretKey = _constrained(SECRET_KEY, 253, "a Secret key: letters, digits, '-', '_' and '.'")
+ImageReference = _constrained(NO_SPACE, 1024, "a container image reference without whitespace")
 
 
 class ApiModel(BaseModel):
@@ -30,6 +71,7 @@ class ApiModel(BaseModel):
         validate_assignment=True,
         use_enum_values=True,
         validate_default=True,  # so enum defaults are stored as their plain values too
+        allow_inf_nan=False,  # NaN and Infinity are not JSON: a status or summary holding one cannot be stored
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -49,6 +91,8 @@ def format_location(loc: tuple[Any, ...], root: str = "") -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "[key]":  # pydantic's marker for a mapping key that failed, not its value
+            out += " (key)"
         elif str(part).startswith(("function-", "tagged-union", "list[", "dict[")):
             continue  # pydantic's internal validator names say nothing to a user
         else:

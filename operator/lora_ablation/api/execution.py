@@ -7,17 +7,19 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from lora_ablation.api.base import ApiModel
+from lora_ablation.api.base import ApiModel, ImageReference, LabelName, LabelValue, ObjectName, QualifiedName
 
 QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 
 
 class Toleration(ApiModel):
-    key: str | None = Field(None, description="Taint key the toleration applies to (all keys when empty with Exists).")
+    key: QualifiedName | None = Field(
+        None, description="Taint key the toleration applies to (all keys when empty with Exists)."
+    )
     operator: str | None = Field(
         None, description="Exists or Equal (default Equal).", json_schema_extra={"enum": ["Exists", "Equal"]}
     )
-    value: str | None = Field(None, description="Taint value to match with Equal.")
+    value: LabelValue | None = Field(None, description="Taint value to match with Equal.")
     effect: str | None = Field(
         None,
         description="NoSchedule, PreferNoSchedule or NoExecute (all effects when empty).",
@@ -25,10 +27,24 @@ class Toleration(ApiModel):
     )
     toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
 
+    @field_validator("operator")
+    @classmethod
+    def _operator(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"Exists", "Equal"}:
+            raise ValueError("expected Exists or Equal")
+        return value
+
+    @field_validator("effect")
+    @classmethod
+    def _effect(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"NoSchedule", "PreferNoSchedule", "NoExecute"}:
+            raise ValueError("expected NoSchedule, PreferNoSchedule or NoExecute")
+        return value
+
 
 class ResourcesSpec(ApiModel):
     gpus: int = Field(1, ge=0, description="GPUs per trial; more than one trains data-parallel inside the pod.")
-    gpu_resource_name: str = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
+    gpu_resource_name: QualifiedName = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
     cpu: str = Field(
         "8",
         description="CPU request and limit per trial (Kubernetes quantity).",
@@ -54,7 +70,9 @@ class ResourcesSpec(ApiModel):
 
 
 class ExecutionSpec(ApiModel):
-    image: str | None = Field(None, description="Trainer image; the operator's configured default when unset.")
+    image: ImageReference | None = Field(
+        None, description="Trainer image; the operator's configured default when unset."
+    )
     parallelism: int = Field(4, ge=1, description="At most this many trials run at once.")
     max_failed_trials: int = Field(
         2, ge=0, description="The ablation fails (and stops running trials) once more trials than this have failed."
@@ -62,17 +80,23 @@ class ExecutionSpec(ApiModel):
     backoff_limit: int = Field(2, ge=0, description="Pod retries per trial Job for transient failures.")
     active_deadline_seconds: int | None = Field(86400, ge=1, description="Wall-clock limit per trial Job.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources of each trial pod.")
-    node_selector: dict[str, str] | None = Field(None, description="Node labels trial pods must match.")
-    tolerations: list[Toleration] | None = Field(None, description="Tolerations for trial pods (e.g. GPU taints).")
+    node_selector: dict[QualifiedName, LabelValue] | None = Field(
+        None, max_length=64, description="Node labels trial pods must match."
+    )
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=64, description="Tolerations for trial pods (e.g. GPU taints)."
+    )
     affinity: dict[str, Any] | None = Field(
         None,
         description="Pod affinity for trial pods (core/v1 Affinity).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(None, description="PriorityClass of trial pods.")
-    service_account_name: str | None = Field(None, description="ServiceAccount trial pods run as.")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; trial Jobs are admitted by Kueue when set.")
-    model_cache_claim: str | None = Field(
+    priority_class_name: ObjectName | None = Field(None, description="PriorityClass of trial pods.")
+    service_account_name: ObjectName | None = Field(None, description="ServiceAccount trial pods run as.")
+    queue_name: LabelName | None = Field(
+        None, description="Kueue LocalQueue; trial Jobs are admitted by Kueue when set (the name goes into a label)."
+    )
+    model_cache_claim: ObjectName | None = Field(
         None,
         description="PVC mounted read-only at /models holding pre-downloaded base models, so trials skip the download.",
     )

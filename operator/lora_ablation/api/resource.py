@@ -10,8 +10,9 @@ from lora_ablation.api.base import API_VERSION, DNS1123_LABEL, KIND, SpecError, 
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.status import LoraAblationStatus
 
-# Trial names are '<ablation>-<slug>-<hash>' and must fit a 63-character label; keep room for both.
-MAX_ABLATION_NAME = 40
+# The name is the value of the ablation label on every Job (a label value: at most 63 characters); trial and
+# preflight Job names trim it before their hash (lora_ablation.naming), so any valid name yields valid Jobs.
+MAX_ABLATION_NAME = 63
 
 
 class ObjectMeta(BaseModel):
@@ -30,7 +31,7 @@ class ObjectMeta(BaseModel):
         if len(value) > MAX_ABLATION_NAME or not DNS1123_LABEL.match(value):
             raise ValueError(
                 f"expected a DNS-1123 label of at most {MAX_ABLATION_NAME} characters "
-                "(lowercase letters, digits, '-'); trial Job names are derived from it"
+                "(lowercase letters, digits, '-'); it becomes a label value on every trial Job"
             )
         return value
 

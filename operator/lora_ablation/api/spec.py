@@ -12,15 +12,23 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from lora_ablation.api.base import DNS1123_LABEL, ApiModel
+from lora_ablation.api.base import DNS1123_LABEL, ApiModel, ObjectName, SecretKey
 from lora_ablation.api.execution import ExecutionSpec
 from lora_ablation.modules.groups import canonical_module_set, validate_module_name
 
-MODEL_URI = re.compile(r"^(hf://[^/\s]+(/[^/\s]+)?|s3://[^/\s]+(/\S*)?|pvc://[a-z0-9][-a-z0-9.]*(/\S*)?|file://\S+)$")
+_CLAIM = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"  # a PersistentVolumeClaim name (DNS-1123 subdomain)
+MODEL_URI = re.compile(rf"^(hf://[^/\s]+(/[^/\s]+)?|s3://[^/\s]+(/\S*)?|pvc://{_CLAIM}(/\S*)?|file://\S+)$")
 # file:// paths may be relative (file://examples/data/x.jsonl): the local runner resolves them from the
 # working directory. Cluster trials read s3:// or pvc:// only; the operator rejects file:// (preflight).
-DATA_URI = re.compile(r"^(s3://[^/\s]+/\S+|file://\S+|/\S+|pvc://[a-z0-9][-a-z0-9.]*/\S+)$")
-STORAGE_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?|file://\S+)$")
+DATA_URI = re.compile(rf"^(s3://[^/\s]+/\S+|file://\S+|/\S+|pvc://{_CLAIM}/\S+)$")
+# An S3 prefix is a path below the bucket: no empty, '.' or '..' segments (RE2 has no lookahead, hence the spelling
+# out), so the operator's writes and deletes can never leave the prefix the spec names.
+_SEGMENT = r"([^/\s.\\][^/\s\\]*|\.[^/\s.\\][^/\s\\]*|\.\.[^/\s\\]+)"
+# The most trials one ablation may plan: the operator plans (and keeps status for) every one of them, so an
+# unbounded grid (64 datasets x 64 module sets x 16 ranks x 4 variants is 262,208) would stall it. The operator's
+# own setting (the chart's maxTrials) can lower this.
+MAX_TRIALS = 5000
+STORAGE_URI = re.compile(rf"^(s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](/{_SEGMENT})*/?|file://\S+)$")
 
 
 class DatasetFormat(str, Enum):
@@ -45,16 +53,16 @@ class Variant(str, Enum):
 
 
 class SecretKeyRef(ApiModel):
-    name: str = Field(description="Name of a Secret in the LoraAblation's namespace.", min_length=1)
-    key: str = Field(description="Key inside the Secret whose value is used.", min_length=1)
+    name: ObjectName = Field(description="Name of a Secret in the LoraAblation's namespace.")
+    key: SecretKey = Field(description="Key inside the Secret whose value is used.")
 
 
 class CredentialsSecretRef(ApiModel):
-    name: str = Field(description="Name of a Secret holding S3 credentials.", min_length=1)
-    access_key_id_key: str = Field(
+    name: ObjectName = Field(description="Name of a Secret holding S3 credentials.")
+    access_key_id_key: SecretKey = Field(
         "AWS_ACCESS_KEY_ID", description="Key of the access key id in the Secret (default AWS_ACCESS_KEY_ID)."
     )
-    secret_access_key_key: str = Field(
+    secret_access_key_key: SecretKey = Field(
         "AWS_SECRET_ACCESS_KEY",
         description="Key of the secret access key in the Secret (default AWS_SECRET_ACCESS_KEY).",
     )
@@ -286,7 +294,10 @@ class StorageSpec(ApiModel):
     @classmethod
     def _uri(cls, value: str) -> str:
         if not STORAGE_URI.match(value):
-            raise ValueError("expected s3://bucket/prefix or file://path")
+            raise ValueError(
+                "expected s3://bucket/prefix (a bucket name, then '/'-separated prefix parts that are not empty, "
+                "'.' or '..') or file://path"
+            )
         return value
 
     @field_validator("endpoint")
@@ -310,6 +321,15 @@ class LoraAblationSpec(ApiModel):
                     "rule": "!has(self.execution) || !has(self.execution.modelCacheClaim) || "
                     "!self.baseModel.uri.startsWith('file://')",
                     "message": "execution.modelCacheClaim cannot be used with a file:// base model",
+                },
+                {
+                    "rule": "size(self.datasets) * (size(self.search.moduleSets)"
+                    " * (has(self.search.ranks) ? size(self.search.ranks) : 1)"
+                    " * (has(self.search.variants) ? size(self.search.variants) : 1)"
+                    " + (has(self.search.includeBaseline) && !self.search.includeBaseline ? 0 : 1))"
+                    f" <= {MAX_TRIALS}",
+                    "message": f"the grid (datasets x (moduleSets x ranks x variants + baseline)) exceeds {MAX_TRIALS} "
+                    "trials: narrow it or split the study",
                 },
             ]
         }
@@ -338,10 +358,21 @@ class LoraAblationSpec(ApiModel):
             raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
         return datasets
 
+    @property
+    def trial_count(self) -> int:
+        """How many trials the plan will hold, without planning them."""
+        per_dataset = len(self.search.module_sets) * len(self.search.ranks) * len(self.search.variants)
+        return len(self.datasets) * (per_dataset + int(self.search.include_baseline))
+
     @model_validator(mode="after")
     def _cross_field(self) -> LoraAblationSpec:
         if self.selection.latency_budget_ms is not None and not self.latency.enabled:
             raise ValueError("selection.latencyBudgetMs needs latency.enabled: true")
         if self.execution.model_cache_claim and self.base_model.uri.startswith("file://"):
             raise ValueError("execution.modelCacheClaim cannot be used with a file:// base model")
+        if self.trial_count > MAX_TRIALS:
+            raise ValueError(
+                f"the grid asks for {self.trial_count} trials (datasets x (moduleSets x ranks x variants + baseline)); "
+                f"at most {MAX_TRIALS}: narrow it or split the study"
+            )
         return self

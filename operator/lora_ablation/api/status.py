@@ -25,7 +25,8 @@ class Condition(OpenModel):
 class TrialCounts(OpenModel):
     total: int = Field(0, description="Trials in the plan.")
     pending: int = Field(0, description="Trials not started yet (waiting for parallelism or preflight).")
-    running: int = Field(0, description="Trials whose Job is active.")
+    running: int = Field(0, description="Trials whose Job is active (stuck ones included).")
+    stuck: int = Field(0, description="Running trials whose pod cannot start (image pull, scheduling, config).")
     succeeded: int = Field(0, description="Trials with a valid result.")
     failed: int = Field(0, description="Trials whose Job failed.")
     results_missing: int = Field(0, description="Trials whose Job succeeded without leaving a valid result.")
@@ -41,8 +42,11 @@ class TrialStatus(OpenModel):
     variant: str = Field(description="Adapter variant, or 'none' for the baseline.")
     job: str | None = Field(None, description="Name of the trial's Job once created.")
     state: str = Field(
-        description="Pending, Running, Succeeded, Failed, ResultsMissing or Suspended.",
-        json_schema_extra={"enum": ["Pending", "Running", "Succeeded", "Failed", "ResultsMissing", "Suspended"]},
+        description="Pending, Running, Stuck (a pod cannot start: see message), Succeeded, Failed, ResultsMissing or "
+        "Suspended.",
+        json_schema_extra={
+            "enum": ["Pending", "Running", "Stuck", "Succeeded", "Failed", "ResultsMissing", "Suspended"]
+        },
     )
     score: float | None = Field(None, description="Eval score (higher is better).")
     tpot_p95_ms: float | None = Field(None, description="Adapter time per output token, p95, in milliseconds.")

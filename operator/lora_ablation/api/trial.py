@@ -8,6 +8,10 @@ from lora_ablation.api.base import ApiModel, OpenModel
 from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, TrainingSpec
 
 RESULT_SCHEMA_VERSION = 1
+# Bounds on what a trial image may write: results are read by the shared operator, so a hostile or broken
+# trial must not be able to make it hold gigabytes (the byte bound is in lora_ablation.results).
+MAX_NAMES = 100_000
+MAX_MAGNITUDE = 1e15
 BASELINE_VARIANT = "none"
 
 
@@ -72,7 +76,9 @@ class PreflightSpec(ApiModel):
 
 class PreflightReport(OpenModel):
     ok: bool = Field(description="True when every check passed.")
-    problems: list[str] = Field(default_factory=list, description="What failed, each naming the field or file.")
+    problems: list[str] = Field(
+        default_factory=list, max_length=1000, description="What failed, each naming the field or file."
+    )
     modules: dict[str, list[str]] = Field(
         default_factory=dict, description="Module set label -> resolved weight names."
     )
@@ -88,7 +94,7 @@ class TrainMetrics(OpenModel):
     loss_last: float | None = Field(None, description="Mean loss over the last logged window.")
     loss_min: float | None = Field(None, description="Lowest logged loss.")
     loss_curve: list[float] = Field(
-        default_factory=list, description="Loss at evenly spaced steps (at most 50 points)."
+        default_factory=list, max_length=1000, description="Loss at evenly spaced steps (at most 50 points)."
     )
     peak_memory_bytes: int | None = Field(None, description="Peak accelerator (or process) memory.")
     resumed_from_step: int | None = Field(None, description="Step of the checkpoint the run resumed from.")
@@ -102,7 +108,7 @@ class EvalMetrics(OpenModel):
     samples: int = Field(description="Eval records scored.")
     parse_failures: int = Field(0, description="Predictions the strict parser could not read (counted as wrong).")
     details: dict[str, float] = Field(
-        default_factory=dict, description="Metric components (key recall, value accuracy...)."
+        default_factory=dict, max_length=100, description="Metric components (key recall, value accuracy...)."
     )
 
 
@@ -133,19 +139,41 @@ class TrialResult(OpenModel):
     namespace: str = Field("default", description="LoraAblation namespace.")
     trial: str = Field(description="Trial name.")
     dataset: str = Field(description="Dataset name.")
-    modules: list[str] = Field(default_factory=list, description="Module set from the spec.")
+    modules: list[str] = Field(default_factory=list, max_length=64, description="Module set from the spec.")
     rank: int = Field(0, description="LoRA rank.")
     alpha: float = Field(0.0, description="lora_alpha.")
     variant: str = Field(description="Adapter variant or none.")
-    targeted_module_names: list[str] = Field(default_factory=list, description="Modules PEFT actually wrapped.")
-    targeted_parameter_names: list[str] = Field(default_factory=list, description="3-D parameters PEFT wrapped (MoE).")
+    targeted_module_names: list[str] = Field(
+        default_factory=list, max_length=MAX_NAMES, description="Modules PEFT actually wrapped."
+    )
+    targeted_parameter_names: list[str] = Field(
+        default_factory=list, max_length=MAX_NAMES, description="3-D parameters PEFT wrapped (MoE)."
+    )
     trainable_params: int = Field(0, description="Trainable adapter parameters.")
     total_params: int = Field(0, description="All parameters of the adapted model.")
     adapter_bytes: int = Field(0, description="Size of adapter_model.safetensors.")
     train: TrainMetrics | None = Field(None, description="Training figures; absent for the baseline.")
     eval: EvalMetrics = Field(description="Evaluation figures.")
     latency: LatencyMetrics | None = Field(None, description="Latency figures when latency.enabled.")
-    environment: dict[str, str] = Field(default_factory=dict, description="Library versions, device, host.")
+    environment: dict[str, str] = Field(
+        default_factory=dict, max_length=200, description="Library versions, device, host."
+    )
     started_at: str | None = Field(None, description="RFC 3339 start time.")
     finished_at: str | None = Field(None, description="RFC 3339 finish time.")
     gpu_seconds: float | None = Field(None, description="Wall-clock seconds x GPUs used.")
+
+    @model_validator(mode="after")
+    def _magnitudes(self) -> TrialResult:
+        # Finite is not enough: sums and ratios over thousands of results must stay finite in the summary too.
+        for path, value in _numbers(self.model_dump(exclude={"environment"})):
+            if abs(value) > MAX_MAGNITUDE:
+                raise ValueError(f"{path}: {value} is beyond any real score, count or timing (max {MAX_MAGNITUDE:g})")
+        return self
+
+
+def _numbers(node: object, path: str = "") -> list[tuple[str, float]]:
+    if isinstance(node, dict):
+        return [n for key, value in node.items() for n in _numbers(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, list):
+        return [n for index, value in enumerate(node) for n in _numbers(value, f"{path}[{index}]")]
+    return [(path, float(node))] if isinstance(node, (int, float)) and not isinstance(node, bool) else []

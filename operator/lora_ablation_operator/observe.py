@@ -1,0 +1,104 @@
+"""Reading what the cluster reports: Job conditions, failure reasons, and pods that cannot start. Pure functions
+over the plain dicts the API returns; nothing here trusts a field to be present or well-typed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from lora_ablation_operator.jobs import COMPONENT_LABEL, TRIAL_LABEL
+
+# Container waiting reasons that do not clear by waiting: the image, its pull secret or the pod's config is wrong.
+STUCK_WAITING = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError", "RunContainerError",
+})  # fmt: skip
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")  # set on pods by the Job controller
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def job_finished(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The Job's Complete or Failed condition when it is True."""
+    for cond in _list(_dict(job.get("status")).get("conditions")):
+        if _dict(cond).get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def is_trial_job(job: dict[str, Any]) -> bool:
+    return bool(_dict(_dict(job.get("metadata")).get("labels")).get(TRIAL_LABEL))
+
+
+def is_preflight_job(job: dict[str, Any]) -> bool:
+    return _dict(_dict(job.get("metadata")).get("labels")).get(COMPONENT_LABEL) == "preflight"
+
+
+def completed_trials(jobs: dict[str, dict[str, Any]]) -> list[str]:
+    """Trial names whose Job completed: the handler reads their result.json before reconciling."""
+    return [n for n, j in jobs.items() if is_trial_job(j) and job_finished(j, "Complete")]
+
+
+def failure_message(job: dict[str, Any]) -> str:
+    cond = job_finished(job, "Failed") or {}
+    reason, message = str(cond.get("reason") or ""), str(cond.get("message") or "")
+    if reason == "PodFailurePolicy":
+        return f"permanent error (trainer exit code 42): {message}".strip()
+    if reason == "DeadlineExceeded":
+        return "exceeded execution.activeDeadlineSeconds"
+    if reason == "BackoffLimitExceeded":
+        limit = _dict(job.get("spec")).get("backoffLimit")
+        tries = f"{limit + 1} attempts" if isinstance(limit, int) else "its retries"
+        return f"failed after {tries}: {message}".strip(": ")
+    return f"{reason}: {message}".strip(": ") or "failed"
+
+
+def _seconds_since(timestamp: Any, now: str) -> float | None:
+    try:
+        then = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+        return (datetime.fromisoformat(now.replace("Z", "+00:00")) - then).total_seconds()
+    except ValueError:
+        return None
+
+
+def pod_problem(pod: dict[str, Any], now: str, unschedulable_after: float) -> str | None:
+    """Why a pod cannot start, naming it and quoting the kubelet or scheduler, or None while it may still start.
+
+    Image and configuration errors count at once (waiting does not fix them); Unschedulable only after
+    `unschedulable_after` seconds, since a cluster autoscaler may be adding the GPU node it waits for.
+    """
+    name = _dict(pod.get("metadata")).get("name", "?")
+    status = _dict(pod.get("status"))
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for container in [*_list(status.get("initContainerStatuses")), *_list(status.get("containerStatuses"))]:
+        waiting = _dict(_dict(_dict(container).get("state")).get("waiting"))
+        if waiting.get("reason") in STUCK_WAITING:
+            detail = str(waiting.get("message") or "")[:300]
+            return f"pod {name}: {waiting['reason']}" + (f": {detail}" if detail else "")
+    for cond in _list(status.get("conditions")):
+        cond = _dict(cond)
+        if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
+            waited = _seconds_since(cond.get("lastTransitionTime"), now)
+            if waited is not None and waited >= unschedulable_after:
+                detail = str(cond.get("message") or "")[:300]
+                return f"pod {name}: Unschedulable for {int(waited)}s" + (f": {detail}" if detail else "")
+    return None
+
+
+def stuck_jobs(pods: list[dict[str, Any]], now: str, unschedulable_after: float) -> dict[str, str]:
+    """Job name -> why its pod cannot start, for the pods that cannot."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        labels = _dict(_dict(pod.get("metadata")).get("labels"))
+        job = next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
+        problem = pod_problem(pod, now, unschedulable_after) if job else None
+        if job and problem:
+            out.setdefault(str(job), problem)
+    return out
