@@ -116,3 +116,15 @@ def test_every_value_has_a_comment():
     assert len(keys) > 30
     for index in keys:
         assert lines[index - 1].strip().startswith("#"), f"values.yaml line {index + 1} has no comment: {lines[index]}"
+
+
+def test_pods_are_read_only_and_every_setting_reaches_the_operator():
+    docs = render()
+    rules = [r for role in of_kind(docs, "ClusterRole") for r in role["rules"] if "pods" in r["resources"]]
+    assert rules and all(set(r["verbs"]) == {"get", "list", "watch"} for r in rules)  # TrialStuck reads pods only
+    (deployment,) = of_kind(docs, "Deployment")
+    names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    operator_source = "\n".join(p.read_text() for p in (ROOT / "operator" / "lora_ablation_operator").glob("*.py"))
+    for name in sorted(n for n in names if n.startswith("LORA_ABLATION_")):
+        short = name.removeprefix("LORA_ABLATION_")
+        assert f'"{short}"' in operator_source or f'"{name}"' in operator_source, f"{name} is set but never read"

@@ -20,7 +20,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.serviceAccount.create -}}{{ default (include "lao.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
-{{/* Namespaced rules: what the operator does to ablations, their Jobs and Events. No Secrets. */}}
+{{/* Namespaced rules: what the operator does to ablations, their Jobs, pods and Events. No Secrets. */}}
 {{- define "lao.namespacedRules" -}}
 - apiGroups: ["lora.ablation.dev"]
   resources: ["loraablations"]
@@ -34,6 +34,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Read-only: why a trial's pod cannot start (image pull, missing Secret, unschedulable) -> TrialStuck.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
