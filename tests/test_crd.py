@@ -10,6 +10,7 @@ import yaml
 from openapi_schema_validator import OAS30Validator
 
 from conftest import EXAMPLES, ROOT, minimal_manifest
+from lora_ablation.api import parse_ablation
 from lora_ablation.crdgen import build_crd, render_crd
 
 CRD_FILE = ROOT / "crds" / "lora.ablation.dev_loraablations.yaml"
@@ -122,6 +123,14 @@ def test_examples_validate_against_the_crd_schema(path: Path):
             "minimum",
         ),
         (lambda s: s["search"].update(moduleSets=[[]]), "non-empty"),
+        (lambda s: s["storage"].update(uri="s3://bucket/../x"), "does not match"),
+        (lambda s: s["storage"].update(uri="s3://b-1/a//b"), "does not match"),
+        (lambda s: s["storage"].update(uri="s3://b-1/a/./b"), "does not match"),
+        (lambda s: s.update(execution={"queueName": "Team_A"}), "does not match"),
+        (lambda s: s.update(execution={"priorityClassName": "x" * 254}), "is too long"),
+        (lambda s: s.update(execution={"nodeSelector": {"gpu": "bad value!"}}), "does not match"),
+        (lambda s: s.update(execution={"image": "a b"}), "does not match"),
+        (lambda s: s["storage"].update(credentialsSecretRef={"name": "Upper"}), "does not match"),
     ],
 )
 def test_crd_schema_rejects_what_the_models_reject(mutate, fragment):
@@ -129,6 +138,13 @@ def test_crd_schema_rejects_what_the_models_reject(mutate, fragment):
     mutate(manifest["spec"])
     errors = [e.message for e in _validator().iter_errors(manifest)]
     assert errors and any(fragment in e or "should be non-empty" in e or "is too short" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/prefix", "s3://b-1/a/b/", "s3://b-1/.hidden/..x/x..", "s3://b-1"])
+def test_crd_schema_accepts_real_storage_prefixes(uri):
+    manifest = minimal_manifest(storage={"uri": uri})
+    assert not [e.message for e in _validator().iter_errors(manifest)]
+    parse_ablation(manifest)  # and the models agree
 
 
 def test_status_written_by_the_operator_validates():

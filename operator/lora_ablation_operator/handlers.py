@@ -160,7 +160,7 @@ def on_delete(body: kopf.Body, name: str, namespace: str, spec: Any, retry: int,
         return
     except StorageError as error:
         if retry + 1 < SETTINGS.delete_retries:
-            raise kopf.TemporaryError(f"results not deleted yet: {error}", delay=10) from None
+            raise kopf.TemporaryError(f"results not deleted yet: {error}", delay=SETTINGS.delete_retry_delay) from None
         kopf.warn(body, reason="ResultsKept", message=f"results not deleted after {retry + 1} tries: {error}")
         return
     logger.info("storage.retainOnDelete is false: removed %d objects under %s", removed, uri)

@@ -28,6 +28,7 @@ class Settings:
     storage_timeout: float = 5.0  # seconds per storage request: a handler thread must never hang on storage
     storage_retries: int = 2  # botocore attempts per storage request
     delete_retries: int = 5  # deletion tries to remove results (retainOnDelete: false) before letting the object go
+    delete_retry_delay: float = 10.0  # seconds between those tries
     run_as_user: int = 10001
     extra_labels: dict[str, str] = field(default_factory=dict)
 
@@ -48,4 +49,5 @@ class Settings:
             storage_timeout=float(_env("STORAGE_TIMEOUT", str(cls.storage_timeout))),
             storage_retries=int(_env("STORAGE_RETRIES", str(cls.storage_retries))),
             delete_retries=int(_env("DELETE_RETRIES", str(cls.delete_retries))),
+            delete_retry_delay=float(_env("DELETE_RETRY_DELAY", str(cls.delete_retry_delay))),
         )

@@ -16,6 +16,7 @@ import boto3
 import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
+from openapi_schema_validator import OAS30Validator
 
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
 from lora_ablation.crdgen import build_crd
@@ -55,7 +56,8 @@ class Cluster:
         # Namespaces need not exist: the emulator keeps objects of any namespace.
         kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(build_crd())
 
-    def start_operator(self, interval: float = 0.3, verbose: bool = True) -> None:
+    def start_operator(self, interval: float = 0.3, verbose: bool = True, **settings: str) -> None:
+        """Settings go to the operator as LORA_ABLATION_<NAME> variables (max_trials=3 -> LORA_ABLATION_MAX_TRIALS)."""
         self.starts += 1
         env = {
             **os.environ,
@@ -63,6 +65,7 @@ class Cluster:
             "LORA_ABLATION_RECONCILE_INTERVAL": str(interval),
             "LORA_ABLATION_STORAGE_ENDPOINT": self.endpoint,
             "LORA_ABLATION_TRAINER_IMAGE": "trainer:test",
+            **{f"LORA_ABLATION_{k.upper()}": str(v) for k, v in settings.items()},
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("w")
         command = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
@@ -118,9 +121,27 @@ class Cluster:
         status["succeeded" if kind == "Complete" else "failed"] = 1
         self.batch.patch_namespaced_job_status(name, namespace, {"status": status})
 
+    @staticmethod
+    def trial_spec(job: dict[str, Any]) -> dict[str, Any]:
+        """The trial contract the operator put into the Job (what the trainer reads)."""
+        return json.loads(next(e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+                               if e["name"] == "LORA_ABLATION_TRIAL"))  # fmt: skip
+
+    def result_key(self, job: dict[str, Any]) -> str:
+        return self.trial_spec(job)["storage"]["uri"].split("/", 3)[3] + "/result.json"
+
+    def put_result(self, job: dict[str, Any], body: str | bytes) -> None:
+        """Write anything as the trial's result.json, as a broken or hostile trial image could."""
+        self.s3.put_object(Bucket=self.bucket, Key=self.result_key(job), Body=body if isinstance(body, bytes)
+                           else body.encode())  # fmt: skip
+
     def write_result(self, job: dict[str, Any], score: float, tpot: float = 2.0, valid: bool = True) -> None:
-        trial = json.loads(next(e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
-                                if e["name"] == "LORA_ABLATION_TRIAL"))  # fmt: skip
+        result = self.result_doc(job, score, tpot)
+        self.put_result(job, json.dumps(result) if valid else '{"trial": "truncated')
+
+    def result_doc(self, job: dict[str, Any], score: float, tpot: float = 2.0) -> dict[str, Any]:
+        """A valid result.json for the trial (what the trainer would write), to publish or to spoil."""
+        trial = self.trial_spec(job)
         stats = {"ttftP50Ms": 5, "ttftP95Ms": 6, "tpotP50Ms": tpot * 0.9, "tpotP95Ms": tpot}
         base = {"ttftP50Ms": 5, "ttftP95Ms": 6, "tpotP50Ms": 1.8, "tpotP95Ms": 2.0}
         result = {
@@ -131,9 +152,7 @@ class Cluster:
                         "repeats": 3, "base": base, "adapter": None if trial.get("variant") == "none" else stats,
                         "tpotOverheadPct": None if trial.get("variant") == "none" else (tpot / 2.0 - 1) * 100},
         }  # fmt: skip
-        key = trial["storage"]["uri"].split("/", 3)[3] + "/result.json"
-        body = json.dumps(result) if valid else '{"trial": "truncated'
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body.encode())
+        return result
 
     def events(self, name: str, namespace: str = "default") -> list[str]:
         """Reasons of the Events the operator posted about an ablation, oldest first."""
@@ -156,3 +175,31 @@ def manifest(name: str, bucket: str, **spec_overrides: Any) -> dict[str, Any]:
     }
     spec.update(spec_overrides)
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LoraAblation", "metadata": {"name": name}, "spec": spec}
+
+
+def trial_jobs(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return cluster.jobs(component="trial")
+
+
+def pass_preflight(cluster: Cluster, name: str, first: bool = True) -> None:
+    def unfinished() -> list[str]:
+        return [
+            n for n, j in cluster.jobs(component="preflight").items() if not (j.get("status") or {}).get("conditions")
+        ]
+
+    pending = wait_for(unfinished, what="a preflight Job")
+    if first:
+        assert not trial_jobs(cluster), "no trial Job may exist before the preflight passed"
+    for job_name in pending:
+        cluster.finish_job(job_name)
+
+
+def complete(cluster: Cluster, job: dict[str, Any], score: float, tpot: float = 2.0, valid: bool = True) -> None:
+    cluster.write_result(job, score, tpot, valid)
+    cluster.finish_job(job["metadata"]["name"])
+
+
+def assert_schema_valid(cluster: Cluster, name: str) -> None:
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    errors = [e.message for e in OAS30Validator(schema).iter_errors(cluster.ablation(name))]
+    assert not errors, errors

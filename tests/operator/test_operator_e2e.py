@@ -6,50 +6,14 @@ from __future__ import annotations
 import copy
 
 import pytest
-from harness import Cluster, manifest, wait_for
-from openapi_schema_validator import OAS30Validator
-
-from lora_ablation.crdgen import build_crd
+from harness import assert_schema_valid, complete, manifest, pass_preflight, trial_jobs, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
-def cluster(kube_api, kubeconfig, s3_bucket, tmp_path):
-    endpoint, bucket = s3_bucket
-    cluster = Cluster(kubeconfig, endpoint, bucket, tmp_path)
-    cluster.install_crd()
-    cluster.start_operator()
-    yield cluster
-    cluster.stop_operator()
-
-
-def trial_jobs(cluster: Cluster) -> dict:
-    return cluster.jobs(component="trial")
-
-
-def pass_preflight(cluster: Cluster, name: str, first: bool = True) -> None:
-    def unfinished() -> list[str]:
-        return [
-            n for n, j in cluster.jobs(component="preflight").items() if not (j.get("status") or {}).get("conditions")
-        ]
-
-    pending = wait_for(unfinished, what="a preflight Job")
-    if first:
-        assert not trial_jobs(cluster), "no trial Job may exist before the preflight passed"
-    for job_name in pending:
-        cluster.finish_job(job_name)
-
-
-def complete(cluster: Cluster, job: dict, score: float, tpot: float = 2.0, valid: bool = True) -> None:
-    cluster.write_result(job, score, tpot, valid)
-    cluster.finish_job(job["metadata"]["name"])
-
-
-def assert_schema_valid(cluster: Cluster, name: str) -> None:
-    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    errors = [e.message for e in OAS30Validator(schema).iter_errors(cluster.ablation(name))]
-    assert not errors, errors
+def cluster(operated):
+    return operated()
 
 
 def test_happy_path_respects_parallelism_and_reports_the_answer(cluster):
