@@ -10,7 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 sys.path.insert(0, str(Path(__file__).parent))
-pytest_plugins = ["support.s3", "support.kube"]  # moto S3 fixtures: s3_endpoint, s3_bucket
+pytest_plugins = ["support.s3", "support.kube", "support.cluster"]  # S3, API server and operator fixtures
 
 
 @pytest.fixture

@@ -20,13 +20,12 @@ from pathlib import Path
 import kubernetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "operator"))
-from harness import Cluster, manifest
 
 from lora_ablation.api import parse_ablation
 from lora_ablation.plan import plan_trials
 from lora_ablation_operator.jobs import trial_job
 from lora_ablation_operator.settings import Settings
+from support.cluster import Cluster, manifest
 from support.kube import ServedApi, write_kubeconfig
 from support.s3 import aws_test_env, s3_client, start_moto_server
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from harness import assert_schema_valid, complete, manifest, pass_preflight, trial_jobs, wait_for
+
+from support.cluster import assert_schema_valid, complete, manifest, pass_preflight, trial_jobs, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -9,13 +9,14 @@ import re
 import urllib.request
 
 import pytest
-from harness import assert_schema_valid, complete, manifest, pass_preflight, trial_jobs, wait_for
 
-from lora_ablation.naming import LABEL_VALUE
+from support.cluster import assert_schema_valid, complete, manifest, pass_preflight, trial_jobs, wait_for
 from support.s3 import free_port
 
 pytestmark = pytest.mark.timeout(240)
+# Kubernetes' own rules, written out here rather than imported from the code under test.
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def strict_json(text: str):
@@ -155,8 +156,11 @@ def test_9_pods_that_cannot_start_make_their_trial_stuck(operated):
     unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                      "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
                      "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
-    for job, status in ((jobs[0], {"phase": "Pending", "containerStatuses": [{"name": "trainer", "image": "trainer:test",
-            "imageID": "", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}]}), (jobs[1], {"phase": "Pending", "conditions": [unschedulable]})):  # fmt: skip
+    pulling = {"name": "trainer", "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
+               "state": {"waiting": waiting}}  # fmt: skip
+    pod_states = {jobs[0]: {"phase": "Pending", "containerStatuses": [pulling]},
+                  jobs[1]: {"phase": "Pending", "conditions": [unschedulable]}}  # fmt: skip
+    for job, status in pod_states.items():
         pod, pod_status = _pod(job, status)
         core.create_namespaced_pod("default", pod)
         core.patch_namespaced_pod_status(pod["metadata"]["name"], "default", pod_status, _preload_content=False)

@@ -25,9 +25,9 @@ def spec(**overrides) -> dict:
     return raw
 
 
-def observed(raw_spec, jobs=(), results=None, status=None, preflight_problems=None, generation=1) -> Observed:
+def observed(raw_spec, jobs=(), results=None, status=None, preflight_problems=None, generation=1, **seen) -> Observed:
     return Observed("demo", "ns", generation, raw_spec, status or {}, {j["metadata"]["name"]: j for j in jobs},
-                    results or {}, preflight_problems, NOW)  # fmt: skip
+                    results or {}, preflight_problems, NOW, **seen)  # fmt: skip
 
 
 def finished(job: dict, kind: str, reason: str = "", message: str = "") -> dict:

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import kubernetes
+import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from openapi_schema_validator import OAS30Validator
@@ -203,3 +204,22 @@ def assert_schema_valid(cluster: Cluster, name: str) -> None:
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     errors = [e.message for e in OAS30Validator(schema).iter_errors(cluster.ablation(name))]
     assert not errors, errors
+
+
+@pytest.fixture
+def operated(kube_api, kubeconfig, s3_bucket, tmp_path) -> Iterator[Callable[..., Cluster]]:
+    """`operated(**settings)` starts the operator (`kopf run`) against the emulated API and moto S3; test modules
+    import this fixture (a conftest.py here would shadow the suite's own `conftest` module)."""
+    endpoint, bucket = s3_bucket
+    started: list[Cluster] = []
+
+    def start(interval: float = 0.3, **settings: str) -> Cluster:
+        cluster = Cluster(kubeconfig, endpoint, bucket, tmp_path)
+        cluster.install_crd()
+        cluster.start_operator(interval, **settings)
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop_operator()
