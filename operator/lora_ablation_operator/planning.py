@@ -48,7 +48,10 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
                        "the study")  # fmt: skip
     if settings.default_storage_endpoint and not spec.storage.endpoint:
         spec.storage.endpoint = settings.default_storage_endpoint
-    return Planned(spec, plan_trials(name, namespace, spec))
+    try:
+        return Planned(spec, plan_trials(name, namespace, spec))
+    except ValueError as error:  # a combination no single field check refuses: report it, never raise
+        return Planned(problem=f"spec: the grid cannot be planned: {str(error)[:500]}")
 
 
 class PlanCache:

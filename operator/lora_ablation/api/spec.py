@@ -24,6 +24,7 @@ DATA_URI = re.compile(rf"^(s3://[^/\s]+/\S+|file://\S+|/\S+|pvc://{_CLAIM}/\S+)$
 # An S3 prefix is a path below the bucket: no empty, '.' or '..' segments (RE2 has no lookahead, hence the spelling
 # out), so the operator's writes and deletes can never leave the prefix the spec names.
 _SEGMENT = r"([^/\s.\\][^/\s\\]*|\.[^/\s.\\][^/\s\\]*|\.\.[^/\s\\]+)"
+ENDPOINT = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 # The most trials one ablation may plan: the operator plans (and keeps status for) every one of them, so an
 # unbounded grid (64 datasets x 64 module sets x 16 ranks x 4 variants is 262,208) would stall it. The operator's
 # own setting (the chart's maxTrials) can lower this.
@@ -165,7 +166,7 @@ class SearchSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     alpha_over_rank: float = Field(
-        2.0, gt=0, description="lora_alpha = alphaOverRank x r, so the update scale is constant across ranks."
+        2.0, gt=0, le=1024, description="lora_alpha = alphaOverRank x r, so the update scale is constant across ranks."
     )
     variants: list[Variant] = Field(
         [Variant.lora],
@@ -238,7 +239,7 @@ class TrainingSpec(ApiModel):
     seed: int = Field(42, ge=0, description="Seed for data order, adapter initialisation and dropout.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
-    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+ only: learning-rate multiplier of the B matrices.")
+    loraplus_lr_ratio: float = Field(16.0, gt=0, le=1024, description="LoRA+ only: learning-rate multiplier of the B matrices.")
     checkpoint_every_steps: int = Field(
         100, ge=1, description="Save a resumable checkpoint to storage every this many steps."
     )
@@ -283,7 +284,11 @@ class StorageSpec(ApiModel):
         "(local runner).",
         json_schema_extra={"pattern": STORAGE_URI.pattern},
     )
-    endpoint: str | None = Field(None, description="S3 endpoint URL for MinIO and other S3-compatible stores.")
+    endpoint: str | None = Field(
+        None,
+        description="S3 endpoint URL for MinIO and other S3-compatible stores.",
+        json_schema_extra={"pattern": ENDPOINT.pattern},
+    )
     region: str | None = Field(None, description="S3 region.")
     credentials_secret_ref: CredentialsSecretRef | None = Field(
         None, description="Secret with S3 credentials (workload identity or node role when unset)."
@@ -303,7 +308,7 @@ class StorageSpec(ApiModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+        if value is not None and not ENDPOINT.match(value):
             raise ValueError("expected an http:// or https:// URL such as http://minio.minio:9000")
         return value
 
