@@ -239,7 +239,9 @@ class TrainingSpec(ApiModel):
     seed: int = Field(42, ge=0, description="Seed for data order, adapter initialisation and dropout.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
-    loraplus_lr_ratio: float = Field(16.0, gt=0, le=1024, description="LoRA+ only: learning-rate multiplier of the B matrices.")
+    loraplus_lr_ratio: float = Field(
+        16.0, gt=0, le=1024, description="LoRA+ only: learning-rate multiplier of the B matrices."
+    )
     checkpoint_every_steps: int = Field(
         100, ge=1, description="Save a resumable checkpoint to storage every this many steps."
     )
