@@ -4,14 +4,33 @@ with a Kubernetes-shaped URL scheme; `ApiServer` closes the gaps those clients t
 
 API (fixtures registered for the whole suite via `pytest_plugins` in tests/conftest.py):
   ApiServer()                          the emulator; `.objects` holds what was stored, `.served` counts requests
-  serve_api(emulator=None)             context manager -> ServedApi(.url, .emulator, .objects(), .get())
+  ApiServer.refuse(resource, when=None, *, code=403, reason="Forbidden", message=None, verbs=("create",))
+                                       -> Refusal: answer matching requests as an admission webhook, a
+                                       ResourceQuota or a missing referenced object would; `resource` is a plural
+                                       ("jobs"), plural.group ("jobs.batch") or Kind ("Job"); `when(obj) -> bool`
+                                       picks objects (all when None); `message` is a str or `f(obj) -> str`;
+                                       verbs among create/update (patch, put)/delete; `.refused` counts,
+                                       `.cancel()` lifts it. E.g. `kube_api.refuse("jobs", message='jobs.batch "x"
+                                       is forbidden: exceeded quota: q, requested: count/jobs.batch=1, ...')`
+  ApiServer.crd_schema(group, version, plural) -> CrdSchema | None   a created CRD's schema (its `.rules`)
+  serve_api(emulator=None)             context manager -> ServedApi(.url, .emulator, .objects(), .get(), .refuse())
   write_kubeconfig(path, url) -> path  a kubeconfig without auth for kopf, the kubernetes client and kubectl
   kube_api                             fixture: a fresh ServedApi per test
   kubeconfig                           fixture: writes the kubeconfig to tmp_path and points $KUBECONFIG at it
 
-Not emulated: admission, schema validation or pruning (status fields a CRD schema does not describe are kept),
-garbage collection (ownerReferences are stored, children are never deleted), set-based label selectors, and
-watch events for objects that stop matching a selector.
+Refused as by kube-apiserver (422 Invalid, message and causes worded as the API words them), on create, update,
+patch and status patches: invalid metadata (name: DNS-1123 subdomain, for Namespaces a label; namespace; label
+keys and values; annotation keys and total size; ownerReferences); a Job's pod-template labels, including the
+job-name labels the API adds (so a Job name over 63 characters is refused); custom resources failing their CRD
+schema or its x-kubernetes-validations CEL rules. Custom resources are also pruned of fields their schema does
+not describe, as in a cluster (support.kube_validation, support.kube_schema).
+
+Not emulated: admission beyond refuse(); validation of built-in kinds' specs (a Pod without containers is
+stored) and immutable fields; changes to a CRD after its creation (its schema stays the one it was created with);
+metadata pruning, validation ratcheting, and the CEL that cel-python lacks (see support.kube_schema); garbage
+collection (ownerReferences are stored, children are never deleted); set-based label selectors; watch events
+for objects that stop matching a selector; and a watch from a resourceVersion replays the objects changed since
+as ADDED (a cluster says MODIFIED for those that existed then).
 """
 
 from __future__ import annotations
@@ -22,22 +41,33 @@ import copy
 import functools
 import itertools
 import math
-import socket
-import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
-import pytest
-import yaml
+from kmock._internal import parsing as kmock_parsing
 
-T = TypeVar("T")
+from support.kube_schema import CrdSchema
+
+# Serving over HTTP and the fixtures live in support.kube_served, public here: pytest registers the fixtures of
+# this plugin module (tests/conftest.py's `pytest_plugins`).
+from support.kube_served import ServedApi, kube_api, kubeconfig, serve_api, write_kubeconfig
+from support.kube_validation import (
+    FieldError,
+    Refusal,
+    default_job,
+    first_refusal,
+    invalid,
+    name_rule,
+    validate_metadata,
+    validate_pod_template,
+)
+
 STATUS = "status"
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 # Metadata only the server writes: creates and patches cannot set or change it.
@@ -132,6 +162,19 @@ def _version(raw: Any) -> int:
     return int(raw) if str(raw or "").isdigit() else 0
 
 
+def _parse_path(path: str, _kmock_parse: Callable[[str], Any] = kmock_parsing.parse_path) -> Any:
+    """kmock reads /api/v1/namespaces[/<name>[/status]] as a namespace prefix without a resource (and fails on the
+    bare collection with a 500): read it as the API does, as the cluster-scoped resource `namespaces`."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (len(parts) <= 4 or (len(parts) == 5 and parts[4] == STATUS)):
+        name, subresource = [*parts[3:], None, None][:2]
+        return kmock_parsing.ParsedPath("", "v1", "namespaces", None, name, subresource)
+    return _kmock_parse(path)
+
+
+kmock_parsing.parse_path = _parse_path  # where kmock's request parsing looks it up; kmock is the emulator's alone
+
+
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
     """The emulator with the fixes; all state lives in kmock's `objects` (inspect it directly in tests)."""
@@ -140,6 +183,8 @@ class ApiServer(kmock.KubernetesEmulator):
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _schemas: dict[kmock.resource, CrdSchema] = attrs.field(factory=dict, init=False)
+    refusals: list[Refusal] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -156,6 +201,18 @@ class ApiServer(kmock.KubernetesEmulator):
     def resource_version(self) -> int:
         """The latest resourceVersion handed out: every change gets the next one, across all resources."""
         return self._last_version
+
+    def refuse(self, resource: str, when: Callable[[dict[str, Any]], bool] | None = None, *, code: int = 403,
+               reason: str = "Forbidden", message: str | Callable[[dict[str, Any]], str] | None = None,
+               verbs: Iterable[str] = ("create",)) -> Refusal:  # fmt: skip
+        """Refuse the requests on `resource` whose object `when` accepts (see the module docstring)."""
+        refusal = Refusal(resource=resource, when=when, code=code, reason=reason, message=message, verbs=verbs)
+        self.refusals.append(refusal)
+        return refusal
+
+    def crd_schema(self, group: str, version: str, plural: str) -> CrdSchema | None:
+        """The schema a created CRD declared for a served version, as custom resources are checked against."""
+        return self._schemas.get(kmock.resource(group, version, plural))
 
     def _next_version(self) -> str:
         self._last_version = next(self._versions)
@@ -203,6 +260,8 @@ class ApiServer(kmock.KubernetesEmulator):
         stored = self._stored(request)
         if request.action == kmock.action.UPDATE or request.method == kmock.method.PUT:
             return self._prepare_update(request, stored)
+        if request.action == kmock.action.DELETE:
+            self._check_refusals("delete", request.resource, stored.raw)
         if request.action == kmock.action.DELETE and not stored.get("metadata", {}).get("deletionTimestamp"):
             # Deletion is a change: the DELETED event (or MODIFIED, if finalizers hold it) carries a new version.
             stored.history.append(kmock.ObjectVersion(self._with_version(stored.raw)))
@@ -230,34 +289,68 @@ class ApiServer(kmock.KubernetesEmulator):
         if not meta.get("name") and meta.get("generateName"):  # e.g. Kopf names its Events this way
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
-            raise _error(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+            required = FieldError("Required", "metadata.name", detail="name or generateName is required")
+            raise invalid(self._kind(res), res.group, "", [required])
         if res not in self.resources or self.resources[res].namespaced is not False:
             if request.namespace and meta.setdefault("namespace", request.namespace) != request.namespace:
                 raise _error(400, "BadRequest", "the namespace of the object does not match the request's")
         else:
             meta.pop("namespace", None)  # cluster-scoped: kmock would file it under a namespace nobody asks for
+        # kmock sets no uid/resourceVersion/creationTimestamp/generation: Kopf's patches and our operator's
+        # observedGeneration need them. Status is the status subresource's alone, as in the API.
+        for name in SERVER_OWNED:
+            meta.pop(name, None)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        if self._has_status(res):
+            data.pop(STATUS, None)
+        if (res.group, res.plural) == ("batch", "jobs"):
+            default_job(data)  # the job-name/controller-uid labels and selector the API adds
+        data = self._admit("create", res, data)  # validated (and pruned) before the name is looked up, as in the API
+        meta = data["metadata"]
         # kmock answers 200 and overwrites nothing here, but its conflict error reads "Object Already Exists" with a
         # traceback: answer as the API does, which the operator's idempotent creates rely on.
         key = (res, meta.get("namespace"), meta["name"])
         if key in self.objects and not self.objects[key].deleted:
             raise _error(409, "AlreadyExists", f'{_what(res)} "{meta["name"]}" already exists',
                          name=meta["name"], group=res.group, kind=res.plural)  # fmt: skip
-        # kmock sets no uid/resourceVersion/creationTimestamp/generation: Kopf's patches and our operator's
-        # observedGeneration need them. Status is the status subresource's alone, as in the API.
-        for name in SERVER_OWNED:
-            meta.pop(name, None)
-        meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), creationTimestamp=_now(), generation=1)
-        if self._has_status(res):
-            data.pop(STATUS, None)
+        meta["resourceVersion"] = self._next_version()
         if res.group == "apiextensions.k8s.io" and res.plural == "customresourcedefinitions":
             self._register_crd(data)
         return attrs.evolve(request, data=data)
+
+    def _admit(self, verb: str, res: kmock.resource, obj: dict[str, Any], old: dict[str, Any] | None = None
+               ) -> dict[str, Any]:  # fmt: skip
+        """What the API does between decoding a write and storing it: validate (422 Invalid, listing every
+        error), prune a custom resource to its schema, then validating admission (the tests' refusals)."""
+        meta, info = obj.get("metadata") or {}, self.resources.get(res, None)
+        errors = validate_metadata(meta, name_rule(res.group, res.plural), info is None or info.namespaced is not False)
+        if (res.group, res.plural) == ("batch", "jobs"):
+            errors += validate_pod_template((obj.get("spec") or {}).get("template"), "spec.template")
+        if res in self._schemas:
+            obj, schema_errors = self._schemas[res].admit(obj, old)
+            errors += schema_errors
+        if errors:
+            raise invalid(self._kind(res), res.group, meta.get("name") or "", errors)
+        self._check_refusals(verb, res, obj)
+        return obj
+
+    def _kind(self, res: kmock.resource) -> str:
+        info = self.resources.get(res, None)
+        return info.kind if info is not None and info.kind else str(res.plural)
+
+    def _check_refusals(self, verb: str, res: kmock.resource, obj: dict[str, Any]) -> None:
+        refusal = first_refusal(self.refusals, verb, res, self._kind(res), obj)
+        if refusal is not None:
+            raise refusal.error(res, obj)
 
     def _register_crd(self, crd: dict[str, Any]) -> None:
         # kmock does not add a CRD's resource to discovery; Kopf scans /apis and never finds it otherwise.
         spec, now = crd.get("spec") or {}, _now()
         names = spec.get("names") or {}
         for version in spec.get("versions") or []:
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if version.get("served", True) and schema:  # custom resources are validated and pruned by it
+                self._schemas[kmock.resource(spec["group"], version["name"], names["plural"])] = CrdSchema(schema)
             if version.get("served", True):
                 self.resources[kmock.resource(spec["group"], version["name"], names["plural"])] = kmock.ResourceInfo(
                     kind=names.get("kind"), singular=names.get("singular"), verbs=set(VERBS),
@@ -305,6 +398,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 meta[name] = old_meta[name]
             else:
                 meta.pop(name, None)
+        new = self._admit("update", request.resource, new, old)  # a pruned field never counts as a change
+        meta = new["metadata"]
         if new != old:  # a no-op patch keeps the version (kmock's repeated event for it is dropped from watches)
             # kmock bumps neither resourceVersion (Kopf's JSON-patch test then fails forever) nor generation.
             meta["resourceVersion"] = self._next_version()
@@ -410,104 +505,5 @@ class ApiServer(kmock.KubernetesEmulator):
             await bus.put(CLOSE)
 
 
-class ServedApi:
-    """An ApiServer on http://127.0.0.1:<free port>, run by its own event loop in a daemon thread, so that sync
-    code (the kubernetes client) and other threads or loops (KopfRunner) can use it alike."""
-
-    def __init__(self, emulator: ApiServer | None = None) -> None:
-        self.emulator = emulator if emulator is not None else ApiServer()
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-api", daemon=True)
-        self._runner: aiohttp.web.ServerRunner | None = None
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-        """Run a coroutine on the server's loop (where the emulator's state may be touched safely)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _start(self) -> None:
-        await self.emulator.__aenter__()  # kmock's stream feeder; errors become Status responses, not dropped links
-        # Plain aiohttp rather than kmock.Server: that one also swaps aiohttp's DNS resolver process-wide, which
-        # must be undone in strict LIFO order (and Kopf in the same process resolves with aiohttp too).
-        server = aiohttp.web.Server(self.emulator, handler_cancellation=True)  # a client's hang-up ends its watch
-        self._runner = aiohttp.web.ServerRunner(server, shutdown_timeout=5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race for a "free" port
-        await aiohttp.web.SockSite(self._runner, sock).start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def _stop(self) -> None:
-        await self.emulator.close_watches()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.emulator.__aexit__(None, None, None)
-
-    def __enter__(self) -> ServedApi:
-        self._thread.start()
-        self.call(self._start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.call(self._stop(), timeout=30)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():
-                self._loop.close()
-
-    def objects(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
-        """Copies of the live objects of one resource, all namespaces."""
-        res = kmock.resource(group, version, plural)
-
-        async def snapshot() -> list[dict[str, Any]]:
-            return copy.deepcopy(self.emulator.live(res))
-
-        return self.call(snapshot())
-
-    def get(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict | None:
-        """A copy of one live object, or None."""
-        found = [o for o in self.objects(group, version, plural)
-                 if o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace]  # fmt: skip
-        return found[0] if found else None
-
-
-@contextlib.contextmanager
-def serve_api(emulator: ApiServer | None = None) -> Iterator[ServedApi]:
-    """Serve an ApiServer on 127.0.0.1 for the duration of the block."""
-    with ServedApi(emulator) as api:
-        yield api
-
-
-def write_kubeconfig(path: Path, url: str, ns: str = "default") -> Path:
-    """A kubeconfig with one context and no credentials (the emulator checks none; plain HTTP needs no TLS)."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulated", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {}}],
-        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "tester", "namespace": ns}}],
-        "current-context": "emulated",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture
-def kube_api() -> Iterator[ServedApi]:
-    with serve_api() as api:
-        yield api
-
-
-@pytest.fixture
-def kubeconfig(kube_api: ServedApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)
-    monkeypatch.setenv("KUBECONFIG", str(path))  # subprocesses (kopf run, kubectl) and Kopf's own kubeconfig login
-    try:  # the kubernetes client reads $KUBECONFIG once, at import: in-process load_kube_config() (Kopf's
-        import kubernetes.config.kube_config as kube_config  # login_via_client in a KopfRunner) would miss it
-
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    except ImportError:  # the operator extra is not installed: nothing in-process to point
-        pass
-    yield path
+__all__ = ["BUILTIN_RESOURCES", "ApiServer", "CrdSchema", "Refusal", "ServedApi", "kube_api", "kubeconfig",
+           "selected", "serve_api", "write_kubeconfig"]  # fmt: skip
