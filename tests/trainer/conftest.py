@@ -30,3 +30,16 @@ def choice_data(tmp_path_factory) -> dict[str, Path]:
         "chat_train": write_jsonl(root / "chat_train.jsonl", chat_records(64, 3)),
         "chat_eval": write_jsonl(root / "chat_eval.jsonl", chat_records(12, 4)),
     }
+
+
+@pytest.fixture(scope="session")
+def no_template_model(tiny_models, tmp_path_factory) -> Path:
+    """The tiny llama as a base model that ships no chat template (many base checkpoints don't)."""
+    import json
+    import shutil
+
+    model = tmp_path_factory.mktemp("no-template") / "llama"
+    shutil.copytree(tiny_models["llama"], model)
+    (model / "chat_template.jinja").unlink()
+    assert "chat_template" not in json.loads((model / "tokenizer_config.json").read_text())
+    return model

@@ -162,3 +162,20 @@ def test_two_processes_train_data_parallel(tiny_models, choice_data, tmp_path):
     result = TrialResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert result.train.steps == 6
     assert result.train.loss_last < result.train.loss_first
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+def test_chat_dataset_without_a_chat_template_is_a_permanent_error(no_template_model, choice_data, tmp_path):
+    spec = trial_spec(no_template_model, choice_data["chat_train"], choice_data["chat_eval"], f"file://{tmp_path}/out",
+                      format="chat")  # fmt: skip
+    done = trainer(spec, tmp_path)
+    assert done.returncode == EXIT_PERMANENT, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    (line,) = _error_lines(done.stderr)  # one line says it all
+    assert f"dataset 'choice' (file://{choice_data['chat_train']}" in line
+    assert "has format 'chat', but the base model's tokenizer has no chat template" in line
+    assert "set the dataset's format to 'prompt-completion' or 'text'" in line
+    assert not (tmp_path / "out" / "result.json").exists()

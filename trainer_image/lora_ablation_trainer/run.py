@@ -14,8 +14,8 @@ import torch
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
 from lora_ablation_trainer import adapters
-from lora_ablation_trainer.data import encode, load_examples, pack
-from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
+from lora_ablation_trainer.data import chat_template_problem, encode, load_examples, pack
+from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
 from lora_ablation_trainer.sources import fetch_file, fetch_model
@@ -92,16 +92,21 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     train_file = fetch_file(spec.dataset.train, tmp / "cache", endpoint, region)
     eval_file = fetch_file(spec.dataset.eval, tmp / "cache", endpoint, region)
     resolution = None if spec.is_baseline else adapters.resolve_targets(spec, model_dir)
+    tokenizer = adapters.load_tokenizer(model_dir)
+    fmt, max_length = spec.dataset.format, spec.training.max_seq_length
+    files = [spec.dataset.train, spec.dataset.eval]
+    if fmt == "chat" and (problem := chat_template_problem(tokenizer, spec.dataset.name, files)):
+        raise DataError(problem)
+    eval_examples = load_examples(eval_file, fmt, tokenizer, limit=spec.dataset.max_eval_samples)
+    if resolution is not None:
+        train_examples = load_examples(train_file, fmt, tokenizer, limit=spec.dataset.max_train_samples)
 
     device = adapters.pick_device()
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank)
-    tokenizer, model = adapters.load_base(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
-    fmt, max_length = spec.dataset.format, spec.training.max_seq_length
-    eval_examples = load_examples(eval_file, fmt, tokenizer, limit=spec.dataset.max_eval_samples)
+    model = adapters.load_model(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
     train_metrics, targeted, targeted_params = None, [], []
     if resolution is not None:
-        train_examples = load_examples(train_file, fmt, tokenizer, limit=spec.dataset.max_train_samples)
         model = adapters.attach_adapter(spec, resolution, model)
         targeted = sorted(model.targeted_module_names)
         targeted_params = sorted(getattr(model, "targeted_parameter_names", []) or [])
