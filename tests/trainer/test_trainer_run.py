@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lora_ablation.api.trial import TrialResult
+from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.run import run_trial
 from support.trainer_data import trial_spec
 
@@ -134,3 +135,10 @@ def test_packing_trains_on_fewer_longer_sequences(tiny_models, choice_data, tmp_
     # Same number of steps and sequences per step, but packed sequences hold several examples each.
     assert packed.train.tokens > 2 * plain.train.tokens
     assert packed.train.loss_last < packed.train.loss_first
+
+
+def test_a_base_model_that_gives_nan_diverges_at_step_1(nan_model, choice_data, tmp_path):
+    spec = trial_spec(nan_model, choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out")
+    with pytest.raises(PermanentTrialError, match=r"^diverged at step 1 of 30: the training loss is nan; that is befo"):
+        run_trial(spec)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
