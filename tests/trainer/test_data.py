@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from lora_ablation_trainer.data import (
     IGNORE_INDEX,
     Example,
+    chat_template_problem,
     encode,
     iterate_micro_batches,
     load_examples,
@@ -79,6 +80,31 @@ def test_bad_records_name_file_and_line(tokenizer, tmp_path, content, fmt, messa
         load_examples(path, fmt, tokenizer)
     assert str(path) in str(caught.value) and message in str(caught.value)
     assert isinstance(caught.value, PermanentTrialError)
+
+
+CHAT_LINE = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "B"}]}\n'
+
+
+def test_chat_records_need_a_chat_template(tokenizer, no_template_model, tmp_path):
+    bare = AutoTokenizer.from_pretrained(no_template_model)
+    assert chat_template_problem(tokenizer, "talk", ["s3://b/train.jsonl"]) is None
+    problem = chat_template_problem(bare, "talk", ["s3://b/train.jsonl", "s3://b/eval.jsonl"])
+    assert problem.startswith("dataset 'talk' (s3://b/train.jsonl, s3://b/eval.jsonl) has format 'chat', but ")
+    path = tmp_path / "c.jsonl"
+    path.write_text(CHAT_LINE)
+    with pytest.raises(DataError, match=r"c\.jsonl:1: format 'chat' needs a chat template, but the tokenizer has none"):
+        load_examples(path, "chat", bare)  # a DataError (exit 42) even for a caller that did not check first
+    (unrendered,) = load_examples(path, "chat", None)  # the preflight checks the records without a template
+    assert unrendered.completion == "B"
+
+
+def test_a_chat_template_that_rejects_the_messages_names_the_line(no_template_model, tmp_path):
+    strict = AutoTokenizer.from_pretrained(no_template_model)
+    strict.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    path = tmp_path / "c.jsonl"
+    path.write_text(CHAT_LINE + CHAT_LINE)
+    with pytest.raises(DataError, match=r"c\.jsonl:1: the tokenizer's chat template rejects .*roles must alternate"):
+        load_examples(path, "chat", strict)
 
 
 def test_read_jsonl_limit_and_line_numbers(tmp_path):

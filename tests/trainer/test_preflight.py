@@ -83,3 +83,27 @@ def test_preflight_never_reads_weights(tiny_models, choice_data, tmp_path, s3_bu
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(client.get_object(Bucket=bucket, Key="out/preflight.json")["Body"].read())
     assert report["ok"] and len(report["modules"]["all"]) == 14
+
+
+def test_preflight_reports_a_chat_dataset_the_tokenizer_cannot_render(no_template_model, choice_data, tmp_path):
+    broken = tmp_path / "broken-chat.jsonl"
+    broken.write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
+    spec = preflight_spec(
+        no_template_model,
+        [dataset("plain", choice_data["train"], choice_data["eval"]),
+         dataset("talk", choice_data["chat_train"], broken, fmt="chat")],
+        [["o_proj"]],
+        f"file://{tmp_path}/out",
+    )  # fmt: skip
+    done = run(spec, tmp_path)
+    assert done.returncode == EXIT_PERMANENT, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "preflight.json").read_text())
+    assert report["ok"] is False
+    template, record = report["problems"]  # once for the dataset; its records are still checked
+    assert template.startswith(
+        f"spec.datasets[1]: dataset 'talk' (file://{choice_data['chat_train']}, file://{broken})"
+    )
+    assert "has no chat template" in template
+    assert "set the dataset's format to 'prompt-completion' or 'text'" in template
+    assert record.startswith("spec.datasets[1].eval: ") and "broken-chat.jsonl:1: the last message must be" in record
+    assert report["records"] == {"plain/train": 256, "plain/eval": 24, "talk/train": 64}

@@ -162,3 +162,46 @@ def test_two_processes_train_data_parallel(tiny_models, choice_data, tmp_path):
     result = TrialResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert result.train.steps == 6
     assert result.train.loss_last < result.train.loss_first
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+def test_chat_dataset_without_a_chat_template_is_a_permanent_error(no_template_model, choice_data, tmp_path):
+    spec = trial_spec(no_template_model, choice_data["chat_train"], choice_data["chat_eval"], f"file://{tmp_path}/out",
+                      format="chat")  # fmt: skip
+    done = trainer(spec, tmp_path)
+    assert done.returncode == EXIT_PERMANENT, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    (line,) = _error_lines(done.stderr)  # one line says it all
+    assert f"dataset 'choice' (file://{choice_data['chat_train']}" in line
+    assert "has format 'chat', but the base model's tokenizer has no chat template" in line
+    assert "set the dataset's format to 'prompt-completion' or 'text'" in line
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_non_finite_loss_ends_the_trial_as_diverged_and_publishes_nothing(poisoned_token_model, tmp_path):
+    from lora_ablation_trainer.data import micro_batch_order
+    from support.trainer_data import write_jsonl
+
+    model, token = poisoned_token_model
+    records = choice_records(64, 5)
+    # The record that the fifth micro-batch (batch 8, one per step) begins with gets the token whose weights are NaN.
+    poisoned = micro_batch_order(len(records), 8, 42, epoch=0)[4][0]
+    records[poisoned]["prompt"] += f" {token}"
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    eval_ = write_jsonl(tmp_path / "eval.jsonl", choice_records(8, 6))
+    spec = trial_spec(model, train, eval_, f"file://{tmp_path}/out",
+                      training={"seed": 42, "checkpointEverySteps": 2}, latency={"repeats": 1})  # fmt: skip
+    done = trainer(spec, tmp_path)
+    assert done.returncode == EXIT_PERMANENT, done.stderr[-3000:]
+    (line,) = _error_lines(done.stderr)
+    assert "diverged at step 5 of 30: the training loss is nan; the last finite loss was " in line
+    assert "lower training.learningRate (now 0.003)" in line and "no result was published" in line
+    out = tmp_path / "out"
+    assert not (out / "result.json").exists() and not (out / "adapter").exists()
+    # The last checkpoint is the last good step: nothing non-finite was ever saved.
+    checkpoint = torch.load(io.BytesIO((out / "checkpoints" / "latest.pt").read_bytes()), weights_only=False)
+    assert checkpoint["state"]["step"] == 4
+    assert all(torch.isfinite(t).all() for t in checkpoint["adapter"].values())

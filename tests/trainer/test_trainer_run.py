@@ -10,7 +10,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lora_ablation.api.trial import TrialResult
-from lora_ablation_trainer.run import run_trial
+from lora_ablation.store import LocalStore
+from lora_ablation_trainer.errors import PermanentTrialError
+from lora_ablation_trainer.run import publish, run_trial
 from support.trainer_data import trial_spec
 
 pytestmark = pytest.mark.trainer
@@ -134,3 +136,42 @@ def test_packing_trains_on_fewer_longer_sequences(tiny_models, choice_data, tmp_
     # Same number of steps and sequences per step, but packed sequences hold several examples each.
     assert packed.train.tokens > 2 * plain.train.tokens
     assert packed.train.loss_last < packed.train.loss_first
+
+
+def test_a_base_model_that_gives_nan_diverges_at_step_1(nan_model, choice_data, tmp_path):
+    spec = trial_spec(nan_model, choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out")
+    with pytest.raises(PermanentTrialError, match=r"^diverged at step 1 of 30: the training loss is nan; that is befo"):
+        run_trial(spec)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_nan_eval_is_a_permanent_error_naming_the_field(nan_model, choice_data, tmp_path):
+    spec = trial_spec(nan_model, choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      variant="none", metric="eval_loss")  # fmt: skip
+    with pytest.raises(PermanentTrialError) as caught:
+        run_trial(spec)
+    message = str(caught.value)
+    assert message.startswith("eval.score = nan, eval.evalLoss = nan, eval.perplexity = nan and 2 more: not a finite")
+    assert "load it in bfloat16 or float32 (baseModel.dtype)" in message and "no result was published" in message
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def _strict(text: str):
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in result.json"))
+
+
+def test_non_finite_figures_are_never_published_nor_taken_as_done(tiny_models, choice_data, tmp_path):
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      training={"maxSteps": 2}, latency={"repeats": 1})  # fmt: skip
+    wire = run_trial(spec).to_wire()
+    wire["latency"]["base"]["tpotP95Ms"] = float("inf")
+    empty = LocalStore(tmp_path / "empty")
+    with pytest.raises(PermanentTrialError, match=r"^latency\.base\.tpotP95Ms = inf: not a finite number; the timing"):
+        publish(empty, TrialResult.model_validate(wire))
+    assert not empty.exists("result.json")
+
+    # A result an older trainer published with NaN in it is not taken as done: the trial runs again.
+    wire["latency"]["base"]["tpotP95Ms"], wire["eval"]["score"] = 1.0, float("nan")
+    (tmp_path / "out" / "result.json").write_text(json.dumps(wire))
+    again = run_trial(spec)
+    assert _strict((tmp_path / "out" / "result.json").read_text())["eval"]["score"] == again.eval.score

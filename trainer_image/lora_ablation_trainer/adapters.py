@@ -42,16 +42,21 @@ def resolve_targets(spec: TrialSpec, model_dir: Path) -> Resolution:
     return resolution
 
 
-def load_base(model_dir: Path, dtype: torch.dtype, device: torch.device):
-    """Tokenizer and model; sdpa attention on GPU, the same implementation for base and adapter timing."""
+def load_tokenizer(model_dir: Path):
+    """Loaded apart from the weights, so the data can be checked before a weight is read."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
+    """sdpa attention on GPU, the same implementation for base and adapter timing."""
     attention = "sdpa" if device.type == "cuda" else "eager"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
     model.to(device)
     model.config.use_cache = True
-    return tokenizer, model
+    return model
 
 
 def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> LoraConfig:

@@ -50,6 +50,31 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def chat_template_problem(tokenizer: Any, dataset: str, files: list[str]) -> str | None:
+    """Why a chat-format dataset cannot be used with this tokenizer, or None: checked before any record is read."""
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    return (
+        f"dataset {dataset!r} ({', '.join(files)}) has format 'chat', but the base model's tokenizer has no chat "
+        "template; use a base model whose tokenizer ships one (an instruct or chat variant), or set the dataset's "
+        "format to 'prompt-completion' or 'text'"
+    )
+
+
+def _render_prompt(messages: list[dict[str, Any]], tokenizer: Any, where: str) -> str:
+    """The chat template applied to the conversation so far; None checks the structure only (preflight)."""
+    if tokenizer is None:
+        return ""
+    if not getattr(tokenizer, "chat_template", None):  # callers check first; this keeps it a DataError regardless
+        raise DataError(f"{where}: format 'chat' needs a chat template, but the tokenizer has none")
+    from jinja2 import TemplateError  # a transformers dependency; templates raise it to reject a conversation
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except (TemplateError, ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{where}: the tokenizer's chat template rejects these messages ({error})") from None
+
+
 def to_example(record: dict[str, Any], fmt: str, where: str, tokenizer: Any) -> Example:
     """One record in `fmt` -> an Example; the message names the file, line and the missing field."""
     if fmt == "prompt-completion":
@@ -67,12 +92,12 @@ def to_example(record: dict[str, Any], fmt: str, where: str, tokenizer: Any) -> 
             raise DataError(
                 f"{where}: the last message must be the assistant's answer (got role {messages[-1]['role']!r})"
             )
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        return Example(prompt, messages[-1]["content"], record)
+        return Example(_render_prompt(messages[:-1], tokenizer, where), messages[-1]["content"], record)
     raise DataError(f"{where}: unknown dataset format {fmt!r}")
 
 
 def load_examples(path: Path, fmt: str, tokenizer: Any, limit: int | None = None) -> list[Example]:
+    """tokenizer None checks chat records without rendering them (the preflight, when the template is missing)."""
     return [to_example(r, fmt, f"{path}:{r['_line']}", tokenizer) for r in read_jsonl(path, limit)]
 
 

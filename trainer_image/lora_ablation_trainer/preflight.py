@@ -1,5 +1,6 @@
 """The preflight check the operator runs as a small CPU Job before any GPU trial: module sets resolve on
-the real module tree (meta device, config and tokenizer only, no weights) and every dataset parses.
+the real module tree (meta device, config and tokenizer only, no weights), every dataset parses, and a
+chat-format dataset has a chat template to render it with.
 
 It collects every problem instead of stopping at the first, writes preflight.json, and exits 42 when
 anything is wrong, so the ablation fails with the whole list and no GPU Job is ever created.
@@ -17,7 +18,7 @@ from lora_ablation.api.trial import PreflightReport, PreflightSpec
 from lora_ablation.modules.groups import module_set_label
 from lora_ablation.modules.inventory import ModuleResolutionError, resolve_module_set
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, open_store
-from lora_ablation_trainer.data import load_examples
+from lora_ablation_trainer.data import chat_template_problem, load_examples
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError, TrialError
 from lora_ablation_trainer.module_tree import tree_inventory
 from lora_ablation_trainer.sources import fetch_file, fetch_model
@@ -43,11 +44,17 @@ def check(spec: PreflightSpec, workdir: Path) -> PreflightReport:
         except ModuleResolutionError as error:
             report.problems.append(f"spec.search.moduleSets[{index}]: {error}")
     for index, dataset in enumerate(spec.datasets):
+        parse_with = tokenizer
+        if dataset.format == "chat":
+            problem = chat_template_problem(tokenizer, dataset.name, [dataset.train, dataset.eval])
+            if problem:  # reported once for the dataset; its records are still checked for every other problem
+                report.problems.append(f"spec.datasets[{index}]: {problem}")
+                parse_with = None
         for split in ("train", "eval"):
             uri = getattr(dataset, split)
             try:
                 path = fetch_file(uri, workdir, endpoint, region)
-                examples = load_examples(path, dataset.format, tokenizer)
+                examples = load_examples(path, dataset.format, parse_with)
                 report.records[f"{dataset.name}/{split}"] = len(examples)
             except TransientTrialError:
                 raise

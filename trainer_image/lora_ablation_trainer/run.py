@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import platform
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
 from lora_ablation_trainer import adapters
-from lora_ablation_trainer.data import encode, load_examples, pack
-from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
+from lora_ablation_trainer.data import chat_template_problem, encode, load_examples, pack
+from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
 from lora_ablation_trainer.sources import fetch_file, fetch_model
@@ -29,13 +32,50 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# What to do when a figure in the result is NaN or infinite, by the result section it is in.
+NON_FINITE_HINTS = {
+    "eval": "the model's outputs on the eval split are not finite: check the base model's weights, load it in "
+    "bfloat16 or float32 (baseModel.dtype) rather than float16, or lower training.learningRate",
+    "train": "training went non-finite: lower training.learningRate or load the base model in bfloat16 or float32",
+    "latency": "the timing went wrong: set latency.enabled to false to skip timing, and report this as a bug",
+}
+
+
+def non_finite_fields(value: Any, path: str = "") -> list[str]:
+    """`path = value` for every NaN or infinite number in a wire object: strict JSON cannot spell them."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{path} = {value}"]
+    if isinstance(value, dict):
+        return [bad for key, item in value.items() for bad in non_finite_fields(item, f"{path}.{key}" if path else key)]
+    if isinstance(value, list):
+        return [bad for index, item in enumerate(value) for bad in non_finite_fields(item, f"{path}[{index}]")]
+    return []
+
+
+def require_finite(wire: dict[str, Any], path: str = "") -> None:
+    bad = non_finite_fields(wire, path)
+    if bad:
+        section = bad[0].split(".")[0].split("[")[0]
+        hint = NON_FINITE_HINTS.get(section, "report this as a bug")
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise PermanentTrialError(f"{', '.join(bad[:3])}{more}: not a finite number; {hint}; no result was published")
+
+
+def publish(store: Store, result: TrialResult) -> None:
+    """result.json as strict JSON: a NaN or Infinity is a permanent error naming the field, never published."""
+    wire = result.to_wire()
+    require_finite(wire)
+    store.write_text(RESULT, json.dumps(wire, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
 def existing_result(store: Store, spec: TrialSpec) -> TrialResult | None:
     """A valid result for this very trial, if a previous run finished it."""
     if not store.exists(RESULT):
         return None
     try:
         result = TrialResult.model_validate(store.read_json(RESULT))
-    except ValueError:
+        require_finite(result.to_wire())  # an older trainer may have published NaN
+    except (ValueError, PermanentTrialError):
         log.warning("ignoring an invalid %s at %s; the trial runs again", RESULT, store.uri)
         return None
     return result if result.trial == spec.name else None
@@ -92,16 +132,21 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     train_file = fetch_file(spec.dataset.train, tmp / "cache", endpoint, region)
     eval_file = fetch_file(spec.dataset.eval, tmp / "cache", endpoint, region)
     resolution = None if spec.is_baseline else adapters.resolve_targets(spec, model_dir)
+    tokenizer = adapters.load_tokenizer(model_dir)
+    fmt, max_length = spec.dataset.format, spec.training.max_seq_length
+    files = [spec.dataset.train, spec.dataset.eval]
+    if fmt == "chat" and (problem := chat_template_problem(tokenizer, spec.dataset.name, files)):
+        raise DataError(problem)
+    eval_examples = load_examples(eval_file, fmt, tokenizer, limit=spec.dataset.max_eval_samples)
+    if resolution is not None:
+        train_examples = load_examples(train_file, fmt, tokenizer, limit=spec.dataset.max_train_samples)
 
     device = adapters.pick_device()
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank)
-    tokenizer, model = adapters.load_base(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
-    fmt, max_length = spec.dataset.format, spec.training.max_seq_length
-    eval_examples = load_examples(eval_file, fmt, tokenizer, limit=spec.dataset.max_eval_samples)
+    model = adapters.load_model(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
     train_metrics, targeted, targeted_params = None, [], []
     if resolution is not None:
-        train_examples = load_examples(train_file, fmt, tokenizer, limit=spec.dataset.max_train_samples)
         model = adapters.attach_adapter(spec, resolution, model)
         targeted = sorted(model.targeted_module_names)
         targeted_params = sorted(getattr(model, "targeted_parameter_names", []) or [])
@@ -123,6 +168,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
+    require_finite(eval_metrics.to_wire(), "eval")  # before timing and uploading a model that outputs NaN
     latency = (
         measure(model, tokenizer, spec.latency, device, has_adapter=resolution is not None)
         if spec.latency.enabled
@@ -159,6 +205,6 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
         finished_at=_now(),
         gpu_seconds=round(seconds * max(gpus, 0), 3) if gpus else 0.0,
     )
-    store.write_json(RESULT, result.to_wire())  # last: its presence means the trial is complete
+    publish(store, result)  # last: its presence means the trial is complete
     store.delete_prefix("checkpoints/")
     return result

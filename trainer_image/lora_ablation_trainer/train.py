@@ -18,6 +18,7 @@ from lora_ablation.api.spec import TrainingSpec
 from lora_ablation.api.trial import TrainMetrics
 from lora_ablation.store import Store
 from lora_ablation_trainer.data import collate, iterate_micro_batches
+from lora_ablation_trainer.errors import PermanentTrialError
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/latest.pt"
@@ -96,6 +97,31 @@ def _sync_gradients(model, dist: Distributed) -> None:
             parameter.grad /= dist.world
 
 
+def _step_figures(loss_sum: torch.Tensor, norm: torch.Tensor, dist: Distributed) -> tuple[float, float]:
+    """The step's loss (mean over ranks) and gradient norm, read back in one device sync."""
+    if dist.world > 1:
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum /= dist.world
+    loss, grad_norm = torch.stack([loss_sum, norm.to(loss_sum)]).tolist()
+    return loss, grad_norm
+
+
+def _diverged(state: TrainState, steps: int, loss: float, grad_norm: float, training: TrainingSpec) -> Exception:
+    step = state.step + 1
+    what = f"the training loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+    if state.step == 0:  # no update yet: the adapter starts as a no-op, so the base model itself is at fault
+        hint = (
+            "that is before any update, so the base model gives a non-finite loss on this data: check its weights, "
+            "and load it in bfloat16 or float32 (baseModel.dtype) rather than float16"
+        )
+    else:
+        hint = (f"the last finite loss was {state.losses[-1]:.4f}; " if state.losses else "") + (
+            f"lower training.learningRate (now {training.learning_rate:g}), raise training.warmupRatio, "
+            "or load the base model in bfloat16 or float32 (baseModel.dtype) rather than float16"
+        )
+    return PermanentTrialError(f"diverged at step {step} of {steps}: {what}; {hint}; no result was published")
+
+
 def curve(losses: list[float], points: int = 50) -> list[float]:
     if len(losses) <= points:
         return [round(x, 5) for x in losses]
@@ -127,19 +153,24 @@ def train_adapter(
     model.train()
     while state.step < steps:
         started = time.perf_counter()
-        step_loss, step_tokens = 0.0, 0
+        loss_sum, step_tokens = torch.zeros((), device=device), 0  # summed on the device: no sync per micro-step
         for k in range(micro_per_step):
             _, indices = next(batches)
             if k % dist.world != dist.rank:
                 continue
-            batch = {key: value.to(device) for key, value in collate([features[i] for i in indices], pad_id).items()}
+            batch = collate([features[i] for i in indices], pad_id)
+            step_tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
+            batch = {key: value.to(device) for key, value in batch.items()}
             with autocast:
                 loss = model(**batch).loss / training.gradient_accumulation
             loss.backward()
-            step_loss += loss.item()
-            step_tokens += int(batch["attention_mask"].sum())
+            loss_sum += loss.detach().float()
         _sync_gradients(model, dist)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        step_loss, grad_norm = _step_figures(loss_sum, norm, dist)
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            # Before the update, so no checkpoint or result ever holds NaN weights; every rank sees the same figures.
+            raise _diverged(state, steps, step_loss, grad_norm, training)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
