@@ -320,8 +320,8 @@ def test_status_patches_are_validated_and_pruned_to_the_schema(api, custom):
 
 def test_the_crds_cel_rules_are_all_evaluated_and_refuse_with_their_messages(api, custom):
     schema = api.emulator.crd_schema(GROUP, VERSION, PLURAL)
-    in_yaml = (ROOT / CRD_YAML).read_text().count("- message:")
-    assert len(schema.rules) == in_yaml == 3 and not schema.skipped
+    in_yaml = (ROOT / CRD_YAML).read_text().count("x-kubernetes-validations:")
+    assert len(schema.rules) == 5 and in_yaml == 3 and not schema.skipped  # 3 lists: root, spec (3 rules), training
     before = {rule.rule: rule.evaluated for rule in schema.rules}
     file_model = {"uri": "file://models/tiny"}
     cases = [
@@ -331,6 +331,10 @@ def test_the_crds_cel_rules_are_all_evaluated_and_refuse_with_their_messages(api
          "spec", "selection.latencyBudgetMs needs latency.enabled"),
         (ablation("cache", baseModel=file_model, execution={"modelCacheClaim": "cache"}),
          "spec", "execution.modelCacheClaim cannot be used with a file:// base model"),
+        (ablation("grid", datasets=[{"name": f"d{i}", "train": "s3://b/t", "eval": "s3://b/e"} for i in range(40)],
+                  search={"moduleSets": [["o_proj"]] * 64, "ranks": [8, 16]}),
+         "spec", "the grid (datasets x (moduleSets x ranks x variants + baseline)) exceeds 5000 trials: narrow it or "
+         "split the study"),
     ]  # fmt: skip
     for manifest, field, message in cases:
         status = refusal(create_ablation, custom, manifest)
@@ -341,6 +345,9 @@ def test_the_crds_cel_rules_are_all_evaluated_and_refuse_with_their_messages(api
         assert status["details"]["causes"] == [
             {"reason": "FieldValueInvalid", "field": field, "message": f'Invalid value: "object": {message}'}
         ]
+    long_name = ablation("x" * 64)
+    status = refusal(create_ablation, custom, long_name)
+    assert "metadata.name must be at most 63 characters" in status["message"]
     assert all(rule.evaluated > before[rule.rule] for rule in schema.rules)
     create_ablation(custom, ablation("one-of-them", training={"maxSteps": 10}))
     status = refusal(custom.patch_namespaced_custom_object, GROUP, VERSION, "default", PLURAL, "one-of-them",

@@ -12,7 +12,7 @@ from lora_ablation_operator import conditions as c
 from lora_ablation_operator.collector import ResultCache, delete_results, preflight_problems
 from lora_ablation_operator.observe import pod_problem, stuck_jobs
 from lora_ablation_operator.planning import PlanCache
-from lora_ablation_operator.reconcile import reconcile
+from lora_ablation_operator.reconcile import Observed, reconcile
 
 
 def pod(job: str, phase: str = "Pending", waiting: str | None = None, scheduled: dict | None = None) -> dict:
@@ -145,3 +145,10 @@ def test_deleting_results_needs_only_a_usable_storage_spec():
             assert "storage" in str(error)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_a_name_longer_than_a_label_value_is_invalid_before_any_job():
+    # The CRD refuses it at apply; objects created before that rule existed still end in a condition.
+    decision = reconcile(Observed("x" * 64, "ns", 1, spec(), {}, {}, {}, None, NOW), SETTINGS)
+    ready = cond(decision, c.READY)
+    assert decision.create == [] and ready["reason"] == c.INVALID_SPEC and "at most 63" in ready["message"]

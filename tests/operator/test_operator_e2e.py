@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from support.cluster import assert_schema_valid, complete, manifest, pass_preflight, trial_jobs, wait_for
 
@@ -56,11 +57,15 @@ def test_happy_path_respects_parallelism_and_reports_the_answer(cluster):
 
 def test_invalid_spec_creates_no_job(cluster):
     bad = manifest("bad", cluster.bucket)
-    bad["spec"]["search"]["ranks"] = [0]
+    bad["spec"]["search"]["ranks"] = [8, 8]  # the CRD's list-type set refuses this at apply...
+    with pytest.raises(ApiException) as refused:
+        cluster.apply(bad)
+    assert refused.value.status == 422 and "spec.search.ranks" in refused.value.body
+    bad["spec"]["search"] = {"moduleSets": [["o_proj"], ["o-proj"]]}  # ...this only the operator can
     cluster.apply(bad)
     ready = wait_for(lambda: cluster.condition("bad") or None, what="a Ready condition")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
-    assert "spec.search.ranks[0]" in ready["message"]
+    assert "spec.search.moduleSets" in ready["message"]
     assert cluster.jobs() == {}
 
 

@@ -210,3 +210,22 @@ def test_6_a_grid_over_the_operators_limit_is_invalid_and_starts_nothing(operate
     ready = wait_for(lambda: cluster.condition("huge") or None, what="a Ready condition")
     assert ready["reason"] == "InvalidSpec" and "4 trials" in ready["message"] and "at most 3" in ready["message"]
     assert cluster.jobs() == {}
+
+
+def test_5_a_refused_job_is_reported_with_the_api_message_and_retried(operated, kube_api):
+    cluster = operated()
+    quota = ('jobs "{}" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, used: '
+             'nvidia.com/gpu=4, limited: nvidia.com/gpu=4')  # fmt: skip
+    refusal = kube_api.refuse("jobs", when=lambda job: job["metadata"]["labels"].get("app.kubernetes.io/component")
+                              == "trial", message=lambda job: quota.format(job["metadata"]["name"]))  # fmt: skip
+    cluster.apply(manifest("quota", cluster.bucket, search={"moduleSets": [["o_proj"]]}))
+    pass_preflight(cluster, "quota")
+    ready = wait_for(lambda: cluster.condition("quota") if reason(cluster, "quota") == "JobRejected" else None,
+                     what="JobRejected")  # fmt: skip
+    assert "403" in ready["message"] and "exceeded quota: gpu-quota" in ready["message"]
+    pending = [t for t in states(cluster, "quota").values() if "rejected" in (t.get("message") or "")]
+    assert pending and all(t["state"] == "Pending" for t in pending)
+    assert trial_jobs(cluster) == {} and cluster.events("quota").count("JobRejected") == 1
+    refusal.cancel()  # the quota was raised: the next reconcile creates the Jobs
+    wait_for(lambda: len(trial_jobs(cluster)) == 2, what="the Jobs created once allowed")
+    wait_for(lambda: reason(cluster, "quota") == "TrialsRunning", what="the rejection cleared")
