@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -132,3 +133,37 @@ def test_plan_uses_the_module_tree_for_architectures_outside_the_catalog(tmp_pat
     plan = json.loads(result.stdout)
     assert "module tree" in plan["resolution"]
     assert plan["trials"][2]["targetModules"] == ["model.layers.0.mlp.c_fc", "model.layers.1.mlp.c_fc"]
+
+
+# Issue 17: the smaller defects a new user met following the README.
+
+
+def _documents(path, *documents) -> str:
+    path.write_text(yaml.safe_dump_all(documents))
+    return str(path)
+
+
+def test_run_store_that_is_no_store_uri_exits_2_naming_the_flag(tmp_path):
+    path = _documents(tmp_path / "m.yaml", minimal_manifest())
+    result = run("run", path, "--store", "gs://bucket/prefix")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--store gs://bucket/prefix: expected s3://bucket/prefix or file://path" in result.stderr
+
+
+def test_the_store_override_moves_every_trial_but_keeps_names():
+    from conftest import ROOT as root
+    from lora_ablation.local_runner import with_storage
+    from lora_ablation.manifest import load_ablation
+    from lora_ablation.plan import plan_trials
+
+    ablation = load_ablation(root / "examples" / "quickstart.yaml")
+    moved = with_storage(ablation, "s3://other-bucket/prefix", "http://127.0.0.1:9000")
+    assert ablation.spec.storage.uri == "file://ablation-results"  # the original is not changed
+    before = plan_trials("quickstart", "default", ablation.spec)
+    after = plan_trials("quickstart", "default", moved.spec)
+    assert [t.name for t in before.trials] == [t.name for t in after.trials]  # storage is not part of the identity
+    for trial in after.trials:
+        assert trial.spec.storage.uri == f"s3://other-bucket/prefix/default/quickstart/{trial.name}"
+        assert trial.spec.storage.endpoint == "http://127.0.0.1:9000"
+    local = with_storage(ablation, "some/dir")
+    assert local.spec.storage.uri == f"file://{Path.cwd() / 'some' / 'dir'}"

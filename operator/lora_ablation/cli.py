@@ -121,23 +121,31 @@ def _planned(ablation, model_config_file: str | None = None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lora_ablation.local_runner import EXIT_INTERRUPTED, run_ablation
+    from lora_ablation.local_runner import EXIT_INTERRUPTED, run_ablation, with_storage
+    from lora_ablation.store import StorageError
 
     ablation = load_ablation(args.file)
     base = ablation.spec.base_model.uri
     if base.startswith("file://") and not (Path(base[len("file://") :]) / "config.json").is_file():
         hint = " (build it with: python -m lora_ablation_trainer.quickstart examples)" if "tiny-llama" in base else ""
         raise SpecError([f"{args.file}: spec.baseModel.uri {base}: no config.json there{hint}"])
-    plan, _ = _planned(ablation)
-    store = args.store or ablation.spec.storage.uri
+    # --store/--endpoint replace spec.storage before planning: every trial, the summary and the plots follow it.
+    ablation = with_storage(ablation, args.store, args.endpoint)
+    try:
+        plan, _ = _planned(ablation)
+    except SpecError as error:
+        raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     logs = Path(args.logs) / ablation.metadata.namespace / ablation.metadata.name
     try:
         report = run_ablation(
-            ablation, plan, store, args.parallel or ablation.spec.execution.parallelism, logs,
+            ablation, plan, args.parallel or ablation.spec.execution.parallelism, logs,
             Path(args.plots) if args.plots else None, sys.stdout,
         )  # fmt: skip
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except StorageError as error:
+        where = "--store" if args.store else f"{args.file}: spec.storage.uri"
+        raise SpecError([f"{where} {ablation.spec.storage.uri}: {error}"]) from None
     if report.failed:
         print(f"\n{len(report.failed)} trial(s) failed; see the logs in {logs}", file=sys.stderr)
         return 1
@@ -237,7 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
     run = sub.add_parser("run", help="run the whole ablation on this machine (resumable; Ctrl-C keeps results)")
     run.add_argument("file")
-    run.add_argument("--store", help="results store URI (default: spec.storage.uri), file://DIR or s3://bucket/prefix")
+    run.add_argument(
+        "--store",
+        help="results store instead of spec.storage.uri: file://DIR, a local DIR or s3://bucket/prefix; every trial, "
+        "summary.json and the plots go there",
+    )
+    run.add_argument("--endpoint", help="S3 endpoint URL for the store (default: spec.storage.endpoint, "
+                     "then $AWS_ENDPOINT_URL_S3)")  # fmt: skip
     run.add_argument("--parallel", type=int, help="trials at once (default: spec.execution.parallelism; one GPU each)")
     run.add_argument("--logs", default=".lora-ablation/logs", help="per-trial logs (default: .lora-ablation/logs)")
     run.add_argument("--plots", help="where the PNGs go (default: next to summary.json)")
