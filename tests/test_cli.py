@@ -138,6 +138,45 @@ def test_plan_uses_the_module_tree_for_architectures_outside_the_catalog(tmp_pat
 # Issue 17: the smaller defects a new user met following the README.
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "--model-config /dev/null: not valid JSON"),
+        ("{broken", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object (a model's config.json), got list"),
+        ("{}", 'no "model_type" field'),
+    ],
+    ids=["dev-null", "broken", "list", "no-model-type"],
+)
+def test_plan_with_an_unusable_model_config_exits_2_naming_it(tmp_path, content, expected):
+    path = "/dev/null"
+    if content is not None:
+        path = str(tmp_path / "config.json")
+        (tmp_path / "config.json").write_text(content)
+    result = run("plan", "examples/quickstart.yaml", "--model-config", path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"--model-config {path}" in result.stderr and expected in result.stderr
+    assert result.stdout == ""
+
+
+def test_plan_with_a_missing_model_config_exits_2(tmp_path):
+    result = run("plan", "examples/quickstart.yaml", "--model-config", str(tmp_path / "nowhere.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "nowhere.json: cannot read (No such file or directory)" in result.stderr
+
+
+def test_a_base_model_config_that_is_not_json_exits_2(tmp_path):
+    (tmp_path / "config.json").write_text("not json")
+    manifest = minimal_manifest()
+    manifest["spec"]["baseModel"]["uri"] = f"file://{tmp_path}"
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = run("plan", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}: spec.baseModel.uri file://{tmp_path}: config.json is not valid JSON" in result.stderr
+
+
 def _documents(path, *documents) -> str:
     path.write_text(yaml.safe_dump_all(documents))
     return str(path)

@@ -42,7 +42,34 @@ def _plan_inventory(config: dict[str, Any]) -> ModelInventory:
     except UnsupportedModel:
         if not module_tree_available():
             raise
-        return inventory_for(config, "tree")
+        try:
+            return inventory_for(config, "tree")
+        except (ValueError, KeyError) as error:  # transformers does not know this model_type either
+            first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise UnsupportedModel(f"model_type {config.get('model_type')!r}: {first}") from None
+
+
+def _checked_config(config: Any, where: str) -> dict[str, Any]:
+    """A model config the resolvers can use: a JSON object with a model_type, or a SpecError saying so."""
+    if not isinstance(config, dict):
+        raise SpecError([f"{where}: expected a JSON object (a model's config.json), got {type(config).__name__}"])
+    if not isinstance(config.get("model_type"), str):
+        raise SpecError([f'{where}: no "model_type" field; expected a Hugging Face model\'s config.json'])
+    return config
+
+
+def _read_config_file(path: str, option: str) -> dict[str, Any]:
+    """config.json named on the command line: unreadable or not JSON is bad input naming the file."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise SpecError([f"{option} {path}: cannot read ({reason}); pass a model's config.json"]) from None
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise SpecError([f"{option} {path}: not valid JSON ({error}); pass a model's config.json"]) from None
+    return _checked_config(config, f"{option} {path}")
 
 
 def _target_count(trial: PlannedTrial) -> str:
@@ -56,8 +83,9 @@ def _target_count(trial: PlannedTrial) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
     meta = ablation.metadata
+    given = (_read_config_file(args.model_config, "--model-config"), args.model_config) if args.model_config else None
     try:
-        plan, source_note = _planned(ablation, args.model_config)
+        plan, source_note = _planned(ablation, given)
     except SpecError as error:
         raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     if args.output == "json":
@@ -101,15 +129,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planned(ablation, model_config_file: str | None = None):
+def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
     """Plan an ablation, resolving modules when the model's config.json is readable from here."""
     spec, meta = ablation.spec, ablation.metadata
     inventory, source_note = None, ""
     try:
-        if model_config_file:
-            config, where = json.loads(Path(model_config_file).read_text()), model_config_file
+        if given:  # plan --model-config FILE
+            config, where = given
         else:
-            config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
+            try:
+                config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
+            except ValueError as error:  # a config.json that is not JSON
+                raise SpecError(
+                    [f"spec.baseModel.uri {spec.base_model.uri}: config.json is not valid JSON ({error})"]
+                ) from None
+            config = _checked_config(config, f"spec.baseModel.uri {spec.base_model.uri}: config.json")
         inventory = _plan_inventory(config)
         source_note = f"modules resolved by the {inventory.source} from {where}"
     except (ModelConfigUnavailable, UnsupportedModel) as error:
@@ -183,15 +217,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_model(args: argparse.Namespace) -> int:
-
     try:
         config, where = load_model_config(args.model)
     except ModelConfigUnavailable as error:
         raise SpecError([f"MODEL {args.model!r}: {error}"]) from None
+    except ValueError as error:
+        raise SpecError([f"MODEL {args.model!r}: config.json is not valid JSON ({error})"]) from None
+    config = _checked_config(config, f"MODEL {args.model!r}: {where}")
     try:
         report = inspect_inventory(inventory_for(config, args.source), args.rank)
-    except UnsupportedModel as error:
-        raise SpecError([f"MODEL {args.model!r}: {error}"]) from None
+    except (ValueError, KeyError) as error:  # UnsupportedModel, or a model_type transformers does not know
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise SpecError([f"MODEL {args.model!r}: {first}"]) from None
     report["model"] = where
     if args.output == "json":
         print(json.dumps(report, indent=2))
