@@ -182,6 +182,64 @@ def _documents(path, *documents) -> str:
     return str(path)
 
 
+def test_a_misspelt_kind_is_an_error_naming_file_document_and_kind(tmp_path):
+    misspelt = minimal_manifest()
+    misspelt["kind"] = "LoraAblaton"
+    misspelt["metadata"]["name"] = "second"
+    path = _documents(tmp_path / "two.yaml", minimal_manifest(), misspelt)
+    result = run("validate", path)
+    assert result.returncode == 2
+    assert f"{path} (document 2): kind 'LoraAblaton' is not LoraAblation; expected `kind: LoraAblation`" in (
+        result.stderr
+    )
+    assert "demo is valid" not in result.stdout  # a file with an error is not reported as valid
+
+
+def test_other_kinds_are_skipped_with_a_note(tmp_path):
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"k": "v"}}
+    path = _documents(tmp_path / "with-secret.yaml", secret, minimal_manifest())
+    result = run("validate", path)
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: demo is valid" in result.stdout
+    assert f"note: {path} (document 1): kind Secret, not a LoraAblation: skipped" in result.stdout
+    only_secret = _documents(tmp_path / "only-secret.yaml", secret)
+    result = run("validate", only_secret)
+    assert result.returncode == 2
+    assert "no LoraAblation found (it holds 1 document(s) of other kinds)" in result.stderr
+
+
+@pytest.mark.parametrize("list_kind", ["List", "LoraAblationList"])
+def test_a_list_is_read_item_by_item(tmp_path, list_kind):
+    second = minimal_manifest()
+    second["metadata"]["name"] = "second"
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    items = [minimal_manifest(), second, config_map]
+    path = _documents(tmp_path / "list.yaml", {"apiVersion": "v1", "kind": list_kind, "items": items})
+    result = run("validate", path)
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: demo is valid" in result.stdout and f"{path}: second is valid" in result.stdout
+    assert f"note: {path} (items[2]): kind ConfigMap, not a LoraAblation: skipped" in result.stdout
+
+    second["spec"]["search"]["ranks"] = [0]
+    path = _documents(tmp_path / "bad-list.yaml", {"apiVersion": "v1", "kind": list_kind, "items": items})
+    result = run("validate", path)
+    assert result.returncode == 2
+    assert f"{path} (items[1]): spec.search.ranks[0]" in result.stderr
+
+
+def test_validate_reports_every_file(tmp_path):
+    bad_rank = minimal_manifest(search={"moduleSets": [["o_proj"]], "ranks": [-4]})
+    first = _documents(tmp_path / "first-bad.yaml", bad_rank)
+    (tmp_path / "broken.yaml").write_text("spec: [unclosed\n")
+    result = run("validate", first, "examples/quickstart.yaml", str(tmp_path / "broken.yaml"), "missing.yaml")
+    assert result.returncode == 2
+    assert "examples/quickstart.yaml: quickstart is valid" in result.stdout
+    assert f"{first}: spec.search.ranks[0]" in result.stderr
+    assert "broken.yaml: not valid YAML" in result.stderr
+    assert "missing.yaml: cannot read" in result.stderr
+    assert "3 of 4 file(s) invalid" in result.stderr
+
+
 def test_run_store_that_is_no_store_uri_exits_2_naming_the_flag(tmp_path):
     path = _documents(tmp_path / "m.yaml", minimal_manifest())
     result = run("run", path, "--store", "gs://bucket/prefix")

@@ -12,7 +12,7 @@ from typing import Any
 from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
-from lora_ablation.manifest import load_ablation, load_ablations
+from lora_ablation.manifest import load_ablation, read_manifest
 from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
@@ -28,9 +28,23 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Every file is checked and reported, good or bad; exit 2 when any one is bad."""
+    bad = 0
     for path in args.files:
-        for ablation in load_ablations(path):
+        try:
+            manifest = read_manifest(path)
+        except SpecError as error:
+            bad += 1
+            for problem in error.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            continue
+        for ablation in manifest.ablations:
             print(f"{path}: {ablation.metadata.name} is valid")
+        for note in manifest.skipped:
+            print(f"note: {note}")
+    if bad:
+        print(f"{bad} of {len(args.files)} file(s) invalid", file=sys.stderr)
+        return EXIT_INVALID
     return 0
 
 
