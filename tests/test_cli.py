@@ -240,6 +240,28 @@ def test_validate_reports_every_file(tmp_path):
     assert "3 of 4 file(s) invalid" in result.stderr
 
 
+def test_report_on_a_location_that_does_not_exist_says_so(tmp_path):
+    result = run("report", f"file://{tmp_path}/does/not/exist")
+    assert result.returncode == 2
+    assert f"{tmp_path}/does/not/exist does not exist" in result.stderr
+    assert "<storage.uri>/<namespace>/<name>" in result.stderr
+
+
+def test_report_one_level_too_high_names_the_ablation_folders(tmp_path):
+    trial = tmp_path / "results" / "default" / "demo" / "demo-med-base-0123456789"
+    trial.mkdir(parents=True)
+    (trial / "result.json").write_text("{}")
+    result = run("report", f"file://{tmp_path}/results")
+    assert result.returncode == 2
+    assert f"below: file://{tmp_path}/results/default/demo; pass one of those" in result.stderr
+
+
+def test_report_on_a_missing_bucket_says_so(s3_endpoint):
+    result = run("report", "s3://no-such-bucket-here/ablations/default/demo", "--endpoint", s3_endpoint)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bucket 'no-such-bucket-here' does not exist" in result.stderr
+
+
 def test_run_store_that_is_no_store_uri_exits_2_naming_the_flag(tmp_path):
     path = _documents(tmp_path / "m.yaml", minimal_manifest())
     result = run("run", path, "--store", "gs://bucket/prefix")

@@ -200,6 +200,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_results(store: Any, uri: str, keys: list[str]) -> SpecError:
+    """Why `report` found nothing: the location is missing, empty, or one level above the ablation."""
+    from lora_ablation.results import RESULT_FILE
+    from lora_ablation.store import LocalStore
+
+    expected = (
+        "pass one ablation's folder, <storage.uri>/<namespace>/<name> (e.g. file://ablation-results/default/quickstart)"
+    )
+    if isinstance(store, LocalStore) and not store.root.exists():
+        return SpecError([f"URI {uri}: {store.root} does not exist; {expected}"])
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        return SpecError([f"URI {uri}: {store.root} is not a directory; {expected}"])
+    if not keys:
+        store.exists(RESULT_FILE)  # an S3 store checks its bucket here: a missing bucket raises StorageError
+        return SpecError([f"URI {uri}: nothing stored under this location; {expected}"])
+    deeper = sorted({key.rsplit("/", 2)[0] for key in keys if key.endswith("/" + RESULT_FILE) and key.count("/") >= 2})
+    if deeper:
+        found = ", ".join(f"{store.uri}/{prefix}" for prefix in deeper[:3]) + (" ..." if len(deeper) > 3 else "")
+        return SpecError([f"URI {uri}: no trial results directly here, but below: {found}; pass one of those"])
+    return SpecError([f"URI {uri}: no trial results (<trial>/{RESULT_FILE}) under this prefix; {expected}"])
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from lora_ablation.plots import write_plots
     from lora_ablation.report import render_markdown, render_text
@@ -210,11 +232,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.uri, args.endpoint)
         results = read_all_results(store)
+        if not results:
+            raise _no_results(store, args.uri, store.list())
         previous = store.read_json(SUMMARY_FILE) if store.exists(SUMMARY_FILE) else {}
     except (StorageError, ValueError) as error:
+        if isinstance(error, SpecError):
+            raise
         raise SpecError([f"URI {args.uri}: {error}"]) from None
-    if not results:
-        raise SpecError([f"URI {args.uri}: no trial results (<trial>/result.json) under this prefix"])
     tolerance = args.tolerance if args.tolerance is not None else previous.get("tolerance", 0.02)
     budget = previous.get("latencyBudgetMs")
     summary = summarize(results, results[0].ablation, results[0].namespace, tolerance, budget)

@@ -135,6 +135,10 @@ def test_report_reads_any_store_including_s3(mini, tmp_path, s3_bucket):
 
 
 def test_report_on_an_empty_prefix_exits_2(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    done = lora_ablation("report", f"file://{tmp_path}/nothing", cwd=tmp_path)
+    assert done.returncode == 2 and "nothing stored under this location" in done.stderr
+    (tmp_path / "nothing" / "notes.txt").write_text("not a result")
     done = lora_ablation("report", f"file://{tmp_path}/nothing", cwd=tmp_path)
     assert done.returncode == 2 and "no trial results" in done.stderr
 
