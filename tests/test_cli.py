@@ -262,6 +262,24 @@ def test_report_on_a_missing_bucket_says_so(s3_endpoint):
     assert "bucket 'no-such-bucket-here' does not exist" in result.stderr
 
 
+def test_version_and_help_describe_every_command():
+    from lora_ablation.cli import build_parser
+
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("lora-ablation ")
+    top = run("--help").stdout
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        help_text = run(name, "--help").stdout
+        assert sub.description and sub.description in " ".join(help_text.split()), name
+        assert name in top
+        for action in sub._actions:
+            if not action.option_strings:  # positional arguments
+                assert action.help, f"{name} {action.dest}"
+                assert action.help.split()[0] in help_text, f"{name} {action.dest}"
+
+
 def test_run_store_that_is_no_store_uri_exits_2_naming_the_flag(tmp_path):
     path = _documents(tmp_path / "m.yaml", minimal_manifest())
     result = run("run", path, "--store", "gs://bucket/prefix")

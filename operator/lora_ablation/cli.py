@@ -303,23 +303,31 @@ def _print_inspection(report: dict[str, Any]) -> None:
         print(f"note: {note}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lora-ablation-operator")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lora-ablation", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    crd = sub.add_parser("crd", help="print the LoraAblation CRD generated from the API models")
-    crd.set_defaults(func=cmd_crd)
-    validate = sub.add_parser("validate", help="check LoraAblation manifests (exit 2 naming the bad field)")
-    validate.add_argument("files", nargs="+")
-    validate.set_defaults(func=cmd_validate)
-    plan = sub.add_parser("plan", help="expand a LoraAblation into its trials")
-    plan.add_argument("file")
-    plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    plan.add_argument(
-        "--model-config", help="config.json to resolve modules with (instead of reading the base model's)"
+    parser = argparse.ArgumentParser(
+        prog="lora-ablation",
+        description="LoRA target-module and rank ablations without a cluster: validate and plan LoraAblation "
+        "manifests, run one on this machine, report results from any store, inspect models, print the CRD.",
+        epilog="Exit codes: 0 success; 1 `run` finished with failed trials; 2 bad input (the message names the file "
+        "and the field or flag); 130 `run` interrupted (run it again to resume).",
     )
-    plan.set_defaults(func=cmd_plan)
-    run = sub.add_parser("run", help="run the whole ablation on this machine (resumable; Ctrl-C keeps results)")
-    run.add_argument("file")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+    run = command("run", "run the whole ablation on this machine (resumable; Ctrl-C keeps results)")
+    run.add_argument("file", help="YAML file with one LoraAblation")
     run.add_argument(
         "--store",
         help="results store instead of spec.storage.uri: file://DIR, a local DIR or s3://bucket/prefix; every trial, "
@@ -331,16 +339,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--logs", default=".lora-ablation/logs", help="per-trial logs (default: .lora-ablation/logs)")
     run.add_argument("--plots", help="where the PNGs go (default: next to summary.json)")
     run.set_defaults(func=cmd_run)
-    report = sub.add_parser("report", help="summarise an ablation's results from any store")
-    report.add_argument("uri", help="the ablation's prefix: <storage.uri>/<namespace>/<name>")
+    report = command("report", "summarise an ablation's results from any store")
+    report.add_argument("uri", help="the ablation's folder: <storage.uri>/<namespace>/<name>, file:// or s3://")
     report.add_argument("-o", "--output", choices=["table", "markdown", "json"], default="table")
     report.add_argument("--plots", help="write pareto.png and heatmap.png into this folder")
     report.add_argument("--tolerance", type=float, help="selection tolerance (default: the stored summary's, or 0.02)")
     report.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3)")
     report.set_defaults(func=cmd_report)
-    inspect = sub.add_parser("inspect-model", help="show a model's module groups and LoRA sizes")
+    validate = command("validate", "check LoraAblation manifests, every file (exit 2 naming each bad field)")
+    validate.add_argument("files", nargs="+", metavar="file", help="YAML files (several documents and kind: List ok)")
+    validate.set_defaults(func=cmd_validate)
+    plan = command("plan", "expand a LoraAblation into its trials, with resolved modules and parameter counts")
+    plan.add_argument("file", help="YAML file with one LoraAblation")
+    plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    plan.add_argument(
+        "--model-config", help="config.json to resolve modules with (instead of reading the base model's)"
+    )
+    plan.set_defaults(func=cmd_plan)
+    inspect = command("inspect-model", "show a model's module groups, weight names and LoRA sizes")
     inspect.add_argument("model", help="local folder with config.json, or a hub id")
-    inspect.add_argument("--rank", type=int, default=16)
+    inspect.add_argument("--rank", type=int, default=16, help="LoRA rank for the parameter counts (default: 16)")
     inspect.add_argument(
         "--source",
         choices=["auto", "tree", "catalog"],
@@ -349,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("-o", "--output", choices=["table", "json"], default="table")
     inspect.set_defaults(func=cmd_inspect_model)
+    crd = command("crd", "print the LoraAblation CRD generated from the API models")
+    crd.set_defaults(func=cmd_crd)
     return parser
 
 
