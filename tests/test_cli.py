@@ -304,3 +304,12 @@ def test_the_store_override_moves_every_trial_but_keeps_names():
         assert trial.spec.storage.endpoint == "http://127.0.0.1:9000"
     local = with_storage(ablation, "some/dir")
     assert local.spec.storage.uri == f"file://{Path.cwd() / 'some' / 'dir'}"
+
+
+def test_run_store_in_a_missing_bucket_exits_2_before_any_trial(tmp_path, s3_endpoint):
+    path = _documents(tmp_path / "m.yaml", minimal_manifest())
+    store = "s3://no-such-bucket-for-run/prefix"
+    result = run("run", path, "--store", store, "--endpoint", s3_endpoint, "--logs", str(tmp_path / "logs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--store {store}: bucket 'no-such-bucket-for-run' does not exist" in result.stderr
+    assert not (tmp_path / "logs").exists()  # no trial was started
