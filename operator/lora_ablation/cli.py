@@ -12,7 +12,7 @@ from typing import Any
 from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
-from lora_ablation.manifest import load_ablation, load_ablations
+from lora_ablation.manifest import load_ablation, read_manifest
 from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
@@ -28,9 +28,23 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Every file is checked and reported, good or bad; exit 2 when any one is bad."""
+    bad = 0
     for path in args.files:
-        for ablation in load_ablations(path):
+        try:
+            manifest = read_manifest(path)
+        except SpecError as error:
+            bad += 1
+            for problem in error.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            continue
+        for ablation in manifest.ablations:
             print(f"{path}: {ablation.metadata.name} is valid")
+        for note in manifest.skipped:
+            print(f"note: {note}")
+    if bad:
+        print(f"{bad} of {len(args.files)} file(s) invalid", file=sys.stderr)
+        return EXIT_INVALID
     return 0
 
 
@@ -42,7 +56,34 @@ def _plan_inventory(config: dict[str, Any]) -> ModelInventory:
     except UnsupportedModel:
         if not module_tree_available():
             raise
-        return inventory_for(config, "tree")
+        try:
+            return inventory_for(config, "tree")
+        except (ValueError, KeyError) as error:  # transformers does not know this model_type either
+            first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise UnsupportedModel(f"model_type {config.get('model_type')!r}: {first}") from None
+
+
+def _checked_config(config: Any, where: str) -> dict[str, Any]:
+    """A model config the resolvers can use: a JSON object with a model_type, or a SpecError saying so."""
+    if not isinstance(config, dict):
+        raise SpecError([f"{where}: expected a JSON object (a model's config.json), got {type(config).__name__}"])
+    if not isinstance(config.get("model_type"), str):
+        raise SpecError([f'{where}: no "model_type" field; expected a Hugging Face model\'s config.json'])
+    return config
+
+
+def _read_config_file(path: str, option: str) -> dict[str, Any]:
+    """config.json named on the command line: unreadable or not JSON is bad input naming the file."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise SpecError([f"{option} {path}: cannot read ({reason}); pass a model's config.json"]) from None
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise SpecError([f"{option} {path}: not valid JSON ({error}); pass a model's config.json"]) from None
+    return _checked_config(config, f"{option} {path}")
 
 
 def _target_count(trial: PlannedTrial) -> str:
@@ -56,8 +97,9 @@ def _target_count(trial: PlannedTrial) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
     meta = ablation.metadata
+    given = (_read_config_file(args.model_config, "--model-config"), args.model_config) if args.model_config else None
     try:
-        plan, source_note = _planned(ablation, args.model_config)
+        plan, source_note = _planned(ablation, given)
     except SpecError as error:
         raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     if args.output == "json":
@@ -101,15 +143,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planned(ablation, model_config_file: str | None = None):
+def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
     """Plan an ablation, resolving modules when the model's config.json is readable from here."""
     spec, meta = ablation.spec, ablation.metadata
     inventory, source_note = None, ""
     try:
-        if model_config_file:
-            config, where = json.loads(Path(model_config_file).read_text()), model_config_file
+        if given:  # plan --model-config FILE
+            config, where = given
         else:
-            config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
+            try:
+                config, where = load_model_config(spec.base_model.uri, spec.base_model.revision, spec.storage.endpoint)
+            except ValueError as error:  # a config.json that is not JSON
+                raise SpecError(
+                    [f"spec.baseModel.uri {spec.base_model.uri}: config.json is not valid JSON ({error})"]
+                ) from None
+            config = _checked_config(config, f"spec.baseModel.uri {spec.base_model.uri}: config.json")
         inventory = _plan_inventory(config)
         source_note = f"modules resolved by the {inventory.source} from {where}"
     except (ModelConfigUnavailable, UnsupportedModel) as error:
@@ -121,27 +169,57 @@ def _planned(ablation, model_config_file: str | None = None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lora_ablation.local_runner import EXIT_INTERRUPTED, run_ablation
+    from lora_ablation.local_runner import EXIT_INTERRUPTED, run_ablation, with_storage
+    from lora_ablation.store import StorageError
 
     ablation = load_ablation(args.file)
     base = ablation.spec.base_model.uri
     if base.startswith("file://") and not (Path(base[len("file://") :]) / "config.json").is_file():
         hint = " (build it with: python -m lora_ablation_trainer.quickstart examples)" if "tiny-llama" in base else ""
         raise SpecError([f"{args.file}: spec.baseModel.uri {base}: no config.json there{hint}"])
-    plan, _ = _planned(ablation)
-    store = args.store or ablation.spec.storage.uri
+    # --store/--endpoint replace spec.storage before planning: every trial, the summary and the plots follow it.
+    ablation = with_storage(ablation, args.store, args.endpoint)
+    try:
+        plan, _ = _planned(ablation)
+    except SpecError as error:
+        raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     logs = Path(args.logs) / ablation.metadata.namespace / ablation.metadata.name
     try:
         report = run_ablation(
-            ablation, plan, store, args.parallel or ablation.spec.execution.parallelism, logs,
+            ablation, plan, args.parallel or ablation.spec.execution.parallelism, logs,
             Path(args.plots) if args.plots else None, sys.stdout,
         )  # fmt: skip
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except StorageError as error:
+        where = "--store" if args.store else f"{args.file}: spec.storage.uri"
+        raise SpecError([f"{where} {ablation.spec.storage.uri}: {error}"]) from None
     if report.failed:
         print(f"\n{len(report.failed)} trial(s) failed; see the logs in {logs}", file=sys.stderr)
         return 1
     return 0
+
+
+def _no_results(store: Any, uri: str, keys: list[str]) -> SpecError:
+    """Why `report` found nothing: the location is missing, empty, or one level above the ablation."""
+    from lora_ablation.results import RESULT_FILE
+    from lora_ablation.store import LocalStore
+
+    expected = (
+        "pass one ablation's folder, <storage.uri>/<namespace>/<name> (e.g. file://ablation-results/default/quickstart)"
+    )
+    if isinstance(store, LocalStore) and not store.root.exists():
+        return SpecError([f"URI {uri}: {store.root} does not exist; {expected}"])
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        return SpecError([f"URI {uri}: {store.root} is not a directory; {expected}"])
+    if not keys:
+        store.exists(RESULT_FILE)  # an S3 store checks its bucket here: a missing bucket raises StorageError
+        return SpecError([f"URI {uri}: nothing stored under this location; {expected}"])
+    deeper = sorted({key.rsplit("/", 2)[0] for key in keys if key.endswith("/" + RESULT_FILE) and key.count("/") >= 2})
+    if deeper:
+        found = ", ".join(f"{store.uri}/{prefix}" for prefix in deeper[:3]) + (" ..." if len(deeper) > 3 else "")
+        return SpecError([f"URI {uri}: no trial results directly here, but below: {found}; pass one of those"])
+    return SpecError([f"URI {uri}: no trial results (<trial>/{RESULT_FILE}) under this prefix; {expected}"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -154,11 +232,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.uri, args.endpoint)
         results = read_all_results(store)
+        if not results:
+            raise _no_results(store, args.uri, store.list())
         previous = store.read_json(SUMMARY_FILE) if store.exists(SUMMARY_FILE) else {}
     except (StorageError, ValueError) as error:
+        if isinstance(error, SpecError):
+            raise
         raise SpecError([f"URI {args.uri}: {error}"]) from None
-    if not results:
-        raise SpecError([f"URI {args.uri}: no trial results (<trial>/result.json) under this prefix"])
     tolerance = args.tolerance if args.tolerance is not None else previous.get("tolerance", 0.02)
     budget = previous.get("latencyBudgetMs")
     summary = summarize(results, results[0].ablation, results[0].namespace, tolerance, budget)
@@ -175,15 +255,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_model(args: argparse.Namespace) -> int:
-
     try:
         config, where = load_model_config(args.model)
     except ModelConfigUnavailable as error:
         raise SpecError([f"MODEL {args.model!r}: {error}"]) from None
+    except ValueError as error:
+        raise SpecError([f"MODEL {args.model!r}: config.json is not valid JSON ({error})"]) from None
+    config = _checked_config(config, f"MODEL {args.model!r}: {where}")
     try:
         report = inspect_inventory(inventory_for(config, args.source), args.rank)
-    except UnsupportedModel as error:
-        raise SpecError([f"MODEL {args.model!r}: {error}"]) from None
+    except (ValueError, KeyError) as error:  # UnsupportedModel, or a model_type transformers does not know
+        first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise SpecError([f"MODEL {args.model!r}: {first}"]) from None
     report["model"] = where
     if args.output == "json":
         print(json.dumps(report, indent=2))
@@ -220,38 +303,62 @@ def _print_inspection(report: dict[str, Any]) -> None:
         print(f"note: {note}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lora-ablation-operator")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lora-ablation", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    crd = sub.add_parser("crd", help="print the LoraAblation CRD generated from the API models")
-    crd.set_defaults(func=cmd_crd)
-    validate = sub.add_parser("validate", help="check LoraAblation manifests (exit 2 naming the bad field)")
-    validate.add_argument("files", nargs="+")
-    validate.set_defaults(func=cmd_validate)
-    plan = sub.add_parser("plan", help="expand a LoraAblation into its trials")
-    plan.add_argument("file")
-    plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    plan.add_argument(
-        "--model-config", help="config.json to resolve modules with (instead of reading the base model's)"
+    parser = argparse.ArgumentParser(
+        prog="lora-ablation",
+        description="LoRA target-module and rank ablations without a cluster: validate and plan LoraAblation "
+        "manifests, run one on this machine, report results from any store, inspect models, print the CRD.",
+        epilog="Exit codes: 0 success; 1 `run` finished with failed trials; 2 bad input (the message names the file "
+        "and the field or flag); 130 `run` interrupted (run it again to resume).",
     )
-    plan.set_defaults(func=cmd_plan)
-    run = sub.add_parser("run", help="run the whole ablation on this machine (resumable; Ctrl-C keeps results)")
-    run.add_argument("file")
-    run.add_argument("--store", help="results store URI (default: spec.storage.uri), file://DIR or s3://bucket/prefix")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+    run = command("run", "run the whole ablation on this machine (resumable; Ctrl-C keeps results)")
+    run.add_argument("file", help="YAML file with one LoraAblation")
+    run.add_argument(
+        "--store",
+        help="results store instead of spec.storage.uri: file://DIR, a local DIR or s3://bucket/prefix; every trial, "
+        "summary.json and the plots go there",
+    )
+    run.add_argument("--endpoint", help="S3 endpoint URL for the store (default: spec.storage.endpoint, "
+                     "then $AWS_ENDPOINT_URL_S3)")  # fmt: skip
     run.add_argument("--parallel", type=int, help="trials at once (default: spec.execution.parallelism; one GPU each)")
     run.add_argument("--logs", default=".lora-ablation/logs", help="per-trial logs (default: .lora-ablation/logs)")
     run.add_argument("--plots", help="where the PNGs go (default: next to summary.json)")
     run.set_defaults(func=cmd_run)
-    report = sub.add_parser("report", help="summarise an ablation's results from any store")
-    report.add_argument("uri", help="the ablation's prefix: <storage.uri>/<namespace>/<name>")
+    report = command("report", "summarise an ablation's results from any store")
+    report.add_argument("uri", help="the ablation's folder: <storage.uri>/<namespace>/<name>, file:// or s3://")
     report.add_argument("-o", "--output", choices=["table", "markdown", "json"], default="table")
     report.add_argument("--plots", help="write pareto.png and heatmap.png into this folder")
     report.add_argument("--tolerance", type=float, help="selection tolerance (default: the stored summary's, or 0.02)")
     report.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3)")
     report.set_defaults(func=cmd_report)
-    inspect = sub.add_parser("inspect-model", help="show a model's module groups and LoRA sizes")
+    validate = command("validate", "check LoraAblation manifests, every file (exit 2 naming each bad field)")
+    validate.add_argument("files", nargs="+", metavar="file", help="YAML files (several documents and kind: List ok)")
+    validate.set_defaults(func=cmd_validate)
+    plan = command("plan", "expand a LoraAblation into its trials, with resolved modules and parameter counts")
+    plan.add_argument("file", help="YAML file with one LoraAblation")
+    plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    plan.add_argument(
+        "--model-config", help="config.json to resolve modules with (instead of reading the base model's)"
+    )
+    plan.set_defaults(func=cmd_plan)
+    inspect = command("inspect-model", "show a model's module groups, weight names and LoRA sizes")
     inspect.add_argument("model", help="local folder with config.json, or a hub id")
-    inspect.add_argument("--rank", type=int, default=16)
+    inspect.add_argument("--rank", type=int, default=16, help="LoRA rank for the parameter counts (default: 16)")
     inspect.add_argument(
         "--source",
         choices=["auto", "tree", "catalog"],
@@ -260,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("-o", "--output", choices=["table", "json"], default="table")
     inspect.set_defaults(func=cmd_inspect_model)
+    crd = command("crd", "print the LoraAblation CRD generated from the API models")
+    crd.set_defaults(func=cmd_crd)
     return parser
 
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import ValidationError
+
+from lora_ablation.api.base import SpecError
 from lora_ablation.api.resource import LoraAblation
 from lora_ablation.plan import Plan, PlannedTrial
 from lora_ablation.plots import write_plots
@@ -138,11 +141,39 @@ class LocalRunner:
             raise
 
 
+def with_storage(ablation: LoraAblation, uri: str | None = None, endpoint: str | None = None) -> LoraAblation:
+    """The ablation with `run --store URI [--endpoint URL]` in place of spec.storage.
+
+    Applied once, before planning, so the trials' storage (where each trainer writes), the summary and the
+    plots all derive from one place. Storage is not part of a trial's identity: names and cached results stay.
+    A plain path (no scheme) means a local directory.
+    """
+    if uri is None and endpoint is None:
+        return ablation
+    if uri is not None and "://" not in uri:
+        uri = "file://" + os.path.abspath(uri)
+    flags = {"uri": ("--store", uri), "endpoint": ("--endpoint", endpoint)}
+    wire = {**ablation.spec.storage.model_dump(), **{k: v for k, (_, v) in flags.items() if v is not None}}
+    try:
+        storage = type(ablation.spec.storage).model_validate(wire)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            flag, value = flags.get(str(item["loc"][0]), (str(item["loc"][0]), None))
+            problems.append(f"{flag} {value}: {item['msg'].removeprefix('Value error, ')}")
+        raise SpecError(problems) from None
+    return ablation.model_copy(update={"spec": ablation.spec.model_copy(update={"storage": storage})})
+
+
 def run_ablation(
-    ablation: LoraAblation, plan: Plan, store_uri: str, parallel: int, logs: Path, plots_dir: Path | None, out: TextIO
+    ablation: LoraAblation, plan: Plan, parallel: int, logs: Path, plots_dir: Path | None, out: TextIO
 ) -> RunReport:
+    """Run the planned trials that have no result yet, then publish summary.json, summary.md and the plots.
+
+    Everything goes to the ablation's folder of spec.storage (see with_storage for `--store`).
+    """
     spec, meta = ablation.spec, ablation.metadata
-    store = open_store(store_uri, spec.storage.endpoint, spec.storage.region).child(meta.namespace, meta.name)
+    store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region).child(meta.namespace, meta.name)
     runner = LocalRunner(ablation, plan, store, parallel, logs, out)
     runner.run()
     results = [r for r in (read_result(store, t.name).result for t in plan.trials) if r is not None]

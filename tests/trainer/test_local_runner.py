@@ -135,8 +135,68 @@ def test_report_reads_any_store_including_s3(mini, tmp_path, s3_bucket):
 
 
 def test_report_on_an_empty_prefix_exits_2(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    done = lora_ablation("report", f"file://{tmp_path}/nothing", cwd=tmp_path)
+    assert done.returncode == 2 and "nothing stored under this location" in done.stderr
+    (tmp_path / "nothing" / "notes.txt").write_text("not a result")
     done = lora_ablation("report", f"file://{tmp_path}/nothing", cwd=tmp_path)
     assert done.returncode == 2 and "no trial results" in done.stderr
+
+
+def _trial_files(logs: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(logs.rglob("*.trial.json"))]
+
+
+@pytest.mark.slow
+def test_run_store_puts_everything_under_the_given_directory(mini, tmp_path):
+    """`run --store file:///DIR`: trials, summary and plots land there, nothing at spec.storage.uri (issue 17)."""
+    store, logs = tmp_path / "elsewhere", tmp_path / "logs"
+    done = lora_ablation("run", str(mini), "--store", f"file://{store}", "--logs", str(logs), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (tmp_path / "results").exists()  # the spec's storage.uri is untouched
+    out = store / "default" / "mini"
+    assert len(list(out.glob("*/result.json"))) == 6 and len(list(out.glob("*/adapter/*"))) > 0
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"summary.json", "summary.md", "pareto.png", "heatmap.png"}
+    assert _is_png(out / "pareto.png") and _is_png(out / "heatmap.png")
+    trials = _trial_files(logs)
+    assert len(trials) == 6
+    assert all(t["storage"]["uri"] == f"file://{out}/{t['name']}" for t in trials)
+    assert f"summary: file://{out}/summary.json" in done.stdout and "NO RESULT" not in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["configs"]) == 2
+
+    report = lora_ablation("report", f"file://{out}", "-o", "json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["recommendation"] == summary["recommendation"]
+
+    again = lora_ablation("run", str(mini), "--store", str(store), "--logs", str(logs), cwd=tmp_path)  # a plain DIR
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "0 of 6 trials to run" in again.stdout and again.stdout.count(" cached ") == 6
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_run_store_s3_puts_everything_in_the_bucket(mini, tmp_path, s3_bucket):
+    """`run --store s3://bucket/prefix --endpoint URL` on the moto server: nothing lands on the local disk."""
+    endpoint, bucket = s3_bucket
+    logs = tmp_path / "logs"
+    store = f"s3://{bucket}/team/ablations"
+    done = lora_ablation("run", str(mini), "--store", store, "--endpoint", endpoint, "--logs", str(logs), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+    client = s3_client(endpoint)
+    keys = [o["Key"] for o in client.get_paginator("list_objects_v2").paginate(Bucket=bucket).search("Contents")]
+    prefix = "team/ablations/default/mini/"
+    assert all(key.startswith(prefix) for key in keys)
+    assert sum(key.endswith("/result.json") for key in keys) == 6
+    assert {prefix + name for name in ("summary.json", "summary.md", "pareto.png", "heatmap.png")} <= set(keys)
+    trials = _trial_files(logs)
+    assert all(t["storage"] == {"uri": f"{store}/default/mini/{t['name']}", "endpoint": endpoint} for t in trials)
+    assert f"summary: {store}/default/mini/summary.json" in done.stdout
+
+    table = lora_ablation("report", f"{store}/default/mini", "--endpoint", endpoint, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "Leaderboard: default/mini" in table.stdout
 
 
 def test_run_without_the_quickstart_model_says_how_to_build_it(tmp_path):
