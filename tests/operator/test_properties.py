@@ -21,6 +21,7 @@ from lora_ablation.store import open_store
 from lora_ablation_operator.collector import preflight_problems
 from lora_ablation_operator.reconcile import Observed, reconcile
 from lora_ablation_operator.settings import Settings
+from support.kube_validation import validate_metadata, validate_pod_template
 from support.schema_strategies import from_crd_schema, usable_specs
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -44,11 +45,14 @@ NAMES = st.one_of(st.just("a" * 63), st.from_regex(DNS1123_LABEL, fullmatch=True
 
 def assert_valid_job(job: dict) -> None:
     name = job["metadata"]["name"]
-    assert len(name) <= 63 and DNS1123_LABEL.match(name), name
+    assert len(name) <= 63 and DNS1123_LABEL.match(name), name  # it becomes the pods' job-name label
     for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
         for key, value in labels.items():
             assert LABEL_KEY.match(key) and len(key.rpartition("/")[2]) <= 63, key
             assert len(value) <= 63 and LABEL_VALUE.match(value), (key, value)
+    # What the emulated API server checks on create, and the built-in Job schema.
+    errors = validate_metadata(job["metadata"]) + validate_pod_template(job["spec"]["template"], "spec.template")
+    assert not errors, errors
     kubernetes_validate.validate(job, "1.33.0", strict=True)
 
 

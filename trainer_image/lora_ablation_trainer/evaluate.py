@@ -8,6 +8,7 @@ import torch
 
 from lora_ablation.api.trial import EvalMetrics
 from lora_ablation_trainer.data import IGNORE_INDEX, Example, collate, encode
+from lora_ablation_trainer.finite import require_finite
 from lora_ablation_trainer.metrics import GENERATION_METRICS, compute_metric, eval_loss_metric, max_new_tokens_hint
 
 
@@ -67,12 +68,14 @@ def evaluate(model, tokenizer, examples: list[Example], metric: str, max_length:
         result = compute_metric(metric, [p.strip() for p in predictions], [e.completion for e in examples])
     else:
         result = eval_loss_metric(loss, len(examples))
-    return EvalMetrics(
-        metric=metric,
-        score=round(result.score, 6),
-        eval_loss=round(loss, 6),
-        perplexity=round(math.exp(min(loss, 50.0)), 4),
-        samples=result.samples,
-        parse_failures=result.parse_failures,
-        details={k: round(v, 6) for k, v in result.details.items()},
-    )
+    figures = {
+        "metric": metric,
+        "score": round(result.score, 6),
+        "evalLoss": round(loss, 6),
+        "perplexity": round(math.exp(min(loss, 50.0)), 4),
+        "samples": result.samples,
+        "parseFailures": result.parse_failures,
+        "details": {k: round(v, 6) for k, v in result.details.items()},
+    }
+    require_finite(figures, "eval")  # before timing and uploading a model whose outputs are NaN
+    return EvalMetrics.model_validate(figures)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -32,40 +30,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# What to do when a figure in the result is NaN or infinite, by the result section it is in.
-NON_FINITE_HINTS = {
-    "eval": "the model's outputs on the eval split are not finite: check the base model's weights, load it in "
-    "bfloat16 or float32 (baseModel.dtype) rather than float16, or lower training.learningRate",
-    "train": "training went non-finite: lower training.learningRate or load the base model in bfloat16 or float32",
-    "latency": "the timing went wrong: set latency.enabled to false to skip timing, and report this as a bug",
-}
-
-
-def non_finite_fields(value: Any, path: str = "") -> list[str]:
-    """`path = value` for every NaN or infinite number in a wire object: strict JSON cannot spell them."""
-    if isinstance(value, float):
-        return [] if math.isfinite(value) else [f"{path} = {value}"]
-    if isinstance(value, dict):
-        return [bad for key, item in value.items() for bad in non_finite_fields(item, f"{path}.{key}" if path else key)]
-    if isinstance(value, list):
-        return [bad for index, item in enumerate(value) for bad in non_finite_fields(item, f"{path}[{index}]")]
-    return []
-
-
-def require_finite(wire: dict[str, Any], path: str = "") -> None:
-    bad = non_finite_fields(wire, path)
-    if bad:
-        section = bad[0].split(".")[0].split("[")[0]
-        hint = NON_FINITE_HINTS.get(section, "report this as a bug")
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise PermanentTrialError(f"{', '.join(bad[:3])}{more}: not a finite number; {hint}; no result was published")
-
-
 def publish(store: Store, result: TrialResult) -> None:
-    """result.json as strict JSON: a NaN or Infinity is a permanent error naming the field, never published."""
-    wire = result.to_wire()
-    require_finite(wire)
-    store.write_text(RESULT, json.dumps(wire, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    """result.json as strict JSON (a TrialResult cannot hold NaN or Infinity; allow_nan=False says so again)."""
+    store.write_text(RESULT, json.dumps(result.to_wire(), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def existing_result(store: Store, spec: TrialSpec) -> TrialResult | None:
@@ -73,9 +40,8 @@ def existing_result(store: Store, spec: TrialSpec) -> TrialResult | None:
     if not store.exists(RESULT):
         return None
     try:
-        result = TrialResult.model_validate(store.read_json(RESULT))
-        require_finite(result.to_wire())  # an older trainer may have published NaN
-    except (ValueError, PermanentTrialError):
+        result = TrialResult.model_validate(store.read_json(RESULT))  # strict: NaN an older trainer wrote is invalid
+    except ValueError:
         log.warning("ignoring an invalid %s at %s; the trial runs again", RESULT, store.uri)
         return None
     return result if result.trial == spec.name else None
@@ -168,7 +134,6 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
-    require_finite(eval_metrics.to_wire(), "eval")  # before timing and uploading a model that outputs NaN
     latency = (
         measure(model, tokenizer, spec.latency, device, has_adapter=resolution is not None)
         if spec.latency.enabled
