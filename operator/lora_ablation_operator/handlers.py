@@ -82,6 +82,7 @@ def run_reconcile(body: kopf.Body, name: str, namespace: str, uid: str, meta: An
     created, rejected = create_jobs(decision, body)
     if rejected:  # judge again, knowing what the API server refused: the status says so, nothing else is created
         again = reconcile(dataclasses.replace(observed, jobs={**observed.jobs, **created}, rejected=rejected), SETTINGS)
+        # Start events name their Job first ("<job>: ..."): keep those of the Jobs that were really created.
         started_events = [e for e in decision.events if e[2].split(":", 1)[0] in created]
         decision = dataclasses.replace(again, events=started_events + again.events)
     apply(decision, body, patch, planned, dict(status))

@@ -128,23 +128,25 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
         decision.delete = [n for n, j in observed.jobs.items() if n != name and not job_finished(j, "Complete")]
         return False
     conds, gen, now = observed.status.get("conditions") or [], observed.generation, observed.now
-    reason, message = c.PREFLIGHT_RUNNING, (
+    message = (
         f"preflight Job {name} checks {len(spec.search.module_sets)} module sets and {len(spec.datasets)} datasets"
     )
+    ready = progressing = (c.PREFLIGHT_RUNNING, message)
     if job is None and name in observed.rejected:
-        reason, message = c.JOB_REJECTED, f"preflight Job {name} rejected by the API server: {observed.rejected[name]}"
-        decision.events.append(("Warning", reason, message)) if _changed(conds, c.READY, reason) else None
+        ready = progressing = (c.JOB_REJECTED, f"preflight Job {name} rejected by the API server: "
+                               f"{observed.rejected[name]}")  # fmt: skip
     elif job is None and not spec.execution.suspend:
         decision.create.append(preflight_job(observed.name, observed.namespace, spec, settings))
         decision.events.append(("Normal", "PreflightStarted", f"{name}: checking modules and data"))
-    elif name in observed.stuck:
-        reason, message = c.TRIAL_STUCK, f"preflight Job {name} cannot start: {observed.stuck[name]}"
-        decision.events.append(("Warning", reason, message)) if _changed(conds, c.READY, reason) else None
+    elif name in observed.stuck:  # as for trials: still running as far as the Job knows, but not progressing
+        progressing = (c.TRIAL_STUCK, f"preflight Job {name} cannot start: {observed.stuck[name]}")
+    if progressing[0] != c.PREFLIGHT_RUNNING and _changed(conds, c.PROGRESSING, progressing[0]):
+        decision.events.append(("Warning", *progressing))
     decision.status = {
         "observedGeneration": gen,
         "conditions": [
-            c.condition(conds, c.READY, False, reason, message, gen, now),
-            c.condition(conds, c.PROGRESSING, reason == c.PREFLIGHT_RUNNING, reason, message, gen, now),
+            c.condition(conds, c.READY, False, *ready, gen, now),
+            c.condition(conds, c.PROGRESSING, progressing[0] == c.PREFLIGHT_RUNNING, *progressing, gen, now),
             c.condition(conds, c.SUSPENDED, spec.execution.suspend,
                         c.SUSPENDED_BY_SPEC if spec.execution.suspend else c.NOT_SUSPENDED, "", gen, now),
         ],

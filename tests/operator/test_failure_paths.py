@@ -152,3 +152,15 @@ def test_a_name_longer_than_a_label_value_is_invalid_before_any_job():
     decision = reconcile(Observed("x" * 64, "ns", 1, spec(), {}, {}, {}, None, NOW), SETTINGS)
     ready = cond(decision, c.READY)
     assert decision.create == [] and ready["reason"] == c.INVALID_SPEC and "at most 63" in ready["message"]
+
+
+def test_a_stuck_preflight_is_running_but_not_progressing():
+    first = reconcile(observed(spec()), SETTINGS)
+    job = first.create[0]
+    decision = reconcile(observed(spec(), jobs=[job], stuck={job["metadata"]["name"]: "pod p: ErrImagePull"}),
+                         SETTINGS)  # fmt: skip
+    assert cond(decision, c.READY)["reason"] == c.PREFLIGHT_RUNNING
+    progressing = cond(decision, c.PROGRESSING)
+    assert progressing["status"] == "False" and progressing["reason"] == c.TRIAL_STUCK
+    assert "ErrImagePull" in progressing["message"] and decision.create == []
+    assert [e[1] for e in decision.events] == [c.TRIAL_STUCK]

@@ -229,3 +229,16 @@ def test_5_a_refused_job_is_reported_with_the_api_message_and_retried(operated, 
     refusal.cancel()  # the quota was raised: the next reconcile creates the Jobs
     wait_for(lambda: len(trial_jobs(cluster)) == 2, what="the Jobs created once allowed")
     wait_for(lambda: reason(cluster, "quota") == "TrialsRunning", what="the rejection cleared")
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/../x", "s3://b-1/a//b"])
+def test_4_a_storage_prefix_that_leaves_its_root_is_refused_at_apply(operated, uri):
+    from kubernetes.client.exceptions import ApiException
+
+    cluster = operated()
+    bad = manifest("escape", cluster.bucket)
+    bad["spec"]["storage"]["uri"] = uri
+    with pytest.raises(ApiException) as refused:
+        cluster.apply(bad)
+    assert refused.value.status == 422 and "spec.storage.uri" in refused.value.body
+    assert cluster.jobs() == {}
