@@ -84,6 +84,13 @@ def usable_specs(draw: Any, spec_schema: dict[str, Any]) -> dict[str, Any]:
         del training["maxSteps"]
     if (raw.get("latency") or {}).get("enabled") is False:
         (raw.get("selection") or {}).pop("latencyBudgetMs", None)
+    # file:// exists only on one machine (InvalidSpec in a cluster, covered by from_crd_schema): plan the rest.
     if raw["baseModel"]["uri"].startswith("file://"):
-        (raw.get("execution") or {}).pop("modelCacheClaim", None)
+        raw["baseModel"]["uri"] = "hf://org/model"
+    for dataset in raw["datasets"]:
+        for split in ("train", "eval"):
+            if dataset[split].startswith(("file://", "/")):
+                dataset[split] = f"s3://data/{split}.jsonl"
+    if raw["storage"]["uri"].startswith("file://"):
+        raw["storage"]["uri"] = "s3://results/ablations"
     return raw
