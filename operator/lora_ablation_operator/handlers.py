@@ -85,7 +85,12 @@ def run_reconcile(body: kopf.Body, name: str, namespace: str, uid: str, meta: An
         # Start events name their Job first ("<job>: ..."): keep those of the Jobs that were really created.
         started_events = [e for e in decision.events if e[2].split(":", 1)[0] in created]
         decision = dataclasses.replace(again, events=started_events + again.events)
-    apply(decision, body, patch, planned, dict(status))
+    if problem := store_summary(decision, planned, namespace, name, dict(status)):
+        # Unstored, a finished ablation must not look finished (its timer would stop and the summary never come):
+        # the status says storage is unavailable and keeps what it knew; a later reconcile writes the summary.
+        unstored = reconcile(dataclasses.replace(observed, storage_problem=problem), SETTINGS)
+        decision = dataclasses.replace(decision, status=unstored.status, events=decision.events + unstored.events)
+    apply(decision, body, patch)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
 
@@ -102,7 +107,27 @@ def create_jobs(decision: Decision, body: kopf.Body) -> tuple[dict[str, dict[str
     return created, {}
 
 
-def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch, planned: Planned, previous: dict[str, Any]) -> None:
+def store_summary(decision: Decision, planned: Planned, namespace: str, name: str,
+                  previous: dict[str, Any]) -> str | None:  # fmt: skip
+    """Write summary.json (and the whole trial list) when a result was added or the ablation finished; the
+    StorageUnavailable message when storage refused."""
+    succeeded = (decision.status.get("trials") or {}).get("succeeded")
+    if decision.summary is None or planned.spec is None:
+        return None
+    if not decision.finished and succeeded == (previous.get("trials") or {}).get("succeeded"):
+        return None
+    try:
+        store = collector.ablation_store(planned.spec, namespace, name, SETTINGS)
+        collector.write_summary(store, decision.summary)
+        if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
+            collector.write_trial_statuses(store, decision.all_trial_statuses)
+    except StorageError as error:
+        metrics.STORAGE_ERRORS.inc()
+        return collector.describe(error)
+    return None
+
+
+def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch) -> None:
     namespace, name = body.metadata.namespace, body.metadata.name
     for job_name in decision.delete:
         kube.delete_job(namespace, job_name)
@@ -110,20 +135,6 @@ def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch, planned: Plann
         kube.set_suspend(namespace, job_name, True)
     for job_name in decision.resume:
         kube.set_suspend(namespace, job_name, False)
-    succeeded = (decision.status.get("trials") or {}).get("succeeded")
-    if (
-        decision.summary is not None
-        and planned.spec is not None
-        and (decision.finished or succeeded != (previous.get("trials") or {}).get("succeeded"))
-    ):
-        try:
-            store = collector.ablation_store(planned.spec, namespace, name, SETTINGS)
-            collector.write_summary(store, decision.summary)
-            if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
-                collector.write_trial_statuses(store, decision.all_trial_statuses)
-        except StorageError as error:  # the status still records the results; the summary is written next time
-            metrics.STORAGE_ERRORS.inc()
-            decision.events.append(("Warning", c.STORAGE_UNAVAILABLE, f"summary not written: {error}"))
     for event_type, reason, message in decision.events:
         (kopf.warn if event_type == "Warning" else kopf.info)(body, reason=reason, message=message)
     patch.status.update(decision.status)

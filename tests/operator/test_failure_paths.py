@@ -164,3 +164,21 @@ def test_a_stuck_preflight_is_running_but_not_progressing():
     assert progressing["status"] == "False" and progressing["reason"] == c.TRIAL_STUCK
     assert "ErrImagePull" in progressing["message"] and decision.create == []
     assert [e[1] for e in decision.events] == [c.TRIAL_STUCK]
+
+
+def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_finished(s3_endpoint):
+    from lora_ablation_operator.handlers import store_summary
+    from lora_ablation_operator.planning import plan_for
+    from support.s3 import free_port
+
+    raw = spec(storage={"uri": "s3://results/ablations", "endpoint": f"http://127.0.0.1:{free_port()}"})
+    planned = plan_for("demo", "ns", raw, SETTINGS)
+    pre, _ = run_preflight(raw)
+    jobs = [pre] + [finished(j, "Complete") for j in reconcile(observed(raw, jobs=[pre]), SETTINGS).create]
+    results = {j["metadata"]["name"]: result_for(j["metadata"]["name"], 0.5) for j in jobs[1:]}
+    decision = reconcile(observed(raw, jobs=jobs, results=results), SETTINGS)
+    assert decision.summary is not None
+    problem = store_summary(decision, planned, "ns", "demo", {})
+    assert problem and problem.startswith("results storage unreachable")
+    assert store_summary(decision, plan_for("demo", "ns", spec(storage={"uri": "file://x"}), SETTINGS), "ns", "demo",
+                         {}) is None  # nothing to write to: not a storage problem  # fmt: skip
