@@ -20,7 +20,17 @@ class Settings:
     preflight: bool = True  # run the CPU preflight Job before any GPU trial
     preflight_cpu: str = "1"
     preflight_memory: str = "4Gi"
-    reconcile_interval: float = 10.0  # seconds between level-based reconciles of an unfinished ablation
+    # Reconciles are driven by watch events (the ablation, its Jobs, its pods); this is only the safety net for
+    # anything a watch could miss: a full pass over every unfinished ablation this often, in seconds.
+    resync_interval: float = 300.0
+    batch_window: float = 0.1  # seconds an event waits so that a burst (Jobs finishing together) becomes one pass
+    workers: int = 8  # ablations reconciled at once (threads: storage and API calls block)
+    api_qps: float = 100.0  # sustained Kubernetes API requests per second from reconciles (token bucket)
+    api_burst: int = 200  # requests allowed at once above that rate
+    watch_timeout: float = 300.0  # seconds the API server keeps a watch open before Kopf re-establishes it
+    backoff_base: float = 1.0  # first retry delay after a failed pass or a refused Job, doubled each time
+    backoff_max: float = 300.0  # longest retry delay
+    metrics_port: int = 0  # Prometheus metrics port; 0 serves none
     max_trial_statuses: int = 200  # status.trialStatuses cap; etcd objects are limited to ~1.5 MiB
     max_trials: int = MAX_TRIALS  # trials one ablation may plan; the chart's maxTrials can lower it
     result_recheck_seconds: float = 300.0  # how often a collected result.json is checked for a rewrite (ETag/size)
@@ -41,7 +51,15 @@ class Settings:
             preflight=_env("PREFLIGHT", "true").lower() not in {"0", "false", "no"},
             preflight_cpu=_env("PREFLIGHT_CPU", cls.preflight_cpu),
             preflight_memory=_env("PREFLIGHT_MEMORY", cls.preflight_memory),
-            reconcile_interval=float(_env("RECONCILE_INTERVAL", str(cls.reconcile_interval))),
+            resync_interval=float(_env("RESYNC_INTERVAL", str(cls.resync_interval))),
+            batch_window=float(_env("BATCH_WINDOW", str(cls.batch_window))),
+            workers=max(1, int(_env("WORKERS", str(cls.workers)))),
+            api_qps=float(_env("API_QPS", str(cls.api_qps))),
+            api_burst=max(1, int(_env("API_BURST", str(cls.api_burst)))),
+            watch_timeout=float(_env("WATCH_TIMEOUT", str(cls.watch_timeout))),
+            backoff_base=float(_env("BACKOFF_BASE", str(cls.backoff_base))),
+            backoff_max=float(_env("BACKOFF_MAX", str(cls.backoff_max))),
+            metrics_port=int(_env("METRICS_PORT", "0")),
             max_trial_statuses=int(_env("MAX_TRIAL_STATUSES", str(cls.max_trial_statuses))),
             max_trials=min(MAX_TRIALS, int(_env("MAX_TRIALS", str(MAX_TRIALS)))),
             result_recheck_seconds=float(_env("RESULT_RECHECK_SECONDS", str(cls.result_recheck_seconds))),
