@@ -134,6 +134,9 @@ def test_operator_killed_and_restarted_neither_duplicates_nor_loses(cluster):
                  what="progress")  # fmt: skip
     assert len(trial_jobs(cluster)) == 4, "a restart must never create a second Job for a trial"
     assert cluster.status("restart")["trials"]["succeeded"] == 4
+    # Each trial's start and success is told once, although two of the processes never saw it happen.
+    assert cluster.trial_events("restart", "TrialStarted") == 4
+    assert cluster.trial_events("restart", "TrialSucceeded") == 4
 
 
 def test_suspend_and_resume(cluster):
