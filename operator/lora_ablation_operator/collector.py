@@ -4,6 +4,7 @@ Kubernetes here. Everything read was written by a trial image, so nothing read i
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -61,9 +62,18 @@ def _version(store: Store, key: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=256)
+_STORE_LOCK = threading.Lock()
+
+
 def _root_store(uri: str, endpoint: str | None, region: str | None, retries: int, timeout: float) -> Store:
-    # One client per storage location, reused by every reconcile (building a boto3 client costs ~10 ms).
+    # One client per storage location, reused by every pass. Built under a lock: workers starting together would
+    # each load botocore's service models (~70 MiB of parsed JSON at once, which the heap keeps).
+    with _STORE_LOCK:
+        return _cached_root_store(uri, endpoint, region, retries, timeout)
+
+
+@lru_cache(maxsize=256)
+def _cached_root_store(uri: str, endpoint: str | None, region: str | None, retries: int, timeout: float) -> Store:
     return open_store(uri, endpoint, region, retries=retries, timeout=timeout)
 
 

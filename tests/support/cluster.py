@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -71,7 +72,10 @@ class Cluster:
             **{f"LORA_ABLATION_{k.upper()}": str(v) for k, v in settings.items()},
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("w")
-        command = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
+        # LORA_ABLATION_TEST_PYTHON runs the operator under a profiler in place of the interpreter, e.g.
+        # "python -m memray run -o /tmp/op.bin" or "py-spy record -o /tmp/op.svg -- python".
+        python = shlex.split(os.environ.get("LORA_ABLATION_TEST_PYTHON", "")) or [sys.executable]
+        command = [*python, "-m", "kopf", "run", "--standalone", "--all-namespaces",
                    *(["--verbose"] if verbose else []), "-m", "lora_ablation_operator.handlers"]  # fmt: skip
         self.operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
