@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -36,15 +35,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    settings.execution.max_workers = int(os.environ.get("LORA_ABLATION_WORKERS", "8"))
-    port = int(os.environ.get("LORA_ABLATION_METRICS_PORT", "0"))
-    if port:
-        metrics.serve(port)
+    settings.execution.max_workers = SETTINGS.workers
+    if SETTINGS.metrics_port:
+        metrics.serve(SETTINGS.metrics_port)
 
 
 def _finished(status: dict[str, Any], generation: int | None) -> bool:
     ready = next((x for x in status.get("conditions") or [] if x.get("type") == c.READY), {})
-    final = {c.COMPLETED, c.COMPLETED_WITH_FAILURES, c.TOO_MANY_FAILURES, c.PREFLIGHT_FAILED, c.INVALID_SPEC}
+    final = {c.COMPLETED, c.COMPLETED_WITH_FAILURES, c.TOO_MANY_FAILURES, c.PREFLIGHT_FAILED, c.INVALID_SPEC,
+             c.FORBIDDEN}
     return ready.get("reason") in final and status.get("observedGeneration") == generation
 
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from lora_ablation.api.spec import MAX_TRIALS
+from lora_ablation_operator.policy import Policy, parse_list
 
 
 def _env(name: str, default: str) -> str:
@@ -31,6 +32,11 @@ class Settings:
     delete_retry_delay: float = 10.0  # seconds between those tries
     run_as_user: int = 10001
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # What a LoraAblation may name (policy.py); the default allows only the operator's own image, Secret and
+    # endpoint, no other ServiceAccount and no bucket: an admin lists what each cluster needs.
+    policy: Policy = field(default_factory=Policy)
+    workers: int = 8  # Kopf handler threads
+    metrics_port: int = 0  # Prometheus metrics port; 0 serves none
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,4 +56,19 @@ class Settings:
             storage_retries=int(_env("STORAGE_RETRIES", str(cls.storage_retries))),
             delete_retries=int(_env("DELETE_RETRIES", str(cls.delete_retries))),
             delete_retry_delay=float(_env("DELETE_RETRY_DELAY", str(cls.delete_retry_delay))),
+            policy=policy_from_env(),
+            workers=int(_env("WORKERS", str(cls.workers))),
+            metrics_port=int(_env("METRICS_PORT", str(cls.metrics_port))),
         )
+
+
+def policy_from_env() -> Policy:
+    """LORA_ABLATION_POLICY_<RULE>: comma-separated lists (the chart joins its policy values)."""
+    return Policy(
+        image_repositories=parse_list(_env("POLICY_IMAGE_REPOSITORIES", "")),
+        image_digests=parse_list(_env("POLICY_IMAGE_DIGESTS", "")),
+        service_accounts=parse_list(_env("POLICY_SERVICE_ACCOUNTS", "")),
+        secrets=parse_list(_env("POLICY_SECRETS", "")),
+        buckets=parse_list(_env("POLICY_BUCKETS", "")),
+        storage_endpoints=parse_list(_env("POLICY_STORAGE_ENDPOINTS", "")),
+    )

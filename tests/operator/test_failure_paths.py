@@ -166,8 +166,11 @@ def test_a_stuck_preflight_is_running_but_not_progressing():
     assert [e[1] for e in decision.events] == [c.TRIAL_STUCK]
 
 
-def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_finished(s3_endpoint):
+def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_finished(s3_endpoint, monkeypatch):
+    from lora_ablation_operator import handlers
     from lora_ablation_operator.handlers import store_summary
+
+    monkeypatch.setattr(handlers, "SETTINGS", SETTINGS)  # the settings the chart would give (env in the pod)
     from lora_ablation_operator.planning import plan_for
     from support.s3 import free_port
 
