@@ -85,11 +85,11 @@ def storage_violations(storage: StorageSpec, policy: Policy, default_endpoint: s
     bucket = bucket_of(storage.uri)
     if bucket is not None and not _listed(bucket, policy.buckets):
         out.append(f"spec.storage.uri: bucket {bucket!r} is not an allowed bucket (allowed: "
-                   f"{_shown(policy.buckets)}; chart value policy.allowedBuckets)")  # fmt: skip
+                   f"{_shown(policy.buckets)}, chart value policy.allowedBuckets)")  # fmt: skip
     endpoint = storage.endpoint
     if endpoint and endpoint != default_endpoint and not _listed(endpoint, policy.storage_endpoints):
         allowed = _shown(policy.storage_endpoints, default_endpoint)
-        out.append(f"spec.storage.endpoint: {endpoint!r} is not an allowed storage endpoint (allowed: {allowed}; "
+        out.append(f"spec.storage.endpoint: {endpoint!r} is not an allowed storage endpoint (allowed: {allowed}, "
                    "chart value policy.allowedStorageEndpoints)")  # fmt: skip
     return out
 
@@ -103,29 +103,29 @@ def violations(spec: LoraAblationSpec, policy: Policy, *, trainer_image: str, de
         default_repository = image_parts(trainer_image)[0]
         if not image_allowed(image, (default_repository, *policy.image_repositories)):
             out.append(f"spec.execution.image: {image!r} is not from an allowed repository (allowed: "
-                       f"{_shown(policy.image_repositories, default_repository)}; chart value "
+                       f"{_shown(policy.image_repositories, default_repository)}, chart value "
                        "policy.allowedImageRepositories)")  # fmt: skip
         digest = image_parts(image)[1]
         if policy.image_digests and not (digest and _listed(digest, policy.image_digests)):
-            out.append(f"spec.execution.image: {image!r} must be pinned by an allowed digest (image@sha256:...; "
+            out.append(f"spec.execution.image: {image!r} must be pinned by an allowed digest (image@sha256:..., "
                        "chart value policy.allowedImageDigests)")  # fmt: skip
     account = spec.execution.service_account_name
     if account is not None and not _listed(account, policy.service_accounts):
         out.append(f"spec.execution.serviceAccountName: {account!r} is not an allowed ServiceAccount (allowed: "
-                   f"{_shown(policy.service_accounts)}; chart value policy.allowedServiceAccounts)")  # fmt: skip
+                   f"{_shown(policy.service_accounts)}, chart value policy.allowedServiceAccounts)")  # fmt: skip
     refs = [("spec.storage.credentialsSecretRef.name", spec.storage.credentials_secret_ref),
             ("spec.baseModel.tokenSecretRef.name", spec.base_model.token_secret_ref)]  # fmt: skip
     for path, ref in refs:
         if ref is not None and ref.name != default_secret and not _listed(ref.name, policy.secrets):
             out.append(f"{path}: Secret {ref.name!r} is not one trials may use (allowed: "
-                       f"{_shown(policy.secrets, default_secret)}; chart value policy.allowedSecrets)")  # fmt: skip
+                       f"{_shown(policy.secrets, default_secret)}, chart value policy.allowedSecrets)")  # fmt: skip
     reads = [("spec.baseModel.uri", spec.base_model.uri)]
     for i, dataset in enumerate(spec.datasets):
         reads += [(f"spec.datasets[{i}].train", dataset.train), (f"spec.datasets[{i}].eval", dataset.eval)]
     for path, uri in reads:
         bucket = bucket_of(uri)
         if bucket is not None and not _listed(bucket, policy.buckets):
-            out.append(f"{path}: bucket {bucket!r} is not an allowed bucket (allowed: {_shown(policy.buckets)}; "
+            out.append(f"{path}: bucket {bucket!r} is not an allowed bucket (allowed: {_shown(policy.buckets)}, "
                        "chart value policy.allowedBuckets)")  # fmt: skip
     return out + storage_violations(spec.storage, policy, default_endpoint)
 

@@ -16,9 +16,9 @@ CHART = ROOT / "helm" / "lora-ablation-operator"
 EXAMPLE_VALUES = ROOT / "examples" / "helm" / "values-namespaced-minio.yaml"
 
 
-def helm(*args: str) -> subprocess.CompletedProcess:
+def helm(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "scripts" / "helm.sh"), *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=300, input=input_text, cwd=ROOT)  # fmt: skip
 
 
 def render(*values: str, **sets: str) -> list[dict]:

@@ -1,0 +1,115 @@
+"""The chart's ValidatingAdmissionPolicy, rendered by helm and run by a real CEL implementation (cel-python, RE2
+regexes as in Kubernetes) on the operator's own case table (support/policy_cases.py): the same values refuse the
+same fields at apply time as the operator does in status. The rendered Deployment's environment, read back by
+Settings.from_env, must give the operator the same answer, so chart values and operator settings cannot drift."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+from test_chart import helm, of_kind
+
+from lora_ablation_operator.planning import plan_for
+from lora_ablation_operator.settings import Settings
+from support.policy_cases import CONTEXT, manifest, params, policy_values
+
+celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CEL")
+CHART_DIR = "helm/lora-ablation-operator"
+OPERATOR_USER = "system:serviceaccount:lora-system:release-lora-ablation-operator"
+
+
+@functools.cache
+def rendered(values_json: str) -> tuple[dict, ...]:
+    done = helm("template", "release", CHART_DIR, "--namespace", "lora-system", "--values", "-",
+                input_text=values_json)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
+
+
+def chart(policy: dict[str, Any], **extra: Any) -> tuple[dict, ...]:
+    return rendered(json.dumps({**CONTEXT, "policy": policy, **extra}, sort_keys=True))
+
+
+@functools.cache
+def _program(expression: str) -> Any:
+    environment = celpy.Environment()
+    return environment.program(environment.compile(expression))
+
+
+def admit(docs: tuple[dict, ...], obj: dict, old: dict | None = None, user: str = "jane") -> list[str] | None:
+    """The failed validations' messages, as the API server would evaluate the policy; None when it does not
+    apply (a matchCondition is false). A CEL error fails the test: in the API it would refuse everything."""
+    (policy,) = of_kind(list(docs), "ValidatingAdmissionPolicy")
+    request = {"operation": "UPDATE" if old else "CREATE", "userInfo": {"username": user}}
+    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old),
+                                  "request": celpy.json_to_cel(request)}  # fmt: skip
+    for condition in policy["spec"].get("matchConditions", []):
+        if not bool(_program(condition["expression"]).evaluate(activation)):
+            return None
+    variables: dict[str, Any] = {}
+    for variable in policy["spec"]["variables"]:
+        activation["variables"] = celpy.celtypes.MapType(variables)
+        value = _program(variable["expression"]).evaluate(activation)
+        assert not isinstance(value, Exception), (variable, value)
+        variables[celpy.celtypes.StringType(variable["name"])] = value
+    activation["variables"] = celpy.celtypes.MapType(variables)
+    failed = []
+    for validation in policy["spec"]["validations"]:
+        result = _program(validation["expression"]).evaluate(activation)
+        assert isinstance(result, celpy.celtypes.BoolType), (validation["expression"], result)
+        if not result:
+            assert validation["reason"] == "Forbidden"
+            failed.append(validation["message"])
+    return failed
+
+
+def paths(messages: list[str]) -> set[str]:
+    return {re.sub(r"\[\d+\]", "[*]", m.split(":", 1)[0]) for m in messages}
+
+
+@pytest.mark.parametrize(("policy", "patch", "refused"), params())
+def test_admission_policy_cases(policy, patch, refused):
+    docs = chart(policy_values(policy))
+    assert paths(admit(docs, manifest(**patch))) == refused
+
+
+@pytest.mark.parametrize(("policy", "patch", "refused"), params())
+def test_the_rendered_operator_settings_refuse_the_same_fields(policy, patch, refused, monkeypatch):
+    (deployment,) = of_kind(list(chart(policy_values(policy))), "Deployment")
+    for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if env["name"].startswith("LORA_ABLATION_"):
+            monkeypatch.setenv(env["name"], env["value"])
+    planned = plan_for("demo", "team-a", manifest(**patch)["spec"], Settings.from_env())
+    assert paths((planned.problem or "").split("; ") if planned.reason == "Forbidden" else []) == refused
+
+
+def test_the_operator_and_status_writes_and_unchanged_specs_are_not_judged():
+    docs = chart(policy_values({"allowedBuckets": []}))  # a policy tightened after objects were created
+    old = manifest()
+    assert admit(docs, old) is not None and admit(docs, old) != []
+    touched = {**old, "metadata": {**old["metadata"], "annotations": {"kopf": "x"}}}
+    assert admit(docs, touched, old) is None, "metadata-only updates (finalizers, annotations) pass"
+    edited = manifest(storage={"uri": "s3://results/other"})
+    assert admit(docs, edited, old) is not None, "a spec edit is judged"
+    assert admit(docs, edited, old, user=OPERATOR_USER) is None, "the operator itself is never refused"
+    (policy,) = of_kind(list(docs), "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["loraablations"]  # not /status
+
+
+def test_binding_actions_namespaces_and_switch():
+    docs = chart(policy_values({}), watchNamespaces=["ml-a", "ml-b"])
+    (binding,) = of_kind(list(docs), "ValidatingAdmissionPolicyBinding")
+    (policy,) = of_kind(list(docs), "ValidatingAdmissionPolicy")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["ml-a", "ml-b"]
+    trial = chart({**policy_values({}), "admission": {"enabled": True, "validationActions": ["Warn", "Audit"]}})
+    (binding,) = of_kind(list(trial), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"] and "matchResources" not in binding["spec"]
+    off = chart({**policy_values({}), "admission": {"enabled": False}})
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
