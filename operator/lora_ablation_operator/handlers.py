@@ -36,6 +36,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.execution.max_workers = SETTINGS.workers
+    settings.peering.priority = SETTINGS.peering_priority  # each replica its own (chart: replicaCount > 1)
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)
 

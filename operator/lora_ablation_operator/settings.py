@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field
 
 from lora_ablation.api.spec import MAX_TRIALS
@@ -37,6 +38,7 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
     workers: int = 8  # Kopf handler threads
     metrics_port: int = 0  # Prometheus metrics port; 0 serves none
+    peering_priority: int = 0  # Kopf peering: replicas of one priority all freeze, so each takes its own
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,7 +61,14 @@ class Settings:
             policy=policy_from_env(),
             workers=int(_env("WORKERS", str(cls.workers))),
             metrics_port=int(_env("METRICS_PORT", str(cls.metrics_port))),
+            peering_priority=peering_priority(_env("POD_NAME", "")),
         )
+
+
+def peering_priority(pod_name: str) -> int:
+    """A priority of its own for each replica (the chart passes the pod name): Kopf pauses replicas that see a
+    higher priority and freezes all of them when two share one. 1..2**31 so it is never the default 0."""
+    return zlib.crc32(pod_name.encode()) % (2**31 - 1) + 1 if pod_name else 0
 
 
 def policy_from_env() -> Policy:

@@ -53,8 +53,8 @@ def test_values_schema_rejects_nonsense():
 @pytest.mark.parametrize("values", [[], [str(EXAMPLE_VALUES)]], ids=["defaults", "namespaced-minio"])
 def test_rendered_manifests_are_valid_kubernetes(values):
     for doc in render(*values):
-        if doc["apiVersion"].startswith("monitoring.coreos.com"):
-            continue  # a prometheus-operator CRD kind; not in the built-in schemas
+        if doc["apiVersion"].startswith(("monitoring.coreos.com", "kopf.dev")):
+            continue  # prometheus-operator's and Kopf's CRD kinds; not in the built-in schemas
         kubernetes_validate.validate(doc, "1.33.0", strict=True)
 
 
