@@ -102,7 +102,8 @@ def test_extra_env_args_volumes_and_mounts():
     docs = render_json({"extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
                         "extraArgs": ["--verbose"],
                         "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
-                        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}]})  # fmt: skip
+                        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+                        })  # fmt: skip
     c = container(docs)
     assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in c["env"] and c["args"][-1] == "--verbose"
     assert {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True} in c["volumeMounts"]
