@@ -153,3 +153,17 @@ def test_the_operator_never_gets_update():
 def test_schema_refuses(values):
     done = helm("template", "r", str(CHART), "--values", "-", input_text=json.dumps(values))
     assert done.returncode != 0 and "values don't meet the specifications of the schema" in done.stderr
+
+
+def test_the_crd_is_templated_so_upgrades_carry_it_and_kept_on_uninstall():
+    import yaml
+
+    generated = yaml.safe_load((CHART.parents[1] / "crds" / "lora.ablation.dev_loraablations.yaml").read_text())
+    (crd,) = [d for d in of_kind(render(), "CustomResourceDefinition")]
+    assert crd["spec"] == generated["spec"], "the chart renders exactly the generated CRD (make crds)"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    (unkept,) = of_kind(render_json({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (unkept["metadata"].get("annotations") or {})
+    assert not of_kind(render_json({"crds": {"enabled": False}}), "CustomResourceDefinition")
+    assert not list((CHART / "crds").glob("lora.ablation.dev_*")), "under crds/ Helm would never upgrade it"
