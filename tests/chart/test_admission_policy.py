@@ -5,67 +5,17 @@ Settings.from_env, must give the operator the same answer, so chart values and o
 
 from __future__ import annotations
 
-import functools
-import json
 import re
-from typing import Any
 
 import pytest
-import yaml
-from test_chart import helm, of_kind
 
 from lora_ablation_operator.planning import plan_for
 from lora_ablation_operator.settings import Settings
-from support.policy_cases import CONTEXT, manifest, params, policy_values
+from support.chart import admit, chart, of_kind
+from support.policy_cases import manifest, params, policy_values
 
 celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CEL")
-CHART_DIR = "helm/lora-ablation-operator"
 OPERATOR_USER = "system:serviceaccount:lora-system:release-lora-ablation-operator"
-
-
-@functools.cache
-def rendered(values_json: str) -> tuple[dict, ...]:
-    done = helm("template", "release", CHART_DIR, "--namespace", "lora-system", "--values", "-",
-                input_text=values_json)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
-
-
-def chart(policy: dict[str, Any], **extra: Any) -> tuple[dict, ...]:
-    return rendered(json.dumps({**CONTEXT, "policy": policy, **extra}, sort_keys=True))
-
-
-@functools.cache
-def _program(expression: str) -> Any:
-    environment = celpy.Environment()
-    return environment.program(environment.compile(expression))
-
-
-def admit(docs: tuple[dict, ...], obj: dict, old: dict | None = None, user: str = "jane") -> list[str] | None:
-    """The failed validations' messages, as the API server would evaluate the policy; None when it does not
-    apply (a matchCondition is false). A CEL error fails the test: in the API it would refuse everything."""
-    (policy,) = of_kind(list(docs), "ValidatingAdmissionPolicy")
-    request = {"operation": "UPDATE" if old else "CREATE", "userInfo": {"username": user}}
-    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old),
-                                  "request": celpy.json_to_cel(request)}  # fmt: skip
-    for condition in policy["spec"].get("matchConditions", []):
-        if not bool(_program(condition["expression"]).evaluate(activation)):
-            return None
-    variables: dict[str, Any] = {}
-    for variable in policy["spec"]["variables"]:
-        activation["variables"] = celpy.celtypes.MapType(variables)
-        value = _program(variable["expression"]).evaluate(activation)
-        assert not isinstance(value, Exception), (variable, value)
-        variables[celpy.celtypes.StringType(variable["name"])] = value
-    activation["variables"] = celpy.celtypes.MapType(variables)
-    failed = []
-    for validation in policy["spec"]["validations"]:
-        result = _program(validation["expression"]).evaluate(activation)
-        assert isinstance(result, celpy.celtypes.BoolType), (validation["expression"], result)
-        if not result:
-            assert validation["reason"] == "Forbidden"
-            failed.append(validation["message"])
-    return failed
 
 
 def paths(messages: list[str]) -> set[str]:

@@ -4,21 +4,17 @@ the Kubernetes schemas offline, and assert least privilege and a locked-down ope
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from support.chart import helm, of_kind
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "lora-ablation-operator"
 EXAMPLE_VALUES = ROOT / "examples" / "helm" / "values-namespaced-minio.yaml"
-
-
-def helm(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "scripts" / "helm.sh"), *args], capture_output=True, text=True,
-                          timeout=300, input=input_text, cwd=ROOT)  # fmt: skip
 
 
 def render(*values: str, **sets: str) -> list[dict]:
@@ -30,10 +26,6 @@ def render(*values: str, **sets: str) -> list[dict]:
     done = helm(*args)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
-def of_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 @pytest.mark.parametrize("values", [[], [str(EXAMPLE_VALUES)]], ids=["defaults", "namespaced-minio"])

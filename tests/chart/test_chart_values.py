@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_chart import CHART, helm, of_kind, render
+from test_chart import render
 
 from lora_ablation_operator.settings import peering_priority
+from support.chart import CHART, helm, of_kind
 
 
 def render_json(values: dict) -> list[dict]:
