@@ -5,13 +5,14 @@ Settings.from_env, must give the operator the same answer, so chart values and o
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from lora_ablation_operator.planning import plan_for
 from lora_ablation_operator.settings import Settings
-from support.chart import admit, chart, of_kind
+from support.chart import CHART, admit, chart, helm, of_kind
 from support.policy_cases import manifest, params, policy_values
 
 celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CEL")
@@ -63,3 +64,14 @@ def test_binding_actions_namespaces_and_switch():
     assert binding["spec"]["validationActions"] == ["Warn", "Audit"] and "matchResources" not in binding["spec"]
     off = chart({**policy_values({}), "admission": {"enabled": False}})
     assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+@pytest.mark.parametrize("values", [
+    {"allowedImageRepositories": ["ghcr.io/x/trainer:1.0"]},  # a tag would match differently in CEL and Python
+    {"allowedImageRepositories": ["ghcr.io/x/trainer@sha256:" + "a" * 64]},
+    {"allowedImageDigests": ["latest"]}, {"allowedBuckets": ["Bad_Bucket"]},
+    {"allowedStorageEndpoints": ["minio:9000"]}, {"allowedSecrets": ["a,b"]},
+])  # fmt: skip
+def test_policy_values_the_two_checks_could_read_differently_are_refused(values):
+    done = helm("template", "r", str(CHART), "--values", "-", input_text=json.dumps({"policy": values}))
+    assert done.returncode != 0 and "policy" in done.stderr

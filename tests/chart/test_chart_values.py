@@ -168,3 +168,12 @@ def test_the_crd_is_templated_so_upgrades_carry_it_and_kept_on_uninstall():
     assert "helm.sh/resource-policy" not in (unkept["metadata"].get("annotations") or {})
     assert not of_kind(render_json({"crds": {"enabled": False}}), "CustomResourceDefinition")
     assert not list((CHART / "crds").glob("lora.ablation.dev_*")), "under crds/ Helm would never upgrade it"
+
+
+def test_notes_say_what_a_fresh_install_still_needs():
+    done = helm("install", "release", str(CHART), "--dry-run=client", "--namespace", "lora-system")
+    assert done.returncode == 0, done.stderr
+    assert "policy.allowedBuckets is empty" in done.stdout and "no release has published" in done.stdout
+    done = helm("install", "release", str(CHART), "--dry-run=client", "--namespace", "lora-system", "--set",
+                "policy.allowedBuckets={results}", "--set", "image.repository=registry.corp/lao")  # fmt: skip
+    assert "policy.allowedBuckets is empty" not in done.stdout and "no release has published" not in done.stdout
