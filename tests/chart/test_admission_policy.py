@@ -9,11 +9,14 @@ import json
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from lora_ablation.api.resource import parse_spec
 from lora_ablation_operator.planning import plan_for
 from lora_ablation_operator.settings import Settings
 from support.chart import CHART, admit, chart, helm, of_kind
-from support.policy_cases import manifest, params, policy_values
+from support.policy_cases import CONTEXT, manifest, params, policy_values
 
 celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CEL")
 OPERATOR_USER = "system:serviceaccount:lora-system:release-lora-ablation-operator"
@@ -75,3 +78,37 @@ def test_binding_actions_namespaces_and_switch():
 def test_policy_values_the_two_checks_could_read_differently_are_refused(values):
     done = helm("template", "r", str(CHART), "--values", "-", input_text=json.dumps({"policy": values}))
     assert done.returncode != 0 and "policy" in done.stderr
+
+
+# Images are where the two implementations differ most (a parser in Python, anchored RE2 patterns in CEL): random
+# references built from pieces that sit near the allowed entries must get the same answer from both.
+_IMAGE_POLICY = {"allowedImageRepositories": ["registry", "registry:5000/ml/trainer", "registry.corp/ml/",
+                                              "ghcr.io/acme/t"],
+                 "allowedImageDigests": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}  # fmt: skip
+_hosts = st.sampled_from(["registry", "registry:5000", "registry.corp", "ghcr.io", "ghcr.io:443", "docker.io"])
+_parts = st.lists(st.sampled_from(["ml", "ml-evil", "trainer", "acme", "t", "t2", "lora-ablation", "x.y", "_"]),
+                  min_size=1, max_size=3)  # fmt: skip
+_tags = st.sampled_from(["", ":1", ":v1.2-rc", ":latest", ":5000", ":_x", ":.bad", ":a/b"])
+_digests = st.sampled_from(["", "@sha256:" + "a" * 64, "@sha256:" + "b" * 64, "@sha256:" + "c" * 64, "@sha256:ab"])
+
+
+@pytest.fixture(scope="module")
+def warm_cel():
+    admit(chart(policy_values(_IMAGE_POLICY)), manifest())  # celpy raises the recursion limit on its first compile
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(host=_hosts, parts=_parts, tag=_tags, digest=_digests, pinned=st.booleans())
+def test_random_images_get_the_same_answer_from_cel_and_the_operator(warm_cel, host, parts, tag, digest, pinned):
+    from lora_ablation_operator.policy import Policy, violations
+
+    image = "/".join([host, *parts]) + tag + digest
+    values = policy_values(_IMAGE_POLICY if pinned else {**_IMAGE_POLICY, "allowedImageDigests": []})
+    refused = admit(chart(values), manifest(execution={"image": image}))
+    cel = {m for m in refused if m.startswith("spec.execution.image")}
+    policy = Policy(image_repositories=tuple(values["allowedImageRepositories"]),
+                    image_digests=tuple(values["allowedImageDigests"]), buckets=("*",))  # fmt: skip
+    spec = parse_spec(manifest(execution={"image": image})["spec"])
+    python = violations(spec, policy, trainer_image=CONTEXT["trainerImage"])
+    assert len(cel) == len(python), (image, cel, python)
