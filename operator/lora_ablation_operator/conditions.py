@@ -12,6 +12,7 @@ SUSPENDED = "Suspended"  # True while spec.execution.suspend is set
 
 # Reasons
 INVALID_SPEC = "InvalidSpec"
+FORBIDDEN = "Forbidden"  # the spec names an image, ServiceAccount, Secret, bucket or endpoint the admin policy refuses
 PREFLIGHT_RUNNING = "PreflightRunning"
 PREFLIGHT_FAILED = "PreflightFailed"
 TRIALS_RUNNING = "TrialsRunning"

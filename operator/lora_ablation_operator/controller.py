@@ -25,7 +25,7 @@ from lora_ablation_operator.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 FINAL_REASONS = frozenset({c.COMPLETED, c.COMPLETED_WITH_FAILURES, c.TOO_MANY_FAILURES, c.PREFLIGHT_FAILED,
-                           c.INVALID_SPEC})  # fmt: skip
+                           c.INVALID_SPEC, c.FORBIDDEN})  # fmt: skip
 EXPECTATION_TTL = 120.0  # seconds a created Job counts as existing before the watch has shown it
 
 

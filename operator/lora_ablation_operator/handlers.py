@@ -36,6 +36,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["v1", "pods"] = ABLATION_LABEL
     settings.watching.server_timeout = SETTINGS.watch_timeout
     settings.watching.client_timeout = SETTINGS.watch_timeout + 60
+    settings.peering.priority = SETTINGS.peering_priority  # each replica its own (chart: replicaCount > 1)
     kube.configure(SETTINGS.api_qps, SETTINGS.api_burst)
     if SETTINGS.metrics_port:
         metrics.serve(SETTINGS.metrics_port)

@@ -93,7 +93,7 @@ def _changed(previous: list[dict[str, Any]], type_: str, reason: str) -> bool:
 def reconcile(observed: Observed, settings: Settings) -> Decision:
     planned = observed.planned or plan_for(observed.name, observed.namespace, observed.spec, settings)
     if planned.spec is None or planned.plan is None:
-        return _invalid(observed, planned.problem or "invalid spec", c.INVALID_SPEC)
+        return _invalid(observed, planned.problem or "invalid spec", planned.reason)
     spec, plan = planned.spec, planned.plan
     if observed.storage_problem:
         return _storage_unavailable(observed, observed.storage_problem)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field
 
 from lora_ablation.api.spec import MAX_TRIALS
+from lora_ablation_operator.policy import Policy, parse_list
 
 
 def _env(name: str, default: str) -> str:
@@ -44,6 +46,10 @@ class Settings:
     delete_retry_delay: float = 10.0  # seconds between those tries
     run_as_user: int = 10001
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # What a LoraAblation may name (policy.py); the default allows only the operator's own image, Secret and
+    # endpoint, no other ServiceAccount and no bucket: an admin lists what each cluster needs.
+    policy: Policy = field(default_factory=Policy)
+    peering_priority: int = 0  # Kopf peering: replicas of one priority all freeze, so each takes its own
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,4 +77,24 @@ class Settings:
             storage_retries=int(_env("STORAGE_RETRIES", str(cls.storage_retries))),
             delete_retries=int(_env("DELETE_RETRIES", str(cls.delete_retries))),
             delete_retry_delay=float(_env("DELETE_RETRY_DELAY", str(cls.delete_retry_delay))),
+            policy=policy_from_env(),
+            peering_priority=peering_priority(_env("POD_NAME", "")),
         )
+
+
+def peering_priority(pod_name: str) -> int:
+    """A priority of its own for each replica (the chart passes the pod name): Kopf pauses replicas that see a
+    higher priority and freezes all of them when two share one. 1..2**31 so it is never the default 0."""
+    return zlib.crc32(pod_name.encode()) % (2**31 - 1) + 1 if pod_name else 0
+
+
+def policy_from_env() -> Policy:
+    """LORA_ABLATION_POLICY_<RULE>: comma-separated lists (the chart joins its policy values)."""
+    return Policy(
+        image_repositories=parse_list(_env("POLICY_IMAGE_REPOSITORIES", "")),
+        image_digests=parse_list(_env("POLICY_IMAGE_DIGESTS", "")),
+        service_accounts=parse_list(_env("POLICY_SERVICE_ACCOUNTS", "")),
+        secrets=parse_list(_env("POLICY_SECRETS", "")),
+        buckets=parse_list(_env("POLICY_BUCKETS", "")),
+        storage_endpoints=parse_list(_env("POLICY_STORAGE_ENDPOINTS", "")),
+    )

@@ -69,6 +69,9 @@ class Cluster:
             "LORA_ABLATION_RESYNC_INTERVAL": str(interval),
             "LORA_ABLATION_STORAGE_ENDPOINT": self.endpoint,
             "LORA_ABLATION_TRAINER_IMAGE": "trainer:test",
+            # Tests of other things name any bucket and endpoint; policy tests pass their own policy_* settings.
+            "LORA_ABLATION_POLICY_BUCKETS": "*",
+            "LORA_ABLATION_POLICY_STORAGE_ENDPOINTS": "*",
             **{f"LORA_ABLATION_{k.upper()}": str(v) for k, v in settings.items()},
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("w")
