@@ -20,6 +20,15 @@ from lora_ablation_operator.settings import Settings
 SETTINGS = Settings.from_env()
 CONTROLLER = Controller(SETTINGS)
 OURS = {ABLATION_LABEL: kopf.PRESENT}
+QUIET = ("job_event", "pod_event", "ablation_event", "resync")  # run on every watch event: success is no news
+
+
+class _QuietEventHandlers(logging.Filter):
+    """Kopf logs every handler's success at INFO: one line per Job and pod event would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith("succeeded.") and any(f"'{name}'" in message for name in QUIET))
 
 
 @kopf.on.startup()
@@ -30,6 +39,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_QuietEventHandlers())
     settings.execution.max_workers = SETTINGS.workers
     # Server-side selectors: the API server streams only our Jobs and pods, not every pod of the cluster.
     settings.watching.label_selectors["batch", "v1", "jobs"] = ABLATION_LABEL
