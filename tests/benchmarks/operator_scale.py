@@ -38,7 +38,7 @@ from support.s3 import aws_test_env, s3_client, start_moto_server
 
 MODULE_SETS = [["qkv"], ["o_proj"], ["fc1"], ["fc2"], ["o_proj", "fc1"], ["qkv", "fc2"], ["o_proj", "fc2"],
                ["qkv", "fc1"], ["all"], ["attn"], ["mlp"], ["q_proj"], ["v_proj"], ["k_proj"]]  # fmt: skip
-RANKS = [4, 8, 16, 32, 64, 128, 256]
+RANKS = [4, 8, 16, 32, 64, 128, 256, 2]
 GROUP, VERSION, PLURAL = "lora.ablation.dev", "v1alpha1", "loraablations"
 
 
