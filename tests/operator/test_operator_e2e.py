@@ -4,6 +4,7 @@ The test plays the Job controller (patching Job status) and the trainer (writing
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -184,3 +185,29 @@ def test_deletion_removes_results_only_when_asked(cluster):
     assert cluster.object_keys("ablations/default/gone/")
     cluster.custom.delete_namespaced_custom_object("lora.ablation.dev", "v1alpha1", "default", "loraablations", "gone")
     wait_for(lambda: not cluster.object_keys("ablations/default/gone/"), what="results removed")
+
+
+def test_the_operator_reacts_to_watch_events_without_lists_or_idle_writes(operated, kube_api):
+    # A resync far longer than the test: everything below happens because a watch event said so.
+    cluster = operated(interval=3600.0)
+    cluster.apply(manifest("watched", cluster.bucket, search={"moduleSets": [["o_proj"]], "ranks": [16]}))
+    pass_preflight(cluster, "watched")
+    jobs = wait_for(lambda: trial_jobs(cluster) if len(trial_jobs(cluster)) == 2 else None, what="2 trial Jobs")
+    for job in jobs.values():
+        complete(cluster, job, 0.5)
+    wait_for(lambda: cluster.condition("watched").get("reason") == "Completed", what="Completed")
+
+    def ours(verb: str, resource: str) -> int:
+        return kube_api.emulator.tally["lora-ablation-operator", verb, resource]
+
+    assert sum(n for (client, verb, _), n in kube_api.emulator.tally.items()
+               if client == "lora-ablation-operator" and verb == "LIST") == 0  # fmt: skip
+    patches, events = ours("PATCH", "loraablations/status"), ours("CREATE", "events")
+    # A Job event that changes nothing the operator reads: a pass runs, and writes nothing.
+    name = sorted(jobs)[0]
+    cluster.batch.patch_namespaced_job(name, "default", {"metadata": {"annotations": {"touched": "yes"}}})
+    resource_version = kube_api.emulator.resource_version
+    wait_for(lambda: kube_api.emulator.resource_version >= resource_version, what="the touch stored")
+    time.sleep(1.0)  # the batch window and a pass, several times over
+    assert (ours("PATCH", "loraablations/status"), ours("CREATE", "events")) == (patches, events)
+    assert cluster.trial_events("watched", "TrialSucceeded") == 2
