@@ -58,6 +58,7 @@ class Controller:
         self.plans = PlanCache()
         self.memory: dict[Key, Memory] = {}
         self.by_label: dict[tuple[str, str], str] = {}  # (namespace, ablation label value) -> name
+        self.active: set[Key] = set()  # ablations whose Kopf daemon runs: only these get passes
         self.jobs_index: Any = None  # Kopf indexes (live views), bound by the first handler call
         self.pods_index: Any = None
         self.queue: WorkQueue[Key] | None = None
@@ -101,6 +102,21 @@ class Controller:
                                                     finished(body.get("status"), generation)):  # fmt: skip
             self._enqueue(key, memory, 0.0)  # created, edited, or first seen since start (resume)
 
+    def activate(self, body: dict[str, Any]) -> None:
+        """Kopf started handling the ablation (created, first seen, or this replica took over from a peer)."""
+        meta = body.get("metadata") or {}
+        key: Key = (meta.get("namespace") or "", meta.get("name") or "")
+        if key not in self.memory:
+            self.ablation_event(None, body)
+        self.active.add(key)
+        memory = self.memory[key]
+        if not finished(memory.body.get("status"), (memory.body.get("metadata") or {}).get("generation")):
+            self._enqueue(key, memory, 0.0)
+
+    def deactivate(self, key: Key) -> None:
+        """Kopf stopped handling it (a peer took over, the operator stops, or the object is being deleted)."""
+        self.active.discard(key)
+
     def child_event(self, namespace: str, ablation_label: str, deleted: bool) -> None:
         """A Job or pod of the ablation changed: reconcile the ablation (after the batch window)."""
         name = self.by_label.get((namespace, ablation_label))
@@ -114,11 +130,13 @@ class Controller:
     def resync(self, key: Key) -> None:
         """The safety-net timer: a pass even if no event came."""
         memory = self.memory.get(key)
-        if memory is not None:
+        if memory is not None and not finished(memory.body.get("status"), (memory.body.get("metadata") or {})
+                                               .get("generation")):  # fmt: skip
             self._enqueue(key, memory, 0.0)
 
     def forget(self, key: Key) -> None:
         memory = self.memory.pop(key, None)
+        self.active.discard(key)
         if self.queue is not None:
             self.queue.drop(key)
         if memory is not None:
@@ -128,7 +146,7 @@ class Controller:
         metrics.record_trials(key[0], key[1], None)
 
     def _enqueue(self, key: Key, memory: Memory, delay: float) -> None:
-        if self.queue is None:
+        if self.queue is None or key not in self.active:
             return
         memory.queued_at = memory.queued_at or time.perf_counter()
         self.queue.add_after(key, delay)
@@ -158,8 +176,8 @@ class Controller:
     def _snapshot(self, key: Key) -> Snapshot | None:
         """Everything a pass reads, copied here in the event loop (the watches change the caches meanwhile)."""
         memory = self.memory.get(key)
-        if memory is None:
-            return None
+        if memory is None or key not in self.active:
+            return None  # deleted, being deleted, or handled by a peer: its daemon's start queues it again
         label = (key[0], label_value(key[1]))
         jobs = {j["metadata"]["name"]: j for j in _values(self.jobs_index, label)}
         now = time.monotonic()

@@ -1,6 +1,7 @@
 """Kopf handlers: a few lines each. Kopf watches the ablations, their Jobs and their pods; every event queues the
 owning ablation in the controller's work queue (controller.py), whose workers run one level-based pass per
-ablation (reconcile_pass.py). A slow timer is the safety net for anything a watch could miss."""
+ablation (reconcile_pass.py). A daemon per ablation gates its passes on Kopf handling it (peering, deletion) and is
+the slow safety net for anything a watch could miss."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import kopf
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
 from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
-from lora_ablation_operator.controller import Controller, finished
+from lora_ablation_operator.controller import Controller
 from lora_ablation_operator.jobs import ABLATION_LABEL
 from lora_ablation_operator.observe import compact_job, compact_pod
 from lora_ablation_operator.settings import Settings
@@ -20,7 +21,7 @@ from lora_ablation_operator.settings import Settings
 SETTINGS = Settings.from_env()
 CONTROLLER = Controller(SETTINGS)
 OURS = {ABLATION_LABEL: kopf.PRESENT}
-QUIET = ("job_event", "pod_event", "ablation_event", "resync")  # run on every watch event: success is no news
+QUIET = ("job_event", "pod_event", "ablation_event")  # run on every watch event: success is no news
 
 
 class _QuietEventHandlers(logging.Filter):
@@ -92,10 +93,18 @@ async def ablation_event(event: dict[str, Any], **kwargs: Any) -> None:
     CONTROLLER.ablation_event(event.get("type"), event.get("object") or {})
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_interval, initial_delay=SETTINGS.resync_interval,
-            when=lambda status, meta, **_: not finished(dict(status), meta.get("generation")))  # fmt: skip
-async def resync(namespace: str, name: str, **_: Any) -> None:
-    CONTROLLER.resync((namespace, name))
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def active(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    """Runs while Kopf handles this ablation: passes run only then (Kopf stops daemons when a peer with a higher
+    priority takes over and before the object is deleted), and it is the safety-net resync, rarely."""
+    CONTROLLER.activate(dict(body))
+    try:
+        while not stopped:
+            await stopped.wait(SETTINGS.resync_interval)
+            if not stopped:
+                CONTROLLER.resync((namespace, name))
+    finally:
+        CONTROLLER.deactivate((namespace, name))
 
 
 def _removes_results(spec: Any, **_: Any) -> bool:

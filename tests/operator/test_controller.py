@@ -206,7 +206,9 @@ def test_watch_events_queue_only_what_needs_a_pass():
     async def scenario():
         controller = Controller(Settings(workers=1, batch_window=0.0))
         controller.queue = WorkQueue()  # workers not started: the queue shows what was asked for
-        controller.ablation_event(None, _ablation())  # first seen: a pass
+        controller.ablation_event(None, _ablation())  # first seen: Kopf has not started its daemon yet
+        assert len(controller.queue) == 0
+        controller.activate(_ablation())  # ...now it has: a pass
         assert len(controller.queue) == 1
         await controller.queue.get()
         controller.queue.done(("ns", "a"))
@@ -218,13 +220,32 @@ def test_watch_events_queue_only_what_needs_a_pass():
         controller.child_event("ns", "a", deleted=False)  # a Job changed: folded into the queued pass
         controller.child_event("ns", "unknown", deleted=False)
         assert len(controller.queue) == 1
-        controller.ablation_event(None, _ablation("done", "u2", status=_final()))  # finished, seen at a restart
+        controller.activate(_ablation("done", "u2", status=_final()))  # finished, seen at a restart: no pass
+        controller.resync(("ns", "done"))  # nor from the safety net
         controller.child_event("ns", "done", deleted=True)  # its Jobs cleaned up: never a rerun
         assert len(controller.queue) == 1
         controller.child_event("ns", "done", deleted=False)  # a change to one of its Jobs: looked at
         assert len(controller.queue) == 2
         controller.ablation_event("DELETED", _ablation())
         assert ("ns", "a") not in controller.memory and len(controller.queue) == 1
+        controller.queue.close()
+
+    run(scenario())
+
+
+def test_a_paused_or_deleting_ablation_gets_no_pass():
+    async def scenario():
+        controller = Controller(Settings(workers=1, batch_window=0.0))
+        controller.queue = WorkQueue()
+        controller.activate(_ablation())
+        controller.deactivate(("ns", "a"))  # a peer took over, or deletion began: Kopf stopped the daemon
+        assert controller._snapshot(("ns", "a")) is None  # the queued pass is skipped
+        controller.child_event("ns", "a", deleted=False)
+        controller.ablation_event("MODIFIED", _ablation(generation=2))
+        assert controller._snapshot(("ns", "a")) is None
+        controller.activate(_ablation(generation=2))  # handed back: one pass, on the latest body
+        snapshot = controller._snapshot(("ns", "a"))
+        assert snapshot is not None and snapshot.body["metadata"]["generation"] == 2
         controller.queue.close()
 
     run(scenario())
