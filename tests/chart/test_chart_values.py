@@ -177,3 +177,20 @@ def test_notes_say_what_a_fresh_install_still_needs():
     done = helm("install", "release", str(CHART), "--dry-run=client", "--namespace", "lora-system", "--set",
                 "policy.allowedBuckets={results}", "--set", "image.repository=registry.corp/lao")  # fmt: skip
     assert "policy.allowedBuckets is empty" not in done.stdout and "no release has published" not in done.stdout
+
+
+def test_controller_values_reach_the_operator_settings(monkeypatch):
+    from lora_ablation_operator.settings import Settings
+
+    values = {"controller": {"resyncIntervalSeconds": 120, "batchWindowSeconds": 0.25, "workers": 3, "apiQps": 50,
+                             "apiBurst": 80, "watchTimeoutSeconds": 240}}  # fmt: skip
+    env = {e["name"]: e["value"] for e in container(render_json(values))["env"] if "value" in e}
+    for name, value in env.items():
+        if name.startswith("LORA_ABLATION_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    assert (settings.resync_interval, settings.batch_window, settings.workers, settings.api_qps, settings.api_burst,
+            settings.watch_timeout) == (120, 0.25, 3, 50, 80, 240)  # fmt: skip
+    zero = json.dumps({"controller": {"workers": 0}})
+    done = helm("template", "release", str(CHART), "--values", "-", input_text=zero)
+    assert done.returncode != 0 and "workers" in done.stderr
