@@ -49,6 +49,7 @@ class Memory:
     expected: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # created, not yet watched
     generation: int | None = None  # the generation the last pass started on
     queued_at: float | None = None  # the first event since the last pass (for the event-to-status metric)
+    last_pass: float = float("-inf")  # monotonic time the last pass started
 
 
 class Controller:
@@ -149,7 +150,8 @@ class Controller:
         if self.queue is None or key not in self.active:
             return
         memory.queued_at = memory.queued_at or time.perf_counter()
-        self.queue.add_after(key, delay)
+        spacing = memory.last_pass + self.settings.min_pass_interval - time.monotonic()
+        self.queue.add_after(key, max(delay, spacing))
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
     # -- workers ------------------------------------------------------------------------------------------
@@ -187,6 +189,7 @@ class Controller:
             jobs.setdefault(name, job)
         body = memory.body
         queued_at, memory.queued_at = memory.queued_at, None
+        memory.last_pass = time.monotonic()
         memory.generation = (body.get("metadata") or {}).get("generation")
         status = memory.status if memory.status is not None else body.get("status") or {}
         return Snapshot(body=copy.deepcopy(body), status=copy.deepcopy(status), jobs=jobs,

@@ -26,6 +26,9 @@ class Settings:
     # anything a watch could miss: a full pass over every unfinished ablation this often, in seconds.
     resync_interval: float = 300.0
     batch_window: float = 0.1  # seconds an event waits so that a burst (Jobs finishing together) becomes one pass
+    # Seconds between two passes of one ablation at least: under a stream of events (hundreds of trials ending
+    # within a minute) its status is rewritten at most this often, not once per batch window.
+    min_pass_interval: float = 1.0
     workers: int = 8  # ablations reconciled at once (threads: storage and API calls block)
     # A cap on reconciles' own API requests (token bucket), against a runaway loop: the API server's Priority and
     # Fairness is what shares it among clients. Chosen from tests/benchmarks/operator_scale.py: 100 ablations of
@@ -62,6 +65,7 @@ class Settings:
             preflight_memory=_env("PREFLIGHT_MEMORY", cls.preflight_memory),
             resync_interval=float(_env("RESYNC_INTERVAL", str(cls.resync_interval))),
             batch_window=float(_env("BATCH_WINDOW", str(cls.batch_window))),
+            min_pass_interval=float(_env("MIN_PASS_INTERVAL", str(cls.min_pass_interval))),
             workers=max(1, int(_env("WORKERS", str(cls.workers)))),
             api_qps=float(_env("API_QPS", str(cls.api_qps))),
             api_burst=max(1, int(_env("API_BURST", str(cls.api_burst)))),

@@ -128,7 +128,9 @@ def scale_run(args: argparse.Namespace) -> None:
             cluster = Cluster(write_kubeconfig(workdir / "kubeconfig", api.url), endpoint, "scale", workdir)
             cluster.install_crd()
             os.environ["LORA_ABLATION_PREFLIGHT"] = "false"
-            cluster.start_operator(interval=args.resync, verbose=False)
+            # The operator's own defaults, not the test harness's quicker ones.
+            cluster.start_operator(interval=args.resync, verbose=False,
+                                   min_pass_interval=str(Settings().min_pass_interval))  # fmt: skip
             time.sleep(3)  # Kopf lists and starts its watches before the clock starts
             pid = cluster.operator.pid
             rss_start = proc_mib(pid, "VmRSS")

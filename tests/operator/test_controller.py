@@ -254,3 +254,22 @@ def test_a_paused_or_deleting_ablation_gets_no_pass():
 def test_finished_means_final_for_the_current_generation():
     assert finished(_final(1), 1) and not finished(_final(1), 2)
     assert not finished({}, 1) and not finished("junk", 1)
+
+
+def test_passes_of_one_ablation_are_spaced_so_a_stream_of_events_rewrites_its_status_rarely():
+    async def scenario():
+        controller = Controller(Settings(workers=1, batch_window=0.1, min_pass_interval=1.0))
+        controller.queue = WorkQueue()
+        controller.activate(_ablation())
+        assert await asyncio.wait_for(controller.queue.get(), 1) == ("ns", "a")
+        assert controller._snapshot(("ns", "a")) is not None  # a pass starts now
+        controller.queue.done(("ns", "a"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(20):  # Jobs finishing one after another
+            controller.child_event("ns", "a", deleted=False)
+        assert await asyncio.wait_for(controller.queue.get(), 3) == ("ns", "a")
+        assert loop.time() - started >= 0.9 and len(controller.queue) == 0  # one pass, a second after the last
+        controller.queue.close()
+
+    run(scenario())

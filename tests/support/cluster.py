@@ -67,6 +67,7 @@ class Cluster:
             "KUBECONFIG": str(self.kubeconfig),
             # The resync timer is only a safety net: tests see the operator react to watch events alone.
             "LORA_ABLATION_RESYNC_INTERVAL": str(interval),
+            "LORA_ABLATION_MIN_PASS_INTERVAL": "0.2",  # the default (1 s) only makes step-by-step tests slower
             "LORA_ABLATION_STORAGE_ENDPOINT": self.endpoint,
             "LORA_ABLATION_TRAINER_IMAGE": "trainer:test",
             # Tests of other things name any bucket and endpoint; policy tests pass their own policy_* settings.
