@@ -144,6 +144,8 @@ def scale_run(args: argparse.Namespace) -> None:
 
             wait(lambda: api.count("batch", "v1", "jobs") >= total, 900, "all trial Jobs", poll=0.02)
             create_seconds = time.perf_counter() - started
+            print(f"[progress] all {total} Jobs in {create_seconds:.2f} s (bare loop {baseline_seconds:.2f} s, with a "
+                  f"watch {watched_seconds:.2f} s); operator RSS {proc_mib(pid, 'VmRSS'):.1f} MiB", flush=True)
             if args.only_create:  # e.g. to profile this phase alone (LORA_ABLATION_TEST_PYTHON="py-spy record ...")
                 cluster.stop_operator()
                 server.stop()
@@ -170,6 +172,8 @@ def scale_run(args: argparse.Namespace) -> None:
                 cluster.finish_job(job["metadata"]["name"])
                 latencies.append(wait(lambda name=name, before=before: succeeded(name) > before, 60,
                                       "a completion in status", poll=0.005))  # fmt: skip
+            print(f"[progress] single completions: p50 {percentile(latencies, .5):.3f} s, p95 "
+                  f"{percentile(latencies, .95):.3f} s", flush=True)  # fmt: skip
             finished = {j["metadata"]["name"] for j in sample}
             rest = [j for j in jobs if j["metadata"]["name"] not in finished]
             burst_started = time.perf_counter()
