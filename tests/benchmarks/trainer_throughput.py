@@ -43,7 +43,7 @@ def lora_model(model_dir: Path, device: torch.device, dtype: torch.dtype):
 
 
 def ours(model_dir, features, steps, device, dtype, pad_id, packing: bool) -> float:
-    from lora_ablation_trainer.data import pack
+    from lora_ablation_trainer.packing import pack
 
     model = lora_model(model_dir, device, dtype)
     batch, accumulation = (8, 1) if packing else (2, 4)

@@ -120,24 +120,6 @@ def encode(example: Example, tokenizer: Any, max_length: int) -> dict[str, list[
     return {"input_ids": input_ids, "labels": labels}
 
 
-def pack(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
-    """Concatenate examples into sequences of up to max_length tokens (fewer pad tokens, faster steps).
-
-    Examples are never split across sequences; each keeps its own label mask.
-    """
-    packed: list[dict[str, list[int]]] = []
-    current: dict[str, list[int]] = {"input_ids": [], "labels": []}
-    for feature in features:
-        if current["input_ids"] and len(current["input_ids"]) + len(feature["input_ids"]) > max_length:
-            packed.append(current)
-            current = {"input_ids": [], "labels": []}
-        current["input_ids"] = current["input_ids"] + feature["input_ids"]
-        current["labels"] = current["labels"] + feature["labels"]
-    if current["input_ids"]:
-        packed.append(current)
-    return packed
-
-
 def micro_batch_order(n_features: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Deterministic shuffled micro-batches for one epoch: a resumed run sees the same order."""
     indices = list(range(n_features))
@@ -146,11 +128,17 @@ def micro_batch_order(n_features: int, batch_size: int, seed: int, epoch: int) -
 
 
 def collate(features: list[dict[str, list[int]]], pad_id: int, left_pad: bool = False) -> dict[str, Any]:
-    """Pad to the longest sequence; returns torch tensors (imported here: data parsing needs no torch)."""
+    """Pad to the longest sequence; returns torch tensors (imported here: data parsing needs no torch).
+
+    Packed rows (they carry position_ids) get position ids and no attention mask: that is how transformers
+    recognises packed examples and keeps each one's attention to itself. Their padding is one more
+    example of its own, with restarting positions and ignored labels.
+    """
     import torch
 
     longest = max(len(f["input_ids"]) for f in features)
-    ids, labels, mask = [], [], []
+    packed = "position_ids" in features[0]
+    ids, labels, mask, positions = [], [], [], []
     for feature in features:
         pad = longest - len(feature["input_ids"])
         pad_ids, pad_labels, pad_mask = [pad_id] * pad, [IGNORE_INDEX] * pad, [0] * pad
@@ -163,11 +151,14 @@ def collate(features: list[dict[str, list[int]]], pad_id: int, left_pad: bool = 
             ids.append(feature["input_ids"] + pad_ids)
             labels.append(feature.get("labels", feature["input_ids"]) + pad_labels)
             mask.append(body_mask + pad_mask)
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "attention_mask": torch.tensor(mask, dtype=torch.long),
-    }
+            if packed:
+                positions.append(feature["position_ids"] + list(range(pad)))
+    batch = {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+    if packed:
+        batch["position_ids"] = torch.tensor(positions, dtype=torch.long)
+    else:
+        batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
+    return batch
 
 
 def iterate_micro_batches(

@@ -15,10 +15,11 @@ import torch
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
 from lora_ablation_trainer import adapters
-from lora_ablation_trainer.data import chat_template_problem, encode, load_examples, pack
+from lora_ablation_trainer.data import chat_template_problem, encode, load_examples
 from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
+from lora_ablation_trainer.packing import pack
 from lora_ablation_trainer.sources import fetch_file, fetch_model
 from lora_ablation_trainer.train import Distributed, train_adapter
 
