@@ -9,6 +9,8 @@ position ids; `require_isolation` measures this on the trial's own model before 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 from lora_ablation_trainer.data import IGNORE_INDEX
@@ -40,7 +42,7 @@ def unpack(feature: dict[str, list[int]]) -> list[dict[str, list[int]]]:
     """The examples inside one packed row, cut where the position ids restart."""
     starts = [i for i, p in enumerate(feature["position_ids"]) if p == 0] + [len(feature["input_ids"])]
     return [
-        {"input_ids": feature["input_ids"][a:b], "labels": feature["labels"][a:b]} for a, b in zip(starts, starts[1:])
+        {"input_ids": feature["input_ids"][a:b], "labels": feature["labels"][a:b]} for a, b in pairwise(starts)
     ]
 
 
