@@ -44,7 +44,8 @@ def test_pack_restarts_positions_and_masks_each_first_token():
 
 
 def test_packed_rows_collate_without_a_mask_and_pad_as_their_own_segment():
-    rows = [*pack([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}], 8), {"input_ids": [5], "labels": [5], "position_ids": [0]}]
+    short = {"input_ids": [5], "labels": [5], "position_ids": [0]}
+    rows = [*pack([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}], 8), short]
     batch = collate(rows, pad_id=0)
     assert "attention_mask" not in batch
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]

@@ -41,9 +41,7 @@ def pack(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str
 def unpack(feature: dict[str, list[int]]) -> list[dict[str, list[int]]]:
     """The examples inside one packed row, cut where the position ids restart."""
     starts = [i for i, p in enumerate(feature["position_ids"]) if p == 0] + [len(feature["input_ids"])]
-    return [
-        {"input_ids": feature["input_ids"][a:b], "labels": feature["labels"][a:b]} for a, b in pairwise(starts)
-    ]
+    return [{"input_ids": feature["input_ids"][a:b], "labels": feature["labels"][a:b]} for a, b in pairwise(starts)]
 
 
 @torch.no_grad()
