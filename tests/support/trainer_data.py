@@ -79,3 +79,15 @@ def trial_spec(model_dir: Path, train: Path, eval_: Path, storage: str, **overri
         raw["modules"], raw["rank"], raw["alpha"] = [], 0, 0
     assert not overrides, overrides
     return TrialSpec.model_validate(raw)
+
+
+def long_records(n: int, seed: int, words: int) -> list[dict]:
+    """Long documents: the cue sits at the very start, `words` filler options later comes the question, so
+    the answer needs attention across the whole document (the seed study's GovReport-length inputs)."""
+    rng = random.Random(seed)
+    records = []
+    for record in choice_records(n, seed):
+        head, options = record["prompt"].split(" options ")
+        filler = " ".join(f"{rng.choice('ABCD')}={rng.choice(LETTERS)}" for _ in range(words))
+        records.append({"prompt": f"{head} {filler} options {options}", "completion": record["completion"]})
+    return records

@@ -51,9 +51,9 @@ def load_tokenizer(model_dir: Path):
 
 
 def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
-    """sdpa attention on GPU, the same implementation for base and adapter timing."""
-    attention = "sdpa" if device.type == "cuda" else "eager"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
+    """Transformers' default attention: sdpa where the architecture has it (memory linear in length, which long
+    documents need, on CPU too), eager otherwise; one implementation for base and adapter timing alike."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     model.to(device)
     model.config.use_cache = True
     return model
@@ -76,6 +76,12 @@ def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module)
 
 
 def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> PeftModel:
+    if spec.training.gradient_checkpointing:
+        # Non-reentrant: gradients reach the adapters though the frozen embeddings' outputs need no grad.
+        if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5 on
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(spec.training.seed)  # the same initial A matrices on every retry
     peft_model = get_peft_model(model, lora_config(spec, resolution, model))
     wrapped = sorted(peft_model.targeted_module_names)

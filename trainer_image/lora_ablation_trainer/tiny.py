@@ -37,7 +37,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTo
     return fast
 
 
-def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4) -> PretrainedConfig:
+def tiny_config(
+    family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, positions: int = 1024
+) -> PretrainedConfig:
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=vocab_size)
     if family in {"llama", "phi3", "qwen2", "mistral"}:
         return AutoConfig.for_model(
@@ -47,7 +49,7 @@ def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2,
             num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=max(1, heads // 2),
-            max_position_embeddings=1024,
+            max_position_embeddings=positions,
             tie_word_embeddings=False,
             **ids,
         )
@@ -58,11 +60,11 @@ def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2,
             intermediate_size=hidden * 4,
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            max_position_embeddings=1024,
+            max_position_embeddings=positions,
             **ids,
         )
     if family == "gpt2":
-        return AutoConfig.for_model(family, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024, **ids)
+        return AutoConfig.for_model(family, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **ids)
     raise ValueError(f"no tiny config for {family!r}; expected llama, phi3, qwen2, mistral, gpt_neox or gpt2")
 
 
@@ -74,12 +76,13 @@ def build_tiny_model(
     hidden: int = 64,
     layers: int = 2,
     seed: int = 0,
+    positions: int = 1024,
 ) -> Path:
     """Train a tokenizer on `texts`, initialise a tiny model of `family`, save both to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(texts, vocab_size)
-    config = tiny_config(family, len(tokenizer), hidden=hidden, layers=layers)
+    config = tiny_config(family, len(tokenizer), hidden=hidden, layers=layers, positions=positions)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
