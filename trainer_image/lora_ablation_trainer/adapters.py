@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.optimizers import create_loraplus_optimizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
@@ -50,11 +50,38 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
+def quantization_config(quantization: str, dtype: torch.dtype):
+    """bitsandbytes' 4-bit NormalFloat with double quantization (the QLoRA recipe), computing in `dtype`."""
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401  (transformers imports it lazily; fail here with a clear message)
+    except ImportError:
+        raise PermanentTrialError(
+            f"baseModel.quantization {quantization}: bitsandbytes is not installed in the trainer; use the trainer "
+            "image or install the trainer extra (pip install 'lora-ablation-operator[trainer]')"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
     """Transformers' default attention: sdpa where the architecture has it (memory linear in length, which long
     documents need, on CPU too), eager otherwise; one implementation for base and adapter timing alike."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    model.to(device)
+    quantized = quantization_config(quantization, dtype)
+    if quantized is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model.to(device)
+    else:  # quantized weights are placed while loading; they cannot be moved afterwards
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, quantization_config=quantized, device_map={"": device}
+        )
     model.config.use_cache = True
     return model
 
@@ -76,6 +103,9 @@ def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module)
 
 
 def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> PeftModel:
+    if spec.base_model.quantization != "none":
+        # Frozen 4-bit weights: norms and embeddings to float32 for stable training, inputs that carry gradients.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if spec.training.gradient_checkpointing:
         # Non-reentrant: gradients reach the adapters though the frozen embeddings' outputs need no grad.
         if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5 on

@@ -87,8 +87,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def measure(model, tokenizer, spec: LatencySpec, device: torch.device, has_adapter: bool) -> LatencyMetrics:
-    """Time the base model (adapter disabled) and, when present, the unmerged adapter."""
+def measure(
+    model, tokenizer, spec: LatencySpec, device: torch.device, has_adapter: bool, weights: str | None = None
+) -> LatencyMetrics:
+    """Time the base model (adapter disabled) and, when present, the unmerged adapter.
+
+    `weights` names how the base weights are stored when the first parameter's dtype would not (a 4-bit base)."""
     model.eval()
     prompt = fixed_prompt(tokenizer, spec.prompt_tokens, spec.batch_size).to(device)
     pad_id = tokenizer.pad_token_id
@@ -107,7 +111,7 @@ def measure(model, tokenizer, spec: LatencySpec, device: torch.device, has_adapt
     overhead = round((adapter.tpot_p95_ms / base.tpot_p95_ms - 1) * 100, 3) if adapter and base.tpot_p95_ms else None
     return LatencyMetrics(
         device=device_name(device),
-        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        dtype=weights or str(next(model.parameters()).dtype).replace("torch.", ""),
         prompt_tokens=spec.prompt_tokens,
         output_tokens=spec.output_tokens,
         batch_size=spec.batch_size,

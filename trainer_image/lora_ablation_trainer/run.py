@@ -66,6 +66,13 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
+def _weights_label(spec: TrialSpec, dtype: torch.dtype) -> str | None:
+    """'nf4 (compute bfloat16)' for a quantized base; None lets the timing read the dtype off the weights."""
+    if spec.base_model.quantization == "none":
+        return None
+    return f"{spec.base_model.quantization} (compute {str(dtype).replace('torch.', '')})"
+
+
 def run_trial(
     spec: TrialSpec,
     workdir: Path | None = None,
@@ -111,7 +118,8 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     device = adapters.pick_device()
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank)
-    model = adapters.load_model(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
+    dtype = adapters.pick_dtype(spec.base_model.dtype, device)
+    model = adapters.load_model(model_dir, dtype, device, spec.base_model.quantization)
     train_metrics, targeted, targeted_params = None, [], []
     if resolution is not None:
         model = adapters.attach_adapter(spec, resolution, model)
@@ -136,7 +144,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
     latency = (
-        measure(model, tokenizer, spec.latency, device, has_adapter=resolution is not None)
+        measure(model, tokenizer, spec.latency, device, resolution is not None, _weights_label(spec, dtype))
         if spec.latency.enabled
         else None
     )

@@ -53,6 +53,11 @@ class Variant(str, Enum):
     loraplus = "loraplus"
 
 
+class Quantization(str, Enum):
+    none = "none"
+    nf4 = "nf4"
+
+
 class SecretKeyRef(ApiModel):
     name: ObjectName = Field(description="Name of a Secret in the LoraAblation's namespace.")
     key: SecretKey = Field(description="Key inside the Secret whose value is used.")
@@ -84,6 +89,12 @@ class BaseModelSpec(ApiModel):
         description="Weights dtype for training and inference: auto (bfloat16 on GPU, float32 on CPU), "
         "bfloat16, float16 or float32.",
         json_schema_extra={"enum": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    quantization: Quantization = Field(
+        Quantization.none,
+        description="Load the frozen base weights quantized: none, or nf4 (4-bit NormalFloat through bitsandbytes, "
+        "QLoRA: about a quarter of the weight memory; adapters stay ordinary PEFT adapters trained in dtype). Every "
+        "trial of the ablation, the baseline included, is trained, evaluated and timed on the quantized base.",
     )
 
     @field_validator("uri")
