@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.optimizers import create_loraplus_optimizer
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
 from lora_ablation.api.trial import TrialSpec
 from lora_ablation.modules.inventory import ModuleResolutionError, Resolution, resolve_module_set
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.module_tree import tree_inventory
+from lora_ablation_trainer.vision import Vision, is_vision_language
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,28 @@ def quantization_config(quantization: str, dtype: torch.dtype):
     )
 
 
+def load_vision(model_dir: Path) -> Vision | None:
+    """A vision-language model's processor (it renders chat records with images), or None for a text model."""
+    if not is_vision_language(model_dir):
+        return None
+    from transformers import AutoProcessor
+
+    try:
+        return Vision(AutoProcessor.from_pretrained(model_dir))
+    except (OSError, ValueError) as error:
+        raise PermanentTrialError(f"the vision-language base model has no usable processor ({error})") from None
+
+
 def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
     """Transformers' default attention: sdpa where the architecture has it (memory linear in length, which long
     documents need, on CPU too), eager otherwise; one implementation for base and adapter timing alike."""
     quantized = quantization_config(quantization, dtype)
+    auto = AutoModelForImageTextToText if is_vision_language(model_dir) else AutoModelForCausalLM
     if quantized is None:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = auto.from_pretrained(model_dir, dtype=dtype)
         model.to(device)
     else:  # quantized weights are placed while loading; they cannot be moved afterwards
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, quantization_config=quantized, device_map={"": device}
-        )
+        model = auto.from_pretrained(model_dir, dtype=dtype, quantization_config=quantized, device_map={"": device})
     model.config.use_cache = True
     return model
 

@@ -32,7 +32,7 @@ def _keeps_some_logits(model) -> bool:
 
 
 @torch.inference_mode()
-def completion_loss(model, tokenizer, examples: list[Example], max_length: int, device) -> float:
+def completion_loss(model, tokenizer, examples: list[Example], max_length: int, device, vision=None) -> float:
     """Mean cross-entropy per completion token (prompt tokens excluded), pooled over the whole split.
 
     Logits are computed only from the first completion token on: for a long document and a large
@@ -40,7 +40,7 @@ def completion_loss(model, tokenizer, examples: list[Example], max_length: int, 
     """
     model.eval()
     total, count = 0.0, 0
-    features = [encode(e, tokenizer, max_length) for e in examples]
+    features = [vision.encode(e, max_length) if vision else encode(e, tokenizer, max_length) for e in examples]
     trim = _keeps_some_logits(model)
     for indices in token_batches([len(f["input_ids"]) for f in features]):
         chosen = [features[i] for i in indices]
@@ -49,7 +49,8 @@ def completion_loss(model, tokenizer, examples: list[Example], max_length: int, 
         first = min(next((i for i, x in enumerate(f["labels"]) if x != IGNORE_INDEX), width) for f in chosen)
         keep = max(width - first + 1, 2) if trim else 0  # 0 keeps all; +1: the token before predicts the first
         extra = {"logits_to_keep": keep} if trim else {}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits.float()
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # ids, mask and any image tensors
+        logits = model(**inputs, **extra).logits.float()
         labels = batch["labels"][:, width - logits.shape[1] :]
         shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(
@@ -72,19 +73,21 @@ def prompt_ids(tokenizer, prompt: str, max_prompt: int) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, device, max_length: int | None = None
-) -> list[str]:
+def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, device, max_length: int | None = None,
+             vision=None) -> list[str]:  # fmt: skip
     """Greedy completions, prompts left-padded so every row generates from its own last token."""
     model.eval()
     max_prompt = max(1, (max_length or 1 << 30) - max_new_tokens)
-    encoded = [prompt_ids(tokenizer, p, max_prompt) for p in prompts]
-    outputs: list[str] = [""] * len(prompts)
-    for indices in token_batches([len(ids) + max_new_tokens for ids in encoded]):
-        batch = collate([{"input_ids": encoded[i]} for i in indices], tokenizer.pad_token_id, left_pad=True)
+    if vision:  # image tokens cannot be cut: a prompt too long for them is a data error
+        features = [vision.prompt_feature(e, max_prompt) for e in examples]
+    else:
+        features = [{"input_ids": prompt_ids(tokenizer, e.prompt, max_prompt)} for e in examples]
+    outputs: list[str] = [""] * len(examples)
+    for indices in token_batches([len(f["input_ids"]) + max_new_tokens for f in features]):
+        batch = collate([features[i] for i in indices], tokenizer.pad_token_id, left_pad=True)
+        batch.pop("labels")
         generated = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
+            **{k: v.to(device) for k, v in batch.items()},
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
@@ -96,11 +99,12 @@ def generate(
     return outputs
 
 
-def evaluate(model, tokenizer, examples: list[Example], metric: str, max_length: int, device) -> EvalMetrics:
-    loss = completion_loss(model, tokenizer, examples, max_length, device)
+def evaluate(
+    model, tokenizer, examples: list[Example], metric: str, max_length: int, device, vision=None
+) -> EvalMetrics:
+    loss = completion_loss(model, tokenizer, examples, max_length, device, vision)
     if metric in GENERATION_METRICS:
-        prompts = [e.prompt for e in examples]
-        predictions = generate(model, tokenizer, prompts, max_new_tokens_hint(metric), device, max_length)
+        predictions = generate(model, tokenizer, examples, max_new_tokens_hint(metric), device, max_length, vision)
         result = compute_metric(metric, [p.strip() for p in predictions], [e.completion for e in examples])
     else:
         result = eval_loss_metric(loss, len(examples))

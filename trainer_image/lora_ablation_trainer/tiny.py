@@ -88,3 +88,39 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# Chat content may be a string or a list of {type: text|image} parts; images render as the model's image token.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def build_tiny_vlm(out_dir: str | Path, texts: Iterable[str], image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny LLaVA (CLIP vision tower, projector, llama language model) and its processor, saved like a hub
+    checkpoint: AutoModelForImageTextToText and AutoProcessor load it offline."""
+    from transformers import AutoModelForImageTextToText, CLIPImageProcessor, LlavaProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    text = tiny_config("llama", len(tokenizer))
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=image_size, patch_size=16)  # fmt: skip
+    config = AutoConfig.for_model("llava", text_config=text.to_dict(), vision_config=vision,
+                                  image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                                  vision_feature_layer=-1)  # fmt: skip
+    torch.manual_seed(seed)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(out)
+    images = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=16,
+                               vision_feature_select_strategy="full", chat_template=VLM_CHAT_TEMPLATE)  # fmt: skip
+    processor.save_pretrained(out)
+    return out
