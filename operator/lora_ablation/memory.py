@@ -15,7 +15,8 @@ The estimate is per GPU (data parallel keeps a full copy on each) at the peak of
   saved-tensor hooks see on a llama model: 6-12% over for 2 to 7 adapted modules per layer. With
   gradient checkpointing only each layer's input (hidden values) plus one layer recomputed at a time;
 - logits: per token, vocabulary x (the logits, their float32 copy for the loss, its log-softmax and
-  gradient), 14 bytes in 16-bit compute, 12 in float32; often the largest term for long sequences;
+  gradient), 14 bytes in 16-bit compute, 12 in float32; an upper bound (every token scored, as in the
+  text format): the trainer computes logits only where a completion token is scored;
 - overhead: 1 GiB (CUDA context, kernels) plus 10% for allocator fragmentation.
 """
 

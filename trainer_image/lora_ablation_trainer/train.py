@@ -19,6 +19,7 @@ from lora_ablation.api.trial import TrainMetrics
 from lora_ablation.store import Store
 from lora_ablation_trainer.data import collate, iterate_micro_batches
 from lora_ablation_trainer.errors import PermanentTrialError
+from lora_ablation_trainer.loss import completion_loss, keeps_scored_logits
 from lora_ablation_trainer.packing import require_isolation
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def train_adapter(
     )
     if training.packing:
         require_isolation(model, device)
+    trimmed = keeps_scored_logits(model, device)  # logits only where a label is scored
     model.train()
     while state.step < steps:
         started = time.perf_counter()
@@ -165,7 +167,8 @@ def train_adapter(
             step_tokens += sum(len(f["input_ids"]) for f in chosen)  # real tokens, not padding
             batch = {key: value.to(device) for key, value in collate(chosen, pad_id).items()}
             with autocast:  # no KV cache: with one, transformers would not read packed rows as separate examples
-                loss = model(**batch, use_cache=False).loss / training.gradient_accumulation
+                loss = completion_loss(model, batch) if trimmed else model(**batch, use_cache=False).loss
+                loss = loss / training.gradient_accumulation
             loss.backward()
             loss_sum += loss.detach().float()
         _sync_gradients(model, dist)
