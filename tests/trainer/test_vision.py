@@ -82,6 +82,20 @@ def test_an_image_text_trial_trains_only_the_language_model_and_times_with_an_im
     assert result.latency.prompt_tokens == 12 and result.latency.adapter.ttft_p50_ms > 0
 
 
+def test_a_gemma3_trial_trains_with_its_token_type_ids(image_data, tmp_path):
+    """Gemma 3 needs token type ids (image tokens attend bidirectionally) padded like the input ids."""
+    from lora_ablation_trainer.tiny import build_tiny_vlm
+
+    gemma3 = build_tiny_vlm(tmp_path / "gemma3", [*corpus(), QUESTION], family="gemma3")
+    latency = {"promptTokens": 12, "outputTokens": 3, "repeats": 1}
+    spec = trial_spec(gemma3, image_data["train"], image_data["eval"], f"file://{tmp_path}/out", format="chat",
+                      training={"maxSteps": 6}, latency=latency)  # fmt: skip
+    result = run_trial(spec)
+    assert result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.eval.samples == 8 and result.latency.adapter.tpot_p50_ms > 0
+    assert all(name.startswith("model.language_model.layers.") for name in result.targeted_module_names)
+
+
 def test_the_vision_tower_and_projector_stay_frozen(vlm, tmp_path):
     from transformers import AutoModelForImageTextToText
 
