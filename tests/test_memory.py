@@ -70,6 +70,13 @@ def test_unknown_gpu_memory_says_which_field_to_set():
         "GPU memory unknown: set execution.resources.gpuMemory (e.g. 24Gi) to check that trials fit",
     )
     assert parse_quantity("80G") == 80 * 10**9 and parse_quantity("512Mi") == 512 * 1024**2
+    assert parse_quantity("8e10") == 8 * 10**10 and parse_quantity("+1.5Gi") == 3 * 2**29
+    # The CRD's quantity pattern admits odd values; they make the memory unknown, never an error.
+    for odd in ("500m", "7", "1e-3"):
+        assert gpu_memory(odd, None) == (
+            None,
+            f"execution.resources.gpuMemory {odd} is not a GPU memory size such as 24Gi",
+        )
 
 
 def test_a_trial_that_cannot_fit_is_named_with_what_to_change():

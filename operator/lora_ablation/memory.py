@@ -53,9 +53,9 @@ GPU_MEMORY_GIB: list[tuple[str, float]] = [
 ]  # fmt: skip
 GPU_LABELS = ("nvidia.com/gpu.product", "cloud.google.com/gke-accelerator", "node.kubernetes.io/instance-type")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # NVIDIA GPU feature discovery: MiB per GPU
-_QUANTITY = re.compile(r"^([0-9.]+)([KMGTP]i?|[kmgtp]|)$")
-_UNITS = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
-_UNITS.update({f"{u}i": 1024 ** (i + 1) for i, u in enumerate("KMGTP")})
+_QUANTITY = re.compile(r"^\+?([0-9]*\.?[0-9]+)(?:([eE][+-]?[0-9]+)|([KMGTPE]i|[numkMGTPE])?)$")
+_UNITS = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_UNITS.update({f"{u}i": 1024 ** (i + 1) for i, u in enumerate("KMGTPE")})
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,24 @@ def estimate_trial_memory(
 
 
 def parse_quantity(value: str) -> int:
-    """A Kubernetes quantity ('24Gi', '80G', '81920Mi') in bytes."""
+    """A Kubernetes quantity ('24Gi', '80G', '81920Mi', '8e10') in bytes."""
     match = _QUANTITY.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a Kubernetes quantity such as 24Gi or 80G")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    number, exponent, suffix = match.groups()
+    return int(float(number + (exponent or "")) * (_UNITS[suffix] if suffix else 1))
 
 
 def gpu_memory(gpu_memory_field: str | None, node_selector: Mapping[str, str] | None) -> tuple[int | None, str]:
     """Bytes of memory per GPU and where that figure came from, or (None, why it is unknown)."""
     if gpu_memory_field:
-        return parse_quantity(gpu_memory_field), f"execution.resources.gpuMemory {gpu_memory_field}"
+        try:
+            found = parse_quantity(gpu_memory_field)
+        except ValueError:
+            found = 0
+        if found < 2**20:  # the CRD admits any quantity; a GPU has at least a MiB
+            return None, f"execution.resources.gpuMemory {gpu_memory_field} is not a GPU memory size such as 24Gi"
+        return found, f"execution.resources.gpuMemory {gpu_memory_field}"
     selector = dict(node_selector or {})
     if selector.get(GPU_MEMORY_LABEL, "").isdigit():
         mib = int(selector[GPU_MEMORY_LABEL])
