@@ -91,6 +91,7 @@ def test_gradient_checkpointing_changes_memory_not_the_gradients(tiny_models, ch
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.slow
 def test_an_8k_token_trial_trains_evaluates_and_times(long_model, long_data, tmp_path):
     from lora_ablation_trainer.run import run_trial
 
