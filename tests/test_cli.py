@@ -41,7 +41,7 @@ def test_plan_table_is_readable():
     result = run("plan", "examples/quickstart.yaml")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"]
+    assert lines[0].split() == ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS", "MEMORY"]
     assert "12 trials for default/quickstart" in result.stdout
 
 

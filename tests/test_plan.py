@@ -78,6 +78,16 @@ def test_unrelated_edits_keep_names_and_real_changes_rename():
     assert renamed[1] != names[1]
 
 
+def test_a_4_bit_base_renames_every_trial_and_none_renames_nothing():
+    manifest = minimal_manifest(search={"moduleSets": [["o_proj"]]})
+    names = _plan(manifest).names
+    manifest["spec"]["baseModel"]["quantization"] = "none"
+    assert _plan(manifest).names == names  # results from before the field existed stay valid
+    manifest["spec"]["baseModel"]["quantization"] = "nf4"
+    quantized = _plan(manifest).names
+    assert not set(quantized) & set(names), "the baseline, too, is scored and timed on the 4-bit base"
+
+
 def test_adding_a_module_set_keeps_existing_trials():
     manifest = minimal_manifest(search={"moduleSets": [["o_proj"]]})
     before = set(_plan(manifest).names)

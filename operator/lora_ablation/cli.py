@@ -13,6 +13,7 @@ from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
 from lora_ablation.manifest import load_ablation, read_manifest
+from lora_ablation.memory import GIB, MemoryReport, plan_memory
 from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
@@ -99,7 +100,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     meta = ablation.metadata
     given = (_read_config_file(args.model_config, "--model-config"), args.model_config) if args.model_config else None
     try:
-        plan, source_note = _planned(ablation, given)
+        plan, source_note, memory = _planned(ablation, given)
     except SpecError as error:
         raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     if args.output == "json":
@@ -119,10 +120,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "targetModules": t.spec.target_modules,
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
+                    "estimatedMemoryBytes": memory.estimates[t.name].total if t.name in memory.estimates else None,
                     "resultsUri": t.spec.storage.uri,
                 }
                 for t in plan.trials
             ],
+            "gpuMemoryBytes": memory.gpu_bytes,
+            "memoryWarnings": memory.warnings,
         }
         print(json.dumps(out, indent=2))
         return 0
@@ -135,18 +139,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
             t.spec.variant,
             human_count(t.estimated_params, missing="?"),
             _target_count(t),
+            f"{memory.estimates[t.name].total / GIB:.1f}Gi" if t.name in memory.estimates else "?",
         ]
         for t in plan.trials
     ]
-    print(text_table(["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"], rows))
+    header = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS", "MEMORY"]
+    print(text_table(header, rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
+    for line in memory.lines():
+        print(line)
     return 0
 
 
 def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
     """Plan an ablation, resolving modules when the model's config.json is readable from here."""
     spec, meta = ablation.spec, ablation.metadata
-    inventory, source_note = None, ""
+    inventory, source_note, config = None, "", {}
     try:
         if given:  # plan --model-config FILE
             config, where = given
@@ -163,9 +171,11 @@ def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
     except (ModelConfigUnavailable, UnsupportedModel) as error:
         source_note = f"modules not resolved ({error})"
     try:
-        return plan_trials(meta.name, meta.namespace, spec, inventory), source_note
+        plan = plan_trials(meta.name, meta.namespace, spec, inventory)
     except ModuleResolutionError as error:
         raise SpecError([f"spec.search.moduleSets: {error}"]) from None
+    memory = plan_memory(plan, inventory, config, spec.execution) if inventory else MemoryReport({}, None, "", [])
+    return plan, source_note, memory
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -180,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # --store/--endpoint replace spec.storage before planning: every trial, the summary and the plots follow it.
     ablation = with_storage(ablation, args.store, args.endpoint)
     try:
-        plan, _ = _planned(ablation)
+        plan, _, _ = _planned(ablation)
     except SpecError as error:
         raise SpecError([f"{args.file}: {p}" for p in error.problems]) from None
     logs = Path(args.logs) / ablation.metadata.namespace / ablation.metadata.name

@@ -3,6 +3,10 @@ how a trial is handed over and what its exit code means."""
 
 TRIAL_ENV = "LORA_ABLATION_TRIAL"  # TrialSpec JSON for one trial
 PREFLIGHT_ENV = "LORA_ABLATION_PREFLIGHT"  # PreflightSpec JSON for the preflight check
+# Where the trainer writes why it failed (the kubelet copies it into the pod's terminated state, 4 KiB at most);
+# the environment variable overrides the path outside Kubernetes.
+TERMINATION_LOG_ENV = "LORA_ABLATION_TERMINATION_LOG"
+TERMINATION_LOG = "/dev/termination-log"
 
 EXIT_OK = 0
 EXIT_PERMANENT = 42  # bad trial config, module not in model, malformed or missing data: do not retry

@@ -24,6 +24,14 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
+def known_model_config(uri: str, revision: str | None = None) -> dict[str, Any] | None:
+    """config.json of an hf:// model in the built-in table, without any I/O; None for anything else."""
+    repo = uri[len("hf://") :] if uri.startswith("hf://") else None
+    if repo in KNOWN_MODEL_CONFIGS and revision in (None, "main"):
+        return dict(KNOWN_MODEL_CONFIGS[repo])
+    return None
+
+
 def load_model_config(uri: str, revision: str | None = None, endpoint: str | None = None) -> tuple[dict[str, Any], str]:
     """(config.json as a dict, where it came from). Raises ModelConfigUnavailable with the reason."""
     path = _local_path(uri)

@@ -47,8 +47,11 @@ def trial_uri(storage_uri: str, namespace: str, ablation: str, trial: str) -> st
 def _identity(spec: LoraAblationSpec, dataset_index: int, modules: list[str], rank: int, variant: str) -> dict:
     """Everything that changes what a trial computes; editing anything else keeps its name and result."""
     training = spec.training.to_wire() if variant != BASELINE_VARIANT else None
+    model = spec.base_model.model_dump(mode="json", include={"uri", "revision", "dtype"})
+    if spec.base_model.quantization != "none":  # only then: the names of unquantized trials stay as they were
+        model["quantization"] = str(spec.base_model.quantization)
     return {
-        "model": spec.base_model.model_dump(mode="json", include={"uri", "revision", "dtype"}),
+        "model": model,
         "dataset": spec.datasets[dataset_index].model_dump(mode="json"),
         "modules": list(canonical_module_set(modules)),
         "rank": rank,

@@ -25,6 +25,7 @@ SUSPENDED_BY_SPEC = "SuspendedBySpec"
 NOT_SUSPENDED = "NotSuspended"
 STORAGE_UNAVAILABLE = "StorageUnavailable"  # results storage unreachable or access denied (message says which)
 JOB_REJECTED = "JobRejected"  # the API server refused a Job (quota, admission webhook, invalid field)
+MEMORY_ESTIMATE = "MemoryEstimate"  # event: a configuration is estimated not to fit the GPU's memory
 TRIAL_STUCK = "TrialStuck"  # a pod cannot start (image pull, missing Secret, unschedulable)
 
 # Trial states (status.trialStatuses[].state)

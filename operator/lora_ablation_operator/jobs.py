@@ -95,6 +95,8 @@ def _container(spec: LoraAblationSpec, settings: Settings, payload_env: str, pay
         "imagePullPolicy": "IfNotPresent",
         "env": _env(spec, settings, payload_env, payload),
         "resources": {"requests": dict(limits), "limits": limits},  # requests = limits: Guaranteed QoS
+        # The trainer writes why it failed there (a diverged trial names its step); a crash leaves its log tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 

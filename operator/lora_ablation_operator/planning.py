@@ -12,10 +12,13 @@ from lora_ablation.api.base import SpecError
 from lora_ablation.api.resource import MAX_ABLATION_NAME
 from lora_ablation.api.resource import parse_spec as parse_raw_spec
 from lora_ablation.api.spec import LoraAblationSpec
+from lora_ablation.memory import offline_memory_warnings
 from lora_ablation.plan import Plan, plan_trials
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.policy import violations
 from lora_ablation_operator.settings import Settings
+
+MAX_WARNINGS = 20  # status.warnings holds at most this many
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Planned:
     plan: Plan | None = None
     problem: str | None = None
     reason: str = c.INVALID_SPEC  # Forbidden when the admin policy refuses the spec
+    warnings: tuple[str, ...] = ()  # e.g. trials estimated not to fit the GPU's memory
 
 
 def _file_uris(spec: LoraAblationSpec) -> list[str]:
@@ -57,7 +61,8 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
     if settings.default_storage_endpoint and not spec.storage.endpoint:
         spec.storage.endpoint = settings.default_storage_endpoint
     try:
-        return Planned(spec, plan_trials(name, namespace, spec))
+        plan = plan_trials(name, namespace, spec)
+        return Planned(spec, plan, warnings=tuple(offline_memory_warnings(spec, plan)[:MAX_WARNINGS]))
     except ValueError as error:  # a combination no single field check refuses: report it, never raise
         return Planned(problem=f"spec: the grid cannot be planned: {str(error)[:500]}")
 

@@ -99,8 +99,16 @@ def reconcile(observed: Observed, settings: Settings) -> Decision:
         return _storage_unavailable(observed, observed.storage_problem)
     decision = Decision()
     if settings.preflight and not _preflight_passed(observed, spec, plan, settings, decision):
-        return decision
+        return _with_warnings(observed, planned.warnings, decision)
     _run_trials(observed, spec, plan, settings, decision)
+    return _with_warnings(observed, planned.warnings, decision)
+
+
+def _with_warnings(observed: Observed, warnings: tuple[str, ...], decision: Decision) -> Decision:
+    """Warnings in status (and as events when they change) from the first pass, before any trial Job exists."""
+    decision.status["warnings"] = list(warnings) or None  # None removes stale ones from the status
+    if warnings and list(warnings) != (observed.status.get("warnings") or []):
+        decision.events += [("Warning", c.MEMORY_ESTIMATE, warning) for warning in warnings]
     return decision
 
 

@@ -56,6 +56,7 @@ def test_trial_job_is_valid_and_locked_down():
     assert job["metadata"]["labels"]["lora.ablation.dev/trial"] == trial.name
     assert job["metadata"]["annotations"]["lora.ablation.dev/config"] == "o_proj r16 lora"
     assert container["image"] == "registry.example/trainer:1"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"  # why it failed, in the pod status
     assert container["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1}
 
 

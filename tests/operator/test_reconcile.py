@@ -81,6 +81,22 @@ def test_preflight_comes_first_and_alone():
     assert again.create == []
 
 
+def test_trials_that_cannot_fit_the_gpu_are_warned_about_before_any_trial_job():
+    raw = spec(execution={"parallelism": 2, "resources": {"gpuMemory": "24Gi"}}, training={"maxSeqLength": 8192})
+    decision = reconcile(observed(raw), SETTINGS)
+    assert [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in decision.create] == ["preflight"]
+    warnings = decision.status["warnings"]
+    assert len(warnings) == 2 and warnings[0].startswith("o_proj r16 lora: needs about ")
+    assert "but the GPU has 24 GiB (execution.resources.gpuMemory 24Gi)" in warnings[0]
+    assert [e for e in decision.events if e[1] == c.MEMORY_ESTIMATE] == [("Warning", c.MEMORY_ESTIMATE, w)
+                                                                         for w in warnings]  # fmt: skip
+    # Said once: the next pass keeps the status and sends no event; a roomier GPU clears it.
+    again = reconcile(observed(raw, jobs=decision.create, status=decision.status), SETTINGS)
+    assert again.status["warnings"] == warnings and not [e for e in again.events if e[1] == c.MEMORY_ESTIMATE]
+    raw["execution"]["resources"]["gpuMemory"] = "1000Gi"
+    assert reconcile(observed(raw, status=decision.status), SETTINGS).status["warnings"] is None
+
+
 def test_failed_preflight_ends_the_ablation_with_its_problems():
     raw = spec()
     job, _ = run_preflight(raw)

@@ -79,3 +79,37 @@ def trial_spec(model_dir: Path, train: Path, eval_: Path, storage: str, **overri
         raw["modules"], raw["rank"], raw["alpha"] = [], 0, 0
     assert not overrides, overrides
     return TrialSpec.model_validate(raw)
+
+
+def long_records(n: int, seed: int, words: int) -> list[dict]:
+    """Long documents: the cue sits at the very start, `words` filler options later comes the question, so
+    the answer needs attention across the whole document (the seed study's GovReport-length inputs)."""
+    rng = random.Random(seed)
+    records = []
+    for record in choice_records(n, seed):
+        head, options = record["prompt"].split(" options ")
+        filler = " ".join(f"{rng.choice('ABCD')}={rng.choice(LETTERS)}" for _ in range(words))
+        records.append({"prompt": f"{head} {filler} options {options}", "completion": record["completion"]})
+    return records
+
+
+COLOURS = {"A": (220, 30, 30), "B": (30, 200, 40), "C": (30, 40, 220), "D": (230, 220, 20)}
+
+
+def image_records(n: int, seed: int, folder: Path, relative_to: Path) -> list[dict]:
+    """Image+text chat records: which colour is the picture? Answer A-D; the PNGs are written into `folder` and
+    referenced relative to the dataset file's folder `relative_to` (as a dataset shipped with its images)."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for index in range(n):
+        answer = rng.choice("ABCD")
+        shade = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLOURS[answer])
+        path = folder / f"{seed}-{index}.png"
+        Image.new("RGB", (40 + index % 7, 36), shade).save(path)
+        question = "which colour? options A=red B=green C=blue D=yellow answer"
+        content = [{"type": "image", "image": str(path.relative_to(relative_to))}, {"type": "text", "text": question}]
+        records.append({"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]})
+    return records

@@ -13,7 +13,6 @@ from lora_ablation_trainer.data import (
     iterate_micro_batches,
     load_examples,
     micro_batch_order,
-    pack,
     read_jsonl,
 )
 from lora_ablation_trainer.errors import DataError, PermanentTrialError
@@ -112,14 +111,6 @@ def test_read_jsonl_limit_and_line_numbers(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3}\n')
     records = read_jsonl(path, limit=2)
     assert [(r["a"], r["_line"]) for r in records] == [(1, 1), (2, 3)]
-
-
-def test_pack_keeps_examples_whole_and_masks_intact():
-    features = [{"input_ids": [i] * n, "labels": [IGNORE_INDEX] + [i] * (n - 1)} for i, n in enumerate([3, 4, 5, 2], 1)]
-    packed = pack(features, 8)
-    assert [len(p["input_ids"]) for p in packed] == [7, 7]
-    assert packed[0]["labels"] == [IGNORE_INDEX, 1, 1, IGNORE_INDEX, 2, 2, 2]
-    assert sum(len(p["input_ids"]) for p in packed) == sum(len(f["input_ids"]) for f in features)
 
 
 def test_micro_batch_order_is_deterministic_and_resumable():

@@ -194,9 +194,12 @@ def test_non_finite_loss_ends_the_trial_as_diverged_and_publishes_nothing(poison
     eval_ = write_jsonl(tmp_path / "eval.jsonl", choice_records(8, 6))
     spec = trial_spec(model, train, eval_, f"file://{tmp_path}/out",
                       training={"seed": 42, "checkpointEverySteps": 2}, latency={"repeats": 1})  # fmt: skip
-    done = trainer(spec, tmp_path)
+    termination = tmp_path / "termination-log"
+    done = trainer(spec, tmp_path, env={"LORA_ABLATION_TERMINATION_LOG": str(termination)})
     assert done.returncode == EXIT_PERMANENT, done.stderr[-3000:]
     (line,) = _error_lines(done.stderr)
+    assert termination.read_text().startswith("diverged at step 5 of 30: the training loss is nan")  # in pod status
+    assert termination.read_text().endswith("(exit 42)")
     assert "diverged at step 5 of 30: the training loss is nan; the last finite loss was " in line
     assert "lower training.learningRate (now 0.003)" in line and "no result was published" in line
     out = tmp_path / "out"

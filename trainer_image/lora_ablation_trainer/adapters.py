@@ -6,15 +6,16 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.optimizers import create_loraplus_optimizer
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
 from lora_ablation.api.trial import TrialSpec
 from lora_ablation.modules.inventory import ModuleResolutionError, Resolution, resolve_module_set
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.module_tree import tree_inventory
+from lora_ablation_trainer.vision import Vision, is_vision_language
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,49 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
-    """sdpa attention on GPU, the same implementation for base and adapter timing."""
-    attention = "sdpa" if device.type == "cuda" else "eager"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
-    model.to(device)
+def quantization_config(quantization: str, dtype: torch.dtype):
+    """bitsandbytes' 4-bit NormalFloat with double quantization (the QLoRA recipe), computing in `dtype`."""
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401  (transformers imports it lazily; fail here with a clear message)
+    except ImportError:
+        raise PermanentTrialError(
+            f"baseModel.quantization {quantization}: bitsandbytes is not installed in the trainer; use the trainer "
+            "image or install the trainer extra (pip install 'lora-ablation-operator[trainer]')"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_vision(model_dir: Path) -> Vision | None:
+    """A vision-language model's processor (it renders chat records with images), or None for a text model."""
+    if not is_vision_language(model_dir):
+        return None
+    from transformers import AutoProcessor
+
+    try:
+        return Vision(AutoProcessor.from_pretrained(model_dir))
+    except (OSError, ValueError) as error:
+        raise PermanentTrialError(f"the vision-language base model has no usable processor ({error})") from None
+
+
+def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
+    """Transformers' default attention: sdpa where the architecture has it (memory linear in length, which long
+    documents need, on CPU too), eager otherwise; one implementation for base and adapter timing alike."""
+    quantized = quantization_config(quantization, dtype)
+    auto = AutoModelForImageTextToText if is_vision_language(model_dir) else AutoModelForCausalLM
+    if quantized is None:
+        model = auto.from_pretrained(model_dir, dtype=dtype)
+        model.to(device)
+    else:  # quantized weights are placed while loading; they cannot be moved afterwards
+        model = auto.from_pretrained(model_dir, dtype=dtype, quantization_config=quantized, device_map={"": device})
     model.config.use_cache = True
     return model
 
@@ -76,6 +115,15 @@ def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module)
 
 
 def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> PeftModel:
+    if spec.base_model.quantization != "none":
+        # Frozen 4-bit weights: norms and embeddings to float32 for stable training, inputs that carry gradients.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if spec.training.gradient_checkpointing:
+        # Non-reentrant: gradients reach the adapters though the frozen embeddings' outputs need no grad.
+        if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5 on
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(spec.training.seed)  # the same initial A matrices on every retry
     peft_model = get_peft_model(model, lora_config(spec, resolution, model))
     wrapped = sorted(peft_model.targeted_module_names)

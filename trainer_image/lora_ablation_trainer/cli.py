@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from lora_ablation.api.base import format_validation_error
 from lora_ablation.api.trial import PreflightSpec, TrialSpec
-from lora_ablation.contract import PREFLIGHT_ENV, TRIAL_ENV
+from lora_ablation.contract import PREFLIGHT_ENV, TERMINATION_LOG, TERMINATION_LOG_ENV, TRIAL_ENV
 from lora_ablation_trainer.errors import EXIT_OK, EXIT_PERMANENT, TrialError
 
 log = logging.getLogger("lora_ablation_trainer")
@@ -65,10 +65,21 @@ def main(argv: list[str] | None = None) -> int:
         result = run_maybe_distributed(spec, workdir(args))
     except TrialError as error:
         log.error("%s (exit %d)", error, error.exit_code)
+        write_termination_message(f"{error} (exit {error.exit_code})")
         return error.exit_code
     if result is not None:
         log.info("trial %s: %s %.4f", spec.name, result.eval.metric, result.eval.score)
     return EXIT_OK
+
+
+def write_termination_message(message: str) -> None:
+    """The failure in the pod's status, where the operator and `kubectl describe` read it (a diverged trial's step)."""
+    path = Path(os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG)
+    if os.environ.get(TERMINATION_LOG_ENV) or path.exists():  # outside Kubernetes the default path is absent
+        try:
+            path.write_text(message.encode()[:4000].decode(errors="ignore"))  # the kubelet keeps 4 KiB
+        except OSError as error:
+            log.warning("cannot write the termination message to %s: %s", path, error.strerror or error)
 
 
 def workdir(args: argparse.Namespace) -> Path | None:

@@ -19,6 +19,8 @@ class Example:
     prompt: str
     completion: str
     raw: dict[str, Any] | None = None
+    images: tuple[str, ...] = ()  # image references as the record writes them, in prompt order
+    where: str = ""  # file:line, for messages about this record's images
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -75,6 +77,29 @@ def _render_prompt(messages: list[dict[str, Any]], tokenizer: Any, where: str) -
         raise DataError(f"{where}: the tokenizer's chat template rejects these messages ({error})") from None
 
 
+def _content_images(content: Any, where: str) -> list[str]:
+    """A message's content is a string, or a list of parts {type: text, text} and {type: image, image: ref}
+    (ref: a path relative to the dataset file, s3://, pvc:// or file://); returns the image refs."""
+    if isinstance(content, str):
+        return []
+    if not isinstance(content, list):
+        raise DataError(f"{where} must have string 'role' and 'content' (a string or a list of text and image parts)")
+    images = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        ref = next((part[k] for k in ("image", "path", "url") if isinstance(part.get(k), str)), None)
+        if kind == "image" and ref:
+            images.append(ref)
+            continue
+        raise DataError(
+            f"{where}.content[{index}]: expected {{'type': 'text', 'text': ...}} or {{'type': 'image', 'image': "
+            "'path relative to the dataset file, s3:// or pvc://'}}"
+        )
+    return images
+
+
 def to_example(record: dict[str, Any], fmt: str, where: str, tokenizer: Any) -> Example:
     """One record in `fmt` -> an Example; the message names the file, line and the missing field."""
     if fmt == "prompt-completion":
@@ -85,14 +110,18 @@ def to_example(record: dict[str, Any], fmt: str, where: str, tokenizer: Any) -> 
         messages = record.get("messages")
         if not isinstance(messages, list) or not messages:
             raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+        images: list[str] = []
         for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            if not isinstance(message, dict) or "role" not in message:
                 raise DataError(f"{where}: messages[{index}] must have string 'role' and 'content'")
-        if messages[-1]["role"] != "assistant":
+            images += _content_images(message.get("content"), f"{where}: messages[{index}]")
+        if messages[-1]["role"] != "assistant" or not isinstance(messages[-1]["content"], str):
             raise DataError(
-                f"{where}: the last message must be the assistant's answer (got role {messages[-1]['role']!r})"
+                f"{where}: the last message must be the assistant's answer as a string (got role "
+                f"{messages[-1]['role']!r})"
             )
-        return Example(_render_prompt(messages[:-1], tokenizer, where), messages[-1]["content"], record)
+        prompt = _render_prompt(messages[:-1], tokenizer, where)
+        return Example(prompt, messages[-1]["content"], record, tuple(images), where)
     raise DataError(f"{where}: unknown dataset format {fmt!r}")
 
 
@@ -120,24 +149,6 @@ def encode(example: Example, tokenizer: Any, max_length: int) -> dict[str, list[
     return {"input_ids": input_ids, "labels": labels}
 
 
-def pack(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
-    """Concatenate examples into sequences of up to max_length tokens (fewer pad tokens, faster steps).
-
-    Examples are never split across sequences; each keeps its own label mask.
-    """
-    packed: list[dict[str, list[int]]] = []
-    current: dict[str, list[int]] = {"input_ids": [], "labels": []}
-    for feature in features:
-        if current["input_ids"] and len(current["input_ids"]) + len(feature["input_ids"]) > max_length:
-            packed.append(current)
-            current = {"input_ids": [], "labels": []}
-        current["input_ids"] = current["input_ids"] + feature["input_ids"]
-        current["labels"] = current["labels"] + feature["labels"]
-    if current["input_ids"]:
-        packed.append(current)
-    return packed
-
-
 def micro_batch_order(n_features: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Deterministic shuffled micro-batches for one epoch: a resumed run sees the same order."""
     indices = list(range(n_features))
@@ -146,11 +157,17 @@ def micro_batch_order(n_features: int, batch_size: int, seed: int, epoch: int) -
 
 
 def collate(features: list[dict[str, list[int]]], pad_id: int, left_pad: bool = False) -> dict[str, Any]:
-    """Pad to the longest sequence; returns torch tensors (imported here: data parsing needs no torch)."""
+    """Pad to the longest sequence; returns torch tensors (imported here: data parsing needs no torch).
+
+    Packed rows (they carry position_ids) get position ids and no attention mask: that is how transformers
+    recognises packed examples and keeps each one's attention to itself. Their padding is one more
+    example of its own, with restarting positions and ignored labels.
+    """
     import torch
 
     longest = max(len(f["input_ids"]) for f in features)
-    ids, labels, mask = [], [], []
+    packed = "position_ids" in features[0]
+    ids, labels, mask, positions = [], [], [], []
     for feature in features:
         pad = longest - len(feature["input_ids"])
         pad_ids, pad_labels, pad_mask = [pad_id] * pad, [IGNORE_INDEX] * pad, [0] * pad
@@ -163,11 +180,28 @@ def collate(features: list[dict[str, list[int]]], pad_id: int, left_pad: bool = 
             ids.append(feature["input_ids"] + pad_ids)
             labels.append(feature.get("labels", feature["input_ids"]) + pad_labels)
             mask.append(body_mask + pad_mask)
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "attention_mask": torch.tensor(mask, dtype=torch.long),
-    }
+            if packed:
+                positions.append(feature["position_ids"] + list(range(pad)))
+    batch = {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+    if packed:
+        batch["position_ids"] = torch.tensor(positions, dtype=torch.long)
+    else:
+        batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
+    # Image+text records: the processor's image tensors are stacked image after image (a record's images are
+    # in its prompt order, so the model pairs them with the image tokens in row order); its per-token
+    # tensors (token type ids) are padded like input_ids.
+    for key in sorted({k for f in features for k in f.get("vision", {})}):
+        batch[key] = torch.cat([f["vision"][key] for f in features if key in f.get("vision", {})])
+    for key in sorted({k for f in features for k in f.get("per_token", {})}):
+        rows = []
+        for feature in features:
+            values, pad = (
+                feature.get("per_token", {}).get(key, [0] * len(feature["input_ids"])),
+                [0] * (longest - len(feature["input_ids"])),
+            )
+            rows.append(pad + values if left_pad else values + pad)
+        batch[key] = torch.tensor(rows, dtype=torch.long)
+    return batch
 
 
 def iterate_micro_batches(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -11,19 +12,47 @@ from lora_ablation_trainer.data import IGNORE_INDEX, Example, collate, encode
 from lora_ablation_trainer.finite import require_finite
 from lora_ablation_trainer.metrics import GENERATION_METRICS, compute_metric, eval_loss_metric, max_new_tokens_hint
 
+TOKEN_BUDGET = 16384  # tokens per eval batch: long documents go a few (or one) at a time, short ones eight
+
+
+def token_batches(lengths: list[int], max_batch: int = 8, budget: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Indices grouped by similar length (little padding), each group's padded size within the budget."""
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < max_batch and (len(batches[-1]) + 1) * lengths[index] <= budget:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def _keeps_some_logits(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
 
 @torch.inference_mode()
-def completion_loss(model, tokenizer, examples: list[Example], max_length: int, device, batch_size: int = 8) -> float:
-    """Mean cross-entropy per completion token (prompt tokens excluded), pooled over the whole split."""
+def completion_loss(model, tokenizer, examples: list[Example], max_length: int, device, vision=None) -> float:
+    """Mean cross-entropy per completion token (prompt tokens excluded), pooled over the whole split.
+
+    Logits are computed only from the first completion token on: for a long document and a large
+    vocabulary, the prompt's logits would be most of the memory (8K tokens x 150K vocabulary = 5 GB).
+    """
     model.eval()
     total, count = 0.0, 0
-    features = [encode(e, tokenizer, max_length) for e in examples]
-    for start in range(0, len(features), batch_size):
-        batch = {
-            k: v.to(device) for k, v in collate(features[start : start + batch_size], tokenizer.pad_token_id).items()
-        }
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        shifted_logits, shifted_labels = logits[:, :-1], batch["labels"][:, 1:]
+    features = [vision.encode(e, max_length) if vision else encode(e, tokenizer, max_length) for e in examples]
+    trim = _keeps_some_logits(model)
+    for indices in token_batches([len(f["input_ids"]) for f in features]):
+        chosen = [features[i] for i in indices]
+        batch = {k: v.to(device) for k, v in collate(chosen, tokenizer.pad_token_id).items()}
+        width = batch["input_ids"].shape[1]
+        first = min(next((i for i, x in enumerate(f["labels"]) if x != IGNORE_INDEX), width) for f in chosen)
+        keep = max(width - first + 1, 2) if trim else 0  # 0 keeps all; +1: the token before predicts the first
+        extra = {"logits_to_keep": keep} if trim else {}
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # ids, mask and any image tensors
+        logits = model(**inputs, **extra).logits.float()
+        labels = batch["labels"][:, width - logits.shape[1] :]
+        shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(
             shifted_logits.reshape(-1, shifted_logits.size(-1)),
             shifted_labels.reshape(-1),
@@ -35,36 +64,47 @@ def completion_loss(model, tokenizer, examples: list[Example], max_length: int, 
     return total / max(count, 1)
 
 
+def prompt_ids(tokenizer, prompt: str, max_prompt: int) -> list[int]:
+    """BOS + the prompt's last tokens: a document longer than training saw is cut from the left, as in encode."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is None:
+        return ids[max(0, len(ids) - max_prompt) :]
+    return [tokenizer.bos_token_id, *ids[max(0, len(ids) - max_prompt + 1) :]]
+
+
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device, batch_size: int = 8) -> list[str]:
+def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, device, max_length: int | None = None,
+             vision=None) -> list[str]:  # fmt: skip
     """Greedy completions, prompts left-padded so every row generates from its own last token."""
     model.eval()
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        features = []
-        for prompt in prompts[start : start + batch_size]:
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if tokenizer.bos_token_id is not None:
-                ids = [tokenizer.bos_token_id, *ids]
-            features.append({"input_ids": ids})
-        batch = collate(features, tokenizer.pad_token_id, left_pad=True)
+    max_prompt = max(1, (max_length or 1 << 30) - max_new_tokens)
+    if vision:  # image tokens cannot be cut: a prompt too long for them is a data error
+        features = [vision.prompt_feature(e, max_prompt) for e in examples]
+    else:
+        features = [{"input_ids": prompt_ids(tokenizer, e.prompt, max_prompt)} for e in examples]
+    outputs: list[str] = [""] * len(examples)
+    for indices in token_batches([len(f["input_ids"]) + max_new_tokens for f in features]):
+        batch = collate([features[i] for i in indices], tokenizer.pad_token_id, left_pad=True)
+        batch.pop("labels")
         generated = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
+            **{k: v.to(device) for k, v in batch.items()},
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+            outputs[index] = text
     return outputs
 
 
-def evaluate(model, tokenizer, examples: list[Example], metric: str, max_length: int, device) -> EvalMetrics:
-    loss = completion_loss(model, tokenizer, examples, max_length, device)
+def evaluate(
+    model, tokenizer, examples: list[Example], metric: str, max_length: int, device, vision=None
+) -> EvalMetrics:
+    loss = completion_loss(model, tokenizer, examples, max_length, device, vision)
     if metric in GENERATION_METRICS:
-        predictions = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens_hint(metric), device)
+        predictions = generate(model, tokenizer, examples, max_new_tokens_hint(metric), device, max_length, vision)
         result = compute_metric(metric, [p.strip() for p in predictions], [e.completion for e in examples])
     else:
         result = eval_loss_metric(loss, len(examples))

@@ -36,10 +36,14 @@ class _Clock(BaseStreamer):
         pass
 
 
+def ordinary_ids(tokenizer) -> list[int]:
+    special = set(tokenizer.all_special_ids)
+    return [i for i in range(len(tokenizer)) if i not in special]
+
+
 def fixed_prompt(tokenizer, length: int, batch_size: int) -> torch.Tensor:
     """The same deterministic non-special token ids for every configuration."""
-    special = set(tokenizer.all_special_ids)
-    ordinary = [i for i in range(len(tokenizer)) if i not in special]
+    ordinary = ordinary_ids(tokenizer)
     ids = [ordinary[(7 * i + 3) % len(ordinary)] for i in range(length)]
     return torch.tensor([ids] * batch_size, dtype=torch.long)
 
@@ -52,12 +56,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @torch.inference_mode()
-def _one_run(model, prompt: torch.Tensor, new_tokens: int, pad_id: int) -> tuple[float, float]:
+def _one_run(
+    model, prompt: torch.Tensor | dict[str, torch.Tensor], new_tokens: int, pad_id: int
+) -> tuple[float, float]:
+    """`prompt`: token ids, or every input a vision-language model takes (ids, mask, image tensors)."""
+    inputs = prompt if isinstance(prompt, dict) else {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
+    prompt = inputs["input_ids"]
     clock = _Clock(prompt.device)
     start = time.perf_counter()
     output = model.generate(
-        input_ids=prompt,
-        attention_mask=torch.ones_like(prompt),
+        **inputs,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,  # EOS is suppressed until N tokens exist: every run does the same work
         do_sample=False,
@@ -87,10 +95,26 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def measure(model, tokenizer, spec: LatencySpec, device: torch.device, has_adapter: bool) -> LatencyMetrics:
-    """Time the base model (adapter disabled) and, when present, the unmerged adapter."""
+def measure(
+    model,
+    tokenizer,
+    spec: LatencySpec,
+    device: torch.device,
+    has_adapter: bool,
+    weights: str | None = None,
+    vision=None,
+) -> LatencyMetrics:
+    """Time the base model (adapter disabled) and, when present, the unmerged adapter.
+
+    `weights` names how the base weights are stored when the first parameter's dtype would not (a 4-bit base).
+    A vision-language model is timed with one image in the prompt (its image tokens count toward promptTokens)."""
     model.eval()
-    prompt = fixed_prompt(tokenizer, spec.prompt_tokens, spec.batch_size).to(device)
+    if vision:
+        inputs = vision.latency_inputs(spec.prompt_tokens, spec.batch_size, ordinary_ids(tokenizer))
+        prompt = {k: v.to(device) for k, v in inputs.items()}
+    else:
+        prompt = fixed_prompt(tokenizer, spec.prompt_tokens, spec.batch_size).to(device)
+    prompt_tokens = (prompt["input_ids"] if vision else prompt).shape[1]
     pad_id = tokenizer.pad_token_id
     variants = {"base": model.disable_adapter if has_adapter else contextlib.nullcontext}
     if has_adapter:
@@ -107,8 +131,8 @@ def measure(model, tokenizer, spec: LatencySpec, device: torch.device, has_adapt
     overhead = round((adapter.tpot_p95_ms / base.tpot_p95_ms - 1) * 100, 3) if adapter and base.tpot_p95_ms else None
     return LatencyMetrics(
         device=device_name(device),
-        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-        prompt_tokens=spec.prompt_tokens,
+        dtype=weights or str(next(model.parameters()).dtype).replace("torch.", ""),
+        prompt_tokens=prompt_tokens,
         output_tokens=spec.output_tokens,
         batch_size=spec.batch_size,
         repeats=spec.repeats,

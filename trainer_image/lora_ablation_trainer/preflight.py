@@ -12,7 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from transformers import AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer
 
 from lora_ablation.api.trial import PreflightReport, PreflightSpec
 from lora_ablation.modules.groups import module_set_label
@@ -22,6 +22,7 @@ from lora_ablation_trainer.data import chat_template_problem, load_examples
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError, TrialError
 from lora_ablation_trainer.module_tree import tree_inventory
 from lora_ablation_trainer.sources import fetch_file, fetch_model
+from lora_ablation_trainer.vision import image_problems, is_vision_language, with_image_uris
 
 log = logging.getLogger(__name__)
 REPORT = "preflight.json"
@@ -34,6 +35,9 @@ def check(spec: PreflightSpec, workdir: Path) -> PreflightReport:
         model_dir = fetch_model(spec.base_model, workdir, endpoint, region, weights=False)
         inventory = tree_inventory(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        vision = is_vision_language(model_dir)
+        if vision:  # its processor renders chat records with images (the tokenizer's template may not)
+            tokenizer = AutoProcessor.from_pretrained(model_dir)
     except TransientTrialError:
         raise
     except (TrialError, OSError, ValueError) as error:
@@ -54,14 +58,27 @@ def check(spec: PreflightSpec, workdir: Path) -> PreflightReport:
             uri = getattr(dataset, split)
             try:
                 path = fetch_file(uri, workdir, endpoint, region)
-                examples = load_examples(path, dataset.format, parse_with)
+                examples = with_image_uris(load_examples(path, dataset.format, parse_with), uri)
                 report.records[f"{dataset.name}/{split}"] = len(examples)
+                report.problems += _image_problems(examples, vision, index, split, workdir, endpoint, region)
             except TransientTrialError:
                 raise
             except TrialError as error:
                 report.problems.append(f"spec.datasets[{index}].{split}: {error}")
     report.ok = not report.problems
     return report
+
+
+def _image_problems(examples, vision: bool, index: int, split: str, workdir: Path, endpoint, region) -> list[str]:
+    """Every image a record names exists and opens; records with images need a vision-language model."""
+    where = f"spec.datasets[{index}].{split}"
+    with_images = next((e for e in examples if e.images), None)
+    if with_images is None:
+        return []
+    if not vision:
+        return [f"{where}: {with_images.where} has images, but the base model is text-only; use a vision-language "
+                "base model (llava, qwen2-vl, gemma3, ...) or text-only records"]  # fmt: skip
+    return [f"{where}: {problem}" for problem in image_problems(examples, workdir, endpoint, region)]
 
 
 def run_preflight(spec: PreflightSpec, workdir: Path | None = None) -> PreflightReport:

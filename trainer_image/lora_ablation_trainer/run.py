@@ -15,12 +15,14 @@ import torch
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
 from lora_ablation_trainer import adapters
-from lora_ablation_trainer.data import chat_template_problem, encode, load_examples, pack
+from lora_ablation_trainer.data import chat_template_problem, encode, load_examples
 from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
+from lora_ablation_trainer.packing import pack
 from lora_ablation_trainer.sources import fetch_file, fetch_model
 from lora_ablation_trainer.train import Distributed, train_adapter
+from lora_ablation_trainer.vision import fetch_images, with_image_uris
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -65,6 +67,27 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
+def _check_images(spec: TrialSpec, vision, examples: list) -> None:
+    """Records with images need a vision-language base model, and are not packed."""
+    with_images = next((e for e in examples if e.images), None)
+    if with_images and vision is None:
+        raise DataError(
+            f"dataset {spec.dataset.name!r}: {with_images.where} has images, but the base model {spec.base_model.uri} "
+            "is text-only; use a vision-language base model (llava, qwen2-vl, gemma3, ...) or text-only records"
+        )
+    if vision and spec.training.packing:
+        raise PermanentTrialError(
+            "training.packing: packing is for text models; set it to false for this vision-language base model"
+        )
+
+
+def _weights_label(spec: TrialSpec, dtype: torch.dtype) -> str | None:
+    """'nf4 (compute bfloat16)' for a quantized base; None lets the timing read the dtype off the weights."""
+    if spec.base_model.quantization == "none":
+        return None
+    return f"{spec.base_model.quantization} (compute {str(dtype).replace('torch.', '')})"
+
+
 def run_trial(
     spec: TrialSpec,
     workdir: Path | None = None,
@@ -99,24 +122,35 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     eval_file = fetch_file(spec.dataset.eval, tmp / "cache", endpoint, region)
     resolution = None if spec.is_baseline else adapters.resolve_targets(spec, model_dir)
     tokenizer = adapters.load_tokenizer(model_dir)
+    vision = adapters.load_vision(model_dir)  # a vision-language model's processor renders and encodes records
+    renderer = vision.processor if vision else tokenizer
     fmt, max_length = spec.dataset.format, spec.training.max_seq_length
     files = [spec.dataset.train, spec.dataset.eval]
-    if fmt == "chat" and (problem := chat_template_problem(tokenizer, spec.dataset.name, files)):
+    if fmt == "chat" and (problem := chat_template_problem(renderer, spec.dataset.name, files)):
         raise DataError(problem)
-    eval_examples = load_examples(eval_file, fmt, tokenizer, limit=spec.dataset.max_eval_samples)
+    eval_examples = load_examples(eval_file, fmt, renderer, limit=spec.dataset.max_eval_samples)
+    eval_examples = with_image_uris(eval_examples, spec.dataset.eval)
+    train_examples = []
     if resolution is not None:
-        train_examples = load_examples(train_file, fmt, tokenizer, limit=spec.dataset.max_train_samples)
+        train_examples = load_examples(train_file, fmt, renderer, limit=spec.dataset.max_train_samples)
+        train_examples = with_image_uris(train_examples, spec.dataset.train)
+    _check_images(spec, vision, [*train_examples, *eval_examples])
+    if vision:
+        vision.paths = fetch_images([*train_examples, *eval_examples], tmp / "cache", endpoint, region)
 
     device = adapters.pick_device()
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank)
-    model = adapters.load_model(model_dir, adapters.pick_dtype(spec.base_model.dtype, device), device)
+    dtype = adapters.pick_dtype(spec.base_model.dtype, device)
+    model = adapters.load_model(model_dir, dtype, device, spec.base_model.quantization)
     train_metrics, targeted, targeted_params = None, [], []
     if resolution is not None:
         model = adapters.attach_adapter(spec, resolution, model)
         targeted = sorted(model.targeted_module_names)
         targeted_params = sorted(getattr(model, "targeted_parameter_names", []) or [])
-        features = [encode(e, tokenizer, max_length) for e in train_examples]
+        features = [
+            vision.encode(e, max_length) if vision else encode(e, tokenizer, max_length) for e in train_examples
+        ]
         if spec.training.packing:
             features = pack(features, max_length)
         train_metrics = train_adapter(
@@ -132,10 +166,10 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     if not dist.is_main:
         return None  # rank 0 alone evaluates, times and publishes
     trainable, total = adapters.count_params(model)
-    eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
+    eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device, vision)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
     latency = (
-        measure(model, tokenizer, spec.latency, device, has_adapter=resolution is not None)
+        measure(model, tokenizer, spec.latency, device, resolution is not None, _weights_label(spec, dtype), vision)
         if spec.latency.enabled
         else None
     )

@@ -19,6 +19,8 @@ from lora_ablation.api.trial import TrainMetrics
 from lora_ablation.store import Store
 from lora_ablation_trainer.data import collate, iterate_micro_batches
 from lora_ablation_trainer.errors import PermanentTrialError
+from lora_ablation_trainer.loss import completion_loss, keeps_scored_logits
+from lora_ablation_trainer.packing import require_isolation
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/latest.pt"
@@ -150,6 +152,9 @@ def train_adapter(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
+    if training.packing:
+        require_isolation(model, device)
+    trimmed = keeps_scored_logits(model, device)  # logits only where a label is scored
     model.train()
     while state.step < steps:
         started = time.perf_counter()
@@ -158,11 +163,12 @@ def train_adapter(
             _, indices = next(batches)
             if k % dist.world != dist.rank:
                 continue
-            batch = collate([features[i] for i in indices], pad_id)
-            step_tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
-            batch = {key: value.to(device) for key, value in batch.items()}
-            with autocast:
-                loss = model(**batch).loss / training.gradient_accumulation
+            chosen = [features[i] for i in indices]
+            step_tokens += sum(len(f["input_ids"]) for f in chosen)  # real tokens, not padding
+            batch = {key: value.to(device) for key, value in collate(chosen, pad_id).items()}
+            with autocast:  # no KV cache: with one, transformers would not read packed rows as separate examples
+                loss = completion_loss(model, batch) if trimmed else model(**batch, use_cache=False).loss
+                loss = loss / training.gradient_accumulation
             loss.backward()
             loss_sum += loss.detach().float()
         _sync_gradients(model, dist)

@@ -45,6 +45,13 @@ class Toleration(ApiModel):
 class ResourcesSpec(ApiModel):
     gpus: int = Field(1, ge=0, description="GPUs per trial; more than one trains data-parallel inside the pod.")
     gpu_resource_name: QualifiedName = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
+    gpu_memory: str | None = Field(
+        None,
+        description="Memory of one GPU (Kubernetes quantity, e.g. 24Gi or 80Gi). The plan and the operator warn about "
+        "trials whose estimated peak memory exceeds it; when unset it is read from nodeSelector "
+        "(nvidia.com/gpu.memory, or a known product in nvidia.com/gpu.product or cloud.google.com/gke-accelerator).",
+        json_schema_extra={"pattern": QUANTITY.pattern},
+    )
     cpu: str = Field(
         "8",
         description="CPU request and limit per trial (Kubernetes quantity).",
@@ -61,7 +68,7 @@ class ResourcesSpec(ApiModel):
         json_schema_extra={"pattern": QUANTITY.pattern},
     )
 
-    @field_validator("cpu", "memory", "ephemeral_storage")
+    @field_validator("cpu", "memory", "ephemeral_storage", "gpu_memory")
     @classmethod
     def _quantity(cls, value: str | None) -> str | None:
         if value is not None and not QUANTITY.match(value):

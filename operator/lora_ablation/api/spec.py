@@ -53,6 +53,11 @@ class Variant(str, Enum):
     loraplus = "loraplus"
 
 
+class Quantization(str, Enum):
+    none = "none"
+    nf4 = "nf4"
+
+
 class SecretKeyRef(ApiModel):
     name: ObjectName = Field(description="Name of a Secret in the LoraAblation's namespace.")
     key: SecretKey = Field(description="Key inside the Secret whose value is used.")
@@ -84,6 +89,12 @@ class BaseModelSpec(ApiModel):
         description="Weights dtype for training and inference: auto (bfloat16 on GPU, float32 on CPU), "
         "bfloat16, float16 or float32.",
         json_schema_extra={"enum": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    quantization: Quantization = Field(
+        Quantization.none,
+        description="Load the frozen base weights quantized: none, or nf4 (4-bit NormalFloat through bitsandbytes, "
+        "QLoRA: about a quarter of the weight memory; adapters stay ordinary PEFT adapters trained in dtype). Every "
+        "trial of the ablation, the baseline included, is trained, evaluated and timed on the quantized base.",
     )
 
     @field_validator("uri")
@@ -235,7 +246,16 @@ class TrainingSpec(ApiModel):
     batch_size: int = Field(4, ge=1, description="Per-device micro-batch size.")
     gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(2048, ge=16, description="Sequences are truncated to this many tokens.")
-    packing: bool = Field(False, description="Pack several short records into one sequence (faster on short data).")
+    packing: bool = Field(
+        False,
+        description="Pack several short records into one sequence without padding (faster on short data); position "
+        "ids restart per record, so each record attends only to itself and trains exactly as it would alone.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of storing them: far less memory per token "
+        "(long documents, small GPUs) for about a third more compute per step.",
+    )
     seed: int = Field(42, ge=0, description="Seed for data order, adapter initialisation and dropout.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")

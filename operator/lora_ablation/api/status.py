@@ -97,6 +97,12 @@ class LoraAblationStatus(OpenModel):
     )
     recommendation: Recommendation | None = Field(None, description="The answer: accuracy-first and balanced picks.")
     results_uri: str | None = Field(None, description="Storage prefix holding every result and summary.json.")
+    warnings: list[str] | None = Field(
+        None,
+        max_length=20,
+        description="Problems that do not stop the ablation but may fail trials, e.g. configurations whose estimated "
+        "peak GPU memory exceeds the GPU's (set execution.resources.gpuMemory so the operator can check).",
+    )
     kopf: dict[str, Any] | None = Field(
         None,
         description="Operator framework bookkeeping; not part of the API.",

@@ -1,0 +1,84 @@
+"""A 4-bit base (QLoRA): bitsandbytes' nf4 runs on CPU since 0.45, so the whole trial runs here for real."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from lora_ablation_trainer.adapters import load_model, quantization_config
+from lora_ablation_trainer.errors import PermanentTrialError
+from lora_ablation_trainer.run import run_trial
+from support.trainer_data import trial_spec
+
+pytestmark = pytest.mark.trainer
+bitsandbytes = pytest.importorskip("bitsandbytes")
+
+
+def test_the_qlora_recipe_is_what_gets_built():
+    config = quantization_config("nf4", torch.bfloat16)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config("none", torch.float32) is None
+
+
+def test_the_base_loads_with_4_bit_linear_layers(tiny_models):
+    model = load_model(tiny_models["llama"], torch.float32, torch.device("cpu"), "nf4")
+    layer = model.model.layers[0].self_attn.o_proj
+    assert isinstance(layer, bitsandbytes.nn.Linear4bit) and layer.weight.dtype == torch.uint8
+    assert layer.weight.quant_state.quant_type == "nf4"
+
+
+def test_without_bitsandbytes_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if the package were absent: import raises
+    with pytest.raises(PermanentTrialError, match=r"^baseModel.quantization nf4: bitsandbytes is not installed"):
+        quantization_config("nf4", torch.float32)
+
+
+def test_a_4_bit_trial_trains_evaluates_times_and_publishes_a_plain_peft_adapter(tiny_models, choice_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      training={"maxSteps": 6, "gradientCheckpointing": True}, latency={"repeats": 1})  # fmt: skip
+    spec.base_model.quantization = "nf4"
+    result = run_trial(spec)
+    assert result.train.steps == 6 and result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.latency.dtype == "nf4 (compute float32)" and result.latency.adapter.tpot_p50_ms > 0
+    assert result.eval.samples == 24
+    adapter = tmp_path / "out" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and {name.rsplit(".", 1)[1] for name in config["target_modules"]} == {"o_proj", "down_proj"}
+    # Standard PEFT format: it loads onto the unquantized base as well.
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), adapter)
+
+
+@pytest.mark.slow
+def test_a_4_bit_ablation_runs_end_to_end_through_the_cli(tiny_models, choice_data, tmp_path):
+    manifest = {
+        "apiVersion": "lora.ablation.dev/v1alpha1",
+        "kind": "LoraAblation",
+        "metadata": {"name": "qlora"},
+        "spec": {
+            "baseModel": {"uri": f"file://{tiny_models['llama']}", "dtype": "float32", "quantization": "nf4"},
+            "datasets": [{"name": "choice", "train": f"file://{choice_data['train']}",
+                          "eval": f"file://{choice_data['eval']}", "format": "prompt-completion",
+                          "metric": "accuracy", "maxEvalSamples": 8}],
+            "search": {"moduleSets": [["o_proj"]], "ranks": [4]},
+            "training": {"maxSteps": 3, "batchSize": 4, "gradientAccumulation": 1, "maxSeqLength": 48},
+            "latency": {"promptTokens": 8, "outputTokens": 4, "warmup": 0, "repeats": 1},
+            "storage": {"uri": f"file://{tmp_path / 'results'}"},
+        },
+    }  # fmt: skip
+    path = tmp_path / "qlora.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    command = [sys.executable, "-m", "lora_ablation.cli", "run", str(path), "--logs", str(tmp_path / "logs")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "default" / "qlora").glob("*/result.json")]
+    assert len(results) == 2  # the baseline is timed and scored on the 4-bit base too
+    assert {r["latency"]["dtype"] for r in results} == {"nf4 (compute float32)"}
