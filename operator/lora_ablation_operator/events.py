@@ -19,6 +19,7 @@ def aggregate(events: list[tuple[str, str, str]], max_listed: int = MAX_LISTED) 
         else:
             listed = "; ".join(messages[:max_listed])
             more = f"; and {len(messages) - max_listed} more" if len(messages) > max_listed else ""
-            text = f"{len(messages)} trials: {listed}{more}"
+            noun = "trials" if reason.startswith("Trial") else "warnings" if event_type == "Warning" else "events"
+            text = f"{len(messages)} {noun}: {listed}{more}"
         out.append((event_type, reason, text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."))
     return out

@@ -128,6 +128,8 @@ def test_a_burst_of_one_reason_becomes_one_event_naming_the_first_few():
     assert out[0][2].startswith("8 trials: t0: ds qkv r8; t1") and out[0][2].endswith("and 3 more")
     assert out[1] == ("Warning", "TrialFailed", "t9: x")
     assert len(aggregate([("Normal", "X", "m" * 5000)])[0][2]) == MAX_MESSAGE
+    warnings = [("Warning", "MemoryEstimate", "a"), ("Warning", "MemoryEstimate", "b")]
+    assert aggregate(warnings)[0][2] == "2 warnings: a; b"
 
 
 # -- compact cache entries --------------------------------------------------------------------------------
