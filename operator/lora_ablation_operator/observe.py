@@ -14,6 +14,7 @@ STUCK_WAITING = frozenset({
     "CreateContainerError", "RunContainerError",
 })  # fmt: skip
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")  # set on pods by the Job controller
+MAX_TERMINATION_MESSAGE = 1024  # the kubelet keeps at most 4096 bytes; status messages are cut at 512 anyway
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -125,19 +126,46 @@ def compact_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _failed_containers(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Containers that ended with a non-zero exit code, reduced to their termination (message bounded)."""
+    out = []
+    for container in _list(status.get("containerStatuses")):
+        ended = _dict(_dict(_dict(container).get("state")).get("terminated"))
+        if isinstance(ended.get("exitCode"), int) and ended["exitCode"] != 0:
+            message = str(ended.get("message") or "")[:MAX_TERMINATION_MESSAGE]
+            terminated = {"exitCode": ended["exitCode"], "reason": ended.get("reason"), "message": message}
+            out.append({"name": _dict(container).get("name"), "state": {"terminated": terminated}})
+    return out
+
+
 def compact_pod(pod: dict[str, Any]) -> dict[str, Any] | None:
     """A pod that may be unable to start (pending with an image/config error or unschedulable, however long so
-    far), reduced to what pod_problem reads; None for the others, which the cache then does not hold."""
-    if pod_problem(pod, "9999-12-31T00:00:00Z", 0.0) is None:
-        return None
+    far), reduced to what pod_problem reads, or one whose container failed (its termination message: the
+    trainer writes why there, e.g. the step where the loss diverged); None for the others, which the cache
+    then does not hold."""
     meta, status = _dict(pod.get("metadata")), _dict(pod.get("status"))
-    labels = _dict(meta.get("labels"))
-    return {
-        "metadata": {"name": meta.get("name"), "labels": {k: labels[k] for k in JOB_NAME_LABELS if k in labels}},
-        "status": {
-            k: status[k] for k in ("phase", "initContainerStatuses", "containerStatuses", "conditions") if k in status
-        },
-    }
+    labels = {k: v for k, v in _dict(meta.get("labels")).items() if k in JOB_NAME_LABELS}
+    if pod_problem(pod, "9999-12-31T00:00:00Z", 0.0) is not None:
+        keys = ("phase", "initContainerStatuses", "containerStatuses", "conditions")
+        kept = {k: status[k] for k in keys if k in status}
+    elif failed := _failed_containers(status):
+        kept = {"phase": status.get("phase"), "containerStatuses": failed}
+    else:
+        return None
+    return {"metadata": {"name": meta.get("name"), "labels": labels}, "status": kept}
+
+
+def termination_messages(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> the termination message of its pod's failed container (the last pod's wins), when it wrote one."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        labels = _dict(_dict(pod.get("metadata")).get("labels"))
+        job = next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
+        for container in _failed_containers(_dict(pod.get("status"))):
+            message = container["state"]["terminated"]["message"].strip()
+            if job and message:
+                out[str(job)] = message
+    return out
 
 
 def next_stuck_check(pods: list[dict[str, Any]], now: str, unschedulable_after: float) -> float | None:

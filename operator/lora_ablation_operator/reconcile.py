@@ -34,6 +34,7 @@ class Observed:
     storage_problem: str | None = None  # why results storage could not be read (StorageUnavailable)
     rejected: dict[str, str] = field(default_factory=dict)  # Job name -> why the API server refused to create it
     stuck: dict[str, str] = field(default_factory=dict)  # Job name -> why its pod cannot start
+    terminations: dict[str, str] = field(default_factory=dict)  # Job name -> its failed pod's termination message
     # Trial states at the previous pass, as the process remembers them; None after a restart, when the status's
     # (capped) trialStatuses stand in. Events go out on changes from these, so a restart repeats none.
     previous_states: dict[str, str] | None = None
@@ -59,7 +60,8 @@ def _trial_state(job: dict[str, Any] | None, read: ResultRead | None, observed: 
         rejected = observed.rejected.get(name)
         return c.PENDING, (f"Job rejected by the API server: {rejected}" if rejected else None)
     if job_finished(job, "Failed"):
-        return c.FAILED, failure_message(job)
+        said = observed.terminations.get(name)  # what the trainer wrote to its termination log, e.g. the step
+        return c.FAILED, failure_message(job) + (f"; trainer: {said}" if said else "")
     if job_finished(job, "Complete"):
         if read is not None and read.result is not None:
             return c.SUCCEEDED, None

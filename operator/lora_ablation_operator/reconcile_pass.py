@@ -22,6 +22,7 @@ from lora_ablation_operator.observe import (
     job_finished,
     next_stuck_check,
     stuck_jobs,
+    termination_messages,
 )
 from lora_ablation_operator.patches import merge_patch
 from lora_ablation_operator.planning import PlanCache, Planned
@@ -74,6 +75,7 @@ def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.Resul
             storage_problem = collector.describe(error)
     return Observed(meta["name"], meta["namespace"], meta.get("generation"), dict(snapshot.body.get("spec") or {}),
                     snapshot.status, jobs, results, problems, now, planned, storage_problem, stuck=stuck,
+                    terminations=termination_messages(snapshot.pods),
                     previous_states=snapshot.previous_states)  # fmt: skip
 
 

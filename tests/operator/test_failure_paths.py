@@ -182,3 +182,25 @@ def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_fin
     assert problem and problem.startswith("results storage unreachable")
     assert store_summary(decision, plan_for("demo", "ns", spec(storage={"uri": "file://x"}), SETTINGS), "ns", "demo",
                          {}, SETTINGS) is None  # nothing to write to: not a storage problem  # fmt: skip
+
+
+def test_a_failed_trial_quotes_what_the_trainer_wrote_to_its_termination_log():
+    from lora_ablation_operator.observe import compact_pod, termination_messages
+
+    raw = spec()
+    pre, _ = run_preflight(raw)
+    job = reconcile(observed(raw, jobs=[pre]), SETTINGS).create[0]
+    name = job["metadata"]["name"]
+    said = "loss is nan at optimizer step 17 (learning rate 0.2): lower training.learningRate"
+    failed_pod = {"metadata": {"name": f"{name}-x", "labels": {"batch.kubernetes.io/job-name": name}},
+                  "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                      "exitCode": 42, "reason": "Error", "message": said + "\n" + "x" * 5000}}}]}}  # fmt: skip
+    cached = compact_pod(failed_pod)
+    assert cached is not None
+    assert len(cached["status"]["containerStatuses"][0]["state"]["terminated"]["message"]) <= 1024
+    assert compact_pod({**failed_pod, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": "done"}}}]}}) is None  # fmt: skip
+    decision = reconcile(observed(raw, jobs=[pre, finished(job, "Failed", "PodFailurePolicy", "exit code 42")],
+                                  terminations=termination_messages([cached])), SETTINGS)  # fmt: skip
+    entry = next(t for t in decision.status["trialStatuses"] if t["name"] == name)
+    assert entry["state"] == c.FAILED and "exit code 42" in entry["message"] and "optimizer step 17" in entry["message"]
