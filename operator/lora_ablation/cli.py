@@ -116,6 +116,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "rank": t.spec.rank,
                     "alpha": t.spec.alpha,
                     "variant": t.spec.variant,
+                    "seed": t.seed,
                     "targetModules": t.spec.target_modules,
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
@@ -126,6 +127,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2))
         return 0
+    seeds = ablation.spec.seeds
     rows = [
         [
             t.name,
@@ -133,12 +135,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "+".join(t.spec.modules) or "(none)",
             str(t.spec.rank),
             t.spec.variant,
+            *([] if len(seeds) == 1 else ["-" if t.seed is None else str(t.seed)]),
             human_count(t.estimated_params, missing="?"),
             _target_count(t),
         ]
         for t in plan.trials
     ]
-    print(text_table(["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS"], rows))
+    headers = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", *([] if len(seeds) == 1 else ["SEED"]), "PARAMS"]
+    print(text_table([*headers, "TARGETS"], rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
     return 0
 

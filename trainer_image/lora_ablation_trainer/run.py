@@ -157,6 +157,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
         rank=spec.rank,
         alpha=spec.alpha,
         variant=spec.variant,
+        seed=None if spec.is_baseline else spec.training.seed,
         targeted_module_names=targeted,
         targeted_parameter_names=targeted_params,
         trainable_params=trainable if resolution is not None else 0,

@@ -143,6 +143,9 @@ class TrialResult(OpenModel):
     rank: int = Field(0, description="LoRA rank.")
     alpha: float = Field(0.0, description="lora_alpha.")
     variant: str = Field(description="Adapter variant or none.")
+    seed: int | None = Field(
+        None, description="Training seed (search.seeds); absent for the baseline and for results of older trainers."
+    )
     targeted_module_names: list[str] = Field(
         default_factory=list, max_length=MAX_NAMES, description="Modules PEFT actually wrapped."
     )
