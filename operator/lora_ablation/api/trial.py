@@ -129,6 +129,11 @@ class LatencyMetrics(OpenModel):
     base: LatencyStats = Field(description="Base model, no adapter, same process.")
     adapter: LatencyStats | None = Field(None, description="With the unmerged adapter; absent for the baseline.")
     tpot_overhead_pct: float | None = Field(None, description="(adapter TPOT p95 / base TPOT p95 - 1) x 100.")
+    tpot_overhead_ci_pct: float | None = Field(
+        None,
+        description="Half-width of the 95% interval of the overhead, from the repeat-to-repeat spread of "
+        "paired (alternating) base and adapter runs: a smaller overhead is within noise.",
+    )
 
 
 class TrialResult(OpenModel):
