@@ -176,3 +176,27 @@ def test_plots_draw_error_bars_and_label_latency_within_noise(tmp_path):
     assert "95% intervals" in ax.get_xlabel()
     paths = write_plots(summary, tmp_path)
     assert [p.name for p in paths] == ["pareto.png", "heatmap.png"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_merged_timing_serving_facts_and_latency_noise_are_reported():
+    results = seeded({"d": {"o_proj": [0.8, 0.82, 0.81]}}, {"o_proj": [4.0, 6.0, 5.0]})
+    dora = trial("d", "o_proj", 1, 0.7, overhead=30.0, overhead_ci=2.0)
+    dora = dora.model_copy(update={"variant": "dora", "trial": "d-dora"})
+    results.append(dora)
+    for r in results:
+        if r.latency:
+            r.latency.base.tpot_cv_pct = 3.5
+            if r.variant != "none":
+                r.latency.merged_tpot_overhead_pct, r.latency.merged_tpot_overhead_ci_pct = 0.4, 1.5
+    results[1].adapter_effect = {"prompts": 8, "maxLogitDelta": 0.0, "unchanged": True}
+    results[1] = TrialResult.model_validate(results[1].to_wire())
+    summary = summarize(results, "s")
+    lora, dora_summary = by(summary, "o_proj"), next(c for c in summary.configs if c.variant == "dora")
+    assert lora.merged_overhead_pct == pytest.approx(0.4) and lora.merged_within_noise
+    assert "vllm-project/vllm#10849" in dora_summary.serving_notes[0]
+    assert "leaves the outputs unchanged on the eval prompts in 1 of 3" in lora.serving_notes[0]
+    assert summary.latency_cv_pct == 3.5
+    text = render_text(summary)
+    assert "MERGED" in text and "+0.4% ±1.5 within noise" in text
+    assert "Latency noise: base-model TPOT varies 3.5%" in text
+    assert "o_proj r8 dora: DoRA: vLLM cannot serve DoRA adapters unmerged" in text

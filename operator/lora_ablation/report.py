@@ -56,8 +56,18 @@ def _position(summary: Summary, index: int) -> str:
     return f"{position}=" if shared else str(position)
 
 
+def _merged(summary: Summary) -> bool:
+    return any(c.merged_overhead_pct is not None for c in summary.configs)
+
+
+def leaderboard_headers(summary: Summary) -> list[str]:
+    """The leaderboard's columns; MERGED (the overhead with the adapter merged into the weights) when timed."""
+    return [*LEADERBOARD_HEADERS[:-1], *(["MERGED"] if _merged(summary) else []), LEADERBOARD_HEADERS[-1]]
+
+
 def leaderboard_rows(summary: Summary) -> list[list[str]]:
     total = len(summary.datasets)
+    merged = _merged(summary)
     rows = []
     for index, c in enumerate(summary.configs):
         marks = ("*" if c.pareto else "") + ("" if c.complete else " (partial)")
@@ -71,6 +81,7 @@ def leaderboard_rows(summary: Summary) -> list[list[str]]:
                 "-" if c.beats_baseline is None else f"{c.beats_baseline}/{c.datasets if c.complete else total}",
                 _fmt(c.tpot_p95_ms) + (f" ±{c.tpot_ci_ms:.3f}" if c.tpot_ci_ms is not None else ""),
                 overhead_text(c.latency_overhead_pct, c.latency_overhead_ci_pct, c.latency_within_noise),
+                *([overhead_text(c.merged_overhead_pct, c.merged_overhead_ci_pct, c.merged_within_noise)] * merged),
                 human_count(c.trainable_params or None),
             ]
         )
@@ -103,6 +114,16 @@ def legend(summary: Summary) -> str:
     )
 
 
+def latency_noise(summary: Summary) -> list[str]:
+    """The protocol's measured noise, printed so nobody reads a smaller latency difference as a finding."""
+    if summary.latency_cv_pct is None:
+        return []
+    return [
+        f"Latency noise: base-model TPOT varies {summary.latency_cv_pct:.1f}% (median coefficient of variation "
+        "over each trial's repeats); overheads inside their 95% interval are marked 'within noise'"
+    ]
+
+
 def _verdict(summary: Summary) -> list[str]:
     rec = summary.recommendation
     if len(rec.tied) > 1:
@@ -122,11 +143,12 @@ def render_text(summary: Summary) -> str:
     rec = summary.recommendation
     parts = [
         f"Leaderboard: {summary.namespace}/{summary.ablation} ({legend(summary)})",
-        text_table(LEADERBOARD_HEADERS, leaderboard_rows(summary)),
+        text_table(leaderboard_headers(summary), leaderboard_rows(summary)),
         "",
         "Scores per dataset (delta vs the base model):",
         text_table(headers, rows),
         "",
+        *latency_noise(summary),
         *_verdict(summary),
         f"Recommendation: accuracy-first {rec.accuracy_first or '-'}; balanced {rec.balanced or '-'}",
         f"  {rec.rationale or ''}",
@@ -165,12 +187,13 @@ def render_markdown(summary: Summary) -> str:
         )
         + "An overhead marked *within noise* is smaller than its measured noise.",
         "",
-        _markdown_table(LEADERBOARD_HEADERS, leaderboard_rows(summary)),
+        _markdown_table(leaderboard_headers(summary), leaderboard_rows(summary)),
         "",
         "## Scores per dataset",
         "",
         _markdown_table(headers, rows),
     ]
+    parts += ["", *latency_noise(summary)] if summary.latency_cv_pct is not None else []
     if summary.notes:
         parts += ["", "## Notes", "", *(f"- {note}" for note in summary.notes)]
     return "\n".join(parts) + "\n"

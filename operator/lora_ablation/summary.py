@@ -12,6 +12,7 @@ from lora_ablation.api.status import LeaderboardEntry
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialResult
 from lora_ablation.plan import config_label
 from lora_ablation.recommend import faster, recommend, score_interval
+from lora_ablation.serving import serving_notes
 from lora_ablation.stats import Interval, mean_interval, mean_of_means, separable, tie_positions, within
 from lora_ablation.summary_models import Cell, ConfigSummary, DatasetSummary, Summary
 
@@ -22,10 +23,6 @@ def result_label(result: TrialResult) -> str:
 
 def _adapter_tpot(result: TrialResult) -> float | None:
     return result.latency.adapter.tpot_p95_ms if result.latency and result.latency.adapter else None
-
-
-def _overhead(result: TrialResult) -> float | None:
-    return result.latency.tpot_overhead_pct if result.latency else None
 
 
 def _cell_interval(results: list[TrialResult]) -> tuple[Interval, float | None]:
@@ -90,13 +87,20 @@ def common_base_tpot(results: Iterable[TrialResult]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def overhead_interval(results: list[TrialResult]) -> Interval | None:
-    """Mean in-process TPOT overhead over the base model (%) and its noise.
+def overhead_interval(results: list[TrialResult], merged: bool = False) -> Interval | None:
+    """Mean in-process TPOT overhead over the base model (%) and its noise, unmerged or merged.
 
     The noise is the larger of the spread across trials (datasets, seeds) and what the trials measured
     within themselves (each one's repeat-to-repeat interval, pooled), so one trial still has a noise figure.
     """
-    pairs = [(o, r.latency.tpot_overhead_ci_pct) for r in results if r.latency and (o := _overhead(r)) is not None]
+    pairs = [
+        (r.latency.merged_tpot_overhead_pct, r.latency.merged_tpot_overhead_ci_pct)
+        if merged
+        else (r.latency.tpot_overhead_pct, r.latency.tpot_overhead_ci_pct)
+        for r in results
+        if r.latency
+    ]
+    pairs = [(o, w) for o, w in pairs if o is not None]
     if not pairs:
         return None
     across = mean_interval([o for o, _ in pairs])
@@ -121,7 +125,7 @@ def _config_summaries(
         tpots = [c.tpot_p95_ms for _, c in entries if c.tpot_p95_ms is not None]
         # Overheads measured against the base model in the same process cancel machine load and noise;
         # absolute timings from different trials (or parallel ones on one box) do not.
-        overhead = overhead_interval(own)
+        overhead, merged = overhead_interval(own), overhead_interval(own, merged=True)
         tpot_ci = None
         if overhead and base_tpot:
             tpot = base_tpot * (1 + overhead.mean / 100)
@@ -152,6 +156,10 @@ def _config_summaries(
                 latency_overhead_pct=round(overhead.mean, 3) if overhead else None,
                 latency_overhead_ci_pct=round(overhead.half_width, 3) if overhead and overhead.known else None,
                 latency_within_noise=within(overhead.mean, overhead.half_width) if overhead else None,
+                merged_overhead_pct=round(merged.mean, 3) if merged else None,
+                merged_overhead_ci_pct=round(merged.half_width, 3) if merged and merged.known else None,
+                merged_within_noise=within(merged.mean, merged.half_width) if merged else None,
+                serving_notes=serving_notes(example.variant, own),
                 trainable_params=max((r.trainable_params for r in own), default=None) or None,
                 gpu_seconds=round(sum(r.gpu_seconds or 0.0 for r in own), 3),
             )
@@ -228,6 +236,8 @@ def summarize(
     for config in configs:
         config.pareto = config.config in front
     seeds = max((c.seeds for c in configs), default=1)
+    every = [*(r for runs in keyed.values() for r in runs), *baselines.values()]
+    cvs = [r.latency.base.tpot_cv_pct for r in every if r.latency and r.latency.base.tpot_cv_pct is not None]
     return Summary(
         ablation=ablation,
         namespace=namespace,
@@ -240,6 +250,7 @@ def summarize(
         recommendation=recommend(configs, tolerance, latency_budget_ms),
         notes=_notes(tables, configs, seeds),
         seeds=seeds,
+        latency_cv_pct=round(statistics.median(cvs), 3) if cvs else None,
     )
 
 
@@ -264,6 +275,7 @@ def _notes(tables: list[DatasetSummary], configs: list[ConfigSummary], seeds: in
         )
     elif any(c.seeds < 2 for c in configs):
         notes.append("some configurations have a single seed on a dataset: their intervals are unknown")
+    notes += [f"{c.config}: {note}" for c in configs for note in c.serving_notes]
     return notes
 
 

@@ -69,6 +69,14 @@ class ConfigSummary(OpenModel):
     latency_within_noise: bool | None = Field(
         None, description="True when its overhead over the base model is smaller than the overhead's noise."
     )
+    merged_overhead_pct: float | None = Field(
+        None, description="Mean TPOT p95 overhead with the adapter merged into the weights (merge_and_unload), in %."
+    )
+    merged_overhead_ci_pct: float | None = Field(None, description="Half-width of its 95% interval (its noise).")
+    merged_within_noise: bool | None = Field(None, description="True when the merged overhead is inside its noise.")
+    serving_notes: list[str] = Field(
+        default_factory=list, description="What to know before serving it (engine support, no-op adapters)."
+    )
 
 
 class Summary(OpenModel):
@@ -85,4 +93,7 @@ class Summary(OpenModel):
     recommendation: Recommendation = Field(default_factory=Recommendation, description="The answer.")
     seeds: int = Field(1, description="Most seeds any configuration ran with; 1 means no intervals.")
     confidence: float = Field(0.95, description="Confidence level of every interval.")
+    latency_cv_pct: float | None = Field(
+        None, description="Median coefficient of variation of the base model's TPOT over each trial's repeats, in %."
+    )
     notes: list[str] = Field(default_factory=list, description="Caveats: missing results, mixed metrics.")

@@ -16,6 +16,7 @@ from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
 from lora_ablation_trainer import adapters
 from lora_ablation_trainer.data import chat_template_problem, encode, load_examples, pack
+from lora_ablation_trainer.effect import adapter_effect
 from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
@@ -134,6 +135,10 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
+    effect = adapter_effect(model, tokenizer, eval_examples, max_length, device) if resolution is not None else None
+    if effect is not None and effect.unchanged:
+        log.warning("the adapter leaves the outputs unchanged on %d eval prompts (max |logit change| %.3g)",
+                    effect.prompts, effect.max_logit_delta)  # fmt: skip
     latency = (
         measure(model, tokenizer, spec.latency, device, has_adapter=resolution is not None)
         if spec.latency.enabled
@@ -166,6 +171,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
         train=train_metrics,
         eval=eval_metrics,
         latency=latency,
+        adapter_effect=effect,
         environment=environment(device),
         started_at=started_at,
         finished_at=_now(),
