@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lora_ablation import guardrails
 from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
@@ -40,6 +41,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         for ablation in manifest.ablations:
             print(f"{path}: {ablation.metadata.name} is valid")
+            for line in guardrails.render(guardrails.check(ablation.spec, guardrails.local_sizes(ablation.spec))):
+                print(line)  # advice, never a failure: the exit code stays 0
         for note in manifest.skipped:
             print(f"note: {note}")
     if bad:
@@ -124,6 +127,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 }
                 for t in plan.trials
             ],
+            "warnings": [
+                {"rule": g.rule, "field": g.field, "message": g.message, "source": g.source}
+                for g in guardrails.check(
+                    ablation.spec, guardrails.local_sizes(ablation.spec), guardrails.planned_params(plan.trials)
+                )
+            ],
         }
         print(json.dumps(out, indent=2))
         return 0
@@ -144,6 +153,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     headers = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", *([] if len(seeds) == 1 else ["SEED"]), "PARAMS"]
     print(text_table([*headers, "TARGETS"], rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
+    warnings = guardrails.check(
+        ablation.spec, guardrails.local_sizes(ablation.spec), guardrails.planned_params(plan.trials)
+    )
+    if warnings:
+        print(f"\n{len(warnings)} guardrail warning(s) (advice from the seed studies; the plan stands):")
+        print("\n".join(guardrails.render(warnings)))
     return 0
 
 

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from lora_ablation import guardrails
 from lora_ablation.api.base import SpecError
 from lora_ablation.api.resource import MAX_ABLATION_NAME
 from lora_ablation.api.resource import parse_spec as parse_raw_spec
@@ -23,6 +24,7 @@ class Planned:
     spec: LoraAblationSpec | None = None
     plan: Plan | None = None
     problem: str | None = None
+    warnings: tuple[str, ...] = ()  # guardrails the spec breaks: advice, never a reason to stop
 
 
 def _file_uris(spec: LoraAblationSpec) -> list[str]:
@@ -49,9 +51,11 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
     if settings.default_storage_endpoint and not spec.storage.endpoint:
         spec.storage.endpoint = settings.default_storage_endpoint
     try:
-        return Planned(spec, plan_trials(name, namespace, spec))
+        plan = plan_trials(name, namespace, spec)
     except ValueError as error:  # a combination no single field check refuses: report it, never raise
         return Planned(problem=f"spec: the grid cannot be planned: {str(error)[:500]}")
+    # The operator reads no data and inspects no model here, so only the rules on the spec itself apply.
+    return Planned(spec, plan, warnings=tuple(str(g) for g in guardrails.check(spec)))
 
 
 class PlanCache:

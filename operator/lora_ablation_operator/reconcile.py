@@ -92,12 +92,29 @@ def reconcile(observed: Observed, settings: Settings) -> Decision:
         return _invalid(observed, planned.problem or "invalid spec", c.INVALID_SPEC)
     spec, plan = planned.spec, planned.plan
     if observed.storage_problem:
-        return _storage_unavailable(observed, observed.storage_problem)
-    decision = Decision()
-    if settings.preflight and not _preflight_passed(observed, spec, plan, settings, decision):
+        decision = _storage_unavailable(observed, observed.storage_problem)
+        _warnings(observed, planned.warnings, decision)
         return decision
-    _run_trials(observed, spec, plan, settings, decision)
+    decision = Decision()
+    if not settings.preflight or _preflight_passed(observed, spec, plan, settings, decision):
+        _run_trials(observed, spec, plan, settings, decision)
+    _warnings(observed, planned.warnings, decision)
     return decision
+
+
+def _warnings(observed: Observed, warnings: tuple[str, ...], decision: Decision) -> None:
+    """The Warnings condition beside the others, and one Warning event per guardrail when they first appear
+    for this generation (a re-reconcile repeats nothing)."""
+    conds = decision.status.get("conditions")
+    if conds is None:
+        return
+    previous, gen = observed.status.get("conditions") or [], observed.generation
+    reason = c.GUARDRAILS if warnings else c.NO_WARNINGS
+    message = "; ".join(warnings)
+    conds.append(c.condition(previous, c.WARNINGS, bool(warnings), reason, message, gen, observed.now))
+    old = next((x for x in previous if x.get("type") == c.WARNINGS), None)
+    if warnings and (old is None or old.get("message") != conds[-1]["message"] or old.get("observedGeneration") != gen):
+        decision.events += [("Warning", c.GUARDRAILS, w[:1024]) for w in warnings]
 
 
 def _storage_unavailable(observed: Observed, problem: str) -> Decision:

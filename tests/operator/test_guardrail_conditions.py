@@ -1,0 +1,44 @@
+"""Guardrails in the operator: a Warnings condition beside the others and one Warning event per rule, once per
+generation; the Jobs are created all the same (never blocking)."""
+
+from __future__ import annotations
+
+from conftest import minimal_manifest
+from lora_ablation_operator import conditions as c
+from lora_ablation_operator.reconcile import Observed, reconcile
+from lora_ablation_operator.settings import Settings
+
+SETTINGS = Settings(trainer_image="trainer:test", preflight=False)
+
+
+def observe(raw, status=None, generation=1):
+    return Observed("demo", "ns", generation, raw, status or {}, {}, {}, None, "2026-11-23T12:00:00Z")
+
+
+def warnings_condition(decision):
+    return next(x for x in decision.status["conditions"] if x["type"] == c.WARNINGS)
+
+
+def test_a_spec_breaking_guardrails_gets_a_warnings_condition_and_events_but_still_runs():
+    raw = minimal_manifest(search={"moduleSets": [["qkv"], ["o_proj"]], "ranks": [8, 64]})["spec"]
+    first = reconcile(observe(raw), SETTINGS)
+    assert first.create, "guardrails never block: the trial Jobs are created"
+    condition = warnings_condition(first)
+    assert condition["status"] == "True" and condition["reason"] == c.GUARDRAILS
+    assert "spec.search.moduleSets: every module set adapts attention only" in condition["message"]
+    assert "spec.training.learningRate: one learning rate" in condition["message"]
+    guardrail_events = [e for e in first.events if e[1] == c.GUARDRAILS]
+    assert [e[0] for e in guardrail_events] == ["Warning", "Warning"]
+    assert all("[seed 00" in e[2] for e in guardrail_events)
+    again = reconcile(observe(raw, status=first.status), SETTINGS)
+    assert warnings_condition(again) == condition and not [e for e in again.events if e[1] == c.GUARDRAILS]
+    later = reconcile(observe(raw, status=first.status, generation=2), SETTINGS)
+    assert len([e for e in later.events if e[1] == c.GUARDRAILS]) == 2, "a new generation is a new spec to warn on"
+
+
+def test_a_sound_spec_has_the_condition_false():
+    raw = minimal_manifest(search={"moduleSets": [["o_proj"], ["o_proj", "fc2"]]})["spec"]
+    decision = reconcile(observe(raw), SETTINGS)
+    condition = warnings_condition(decision)
+    assert (condition["status"], condition["reason"], condition["message"]) == ("False", c.NO_WARNINGS, "")
+    assert not [e for e in decision.events if e[1] == c.GUARDRAILS]
