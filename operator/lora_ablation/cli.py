@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lora_ablation import guardrails
+from lora_ablation import guardrails, suggest
 from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("-o", "--output", choices=["table", "json"], default="table")
     inspect.set_defaults(func=cmd_inspect_model)
+    suggest.add_parser(command)
     crd = command("crd", "print the LoraAblation CRD generated from the API models")
     crd.set_defaults(func=cmd_crd)
     return parser
