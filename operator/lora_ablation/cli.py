@@ -127,12 +127,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 }
                 for t in plan.trials
             ],
-            "warnings": [
-                {"rule": g.rule, "field": g.field, "message": g.message, "source": g.source}
-                for g in guardrails.check(
-                    ablation.spec, guardrails.local_sizes(ablation.spec), guardrails.planned_params(plan.trials)
-                )
-            ],
+            "warnings": [vars(g) for g in guardrails.for_plan(ablation.spec, plan)],
         }
         print(json.dumps(out, indent=2))
         return 0
@@ -153,9 +148,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     headers = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", *([] if len(seeds) == 1 else ["SEED"]), "PARAMS"]
     print(text_table([*headers, "TARGETS"], rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
-    warnings = guardrails.check(
-        ablation.spec, guardrails.local_sizes(ablation.spec), guardrails.planned_params(plan.trials)
-    )
+    warnings = guardrails.for_plan(ablation.spec, plan)
     if warnings:
         print(f"\n{len(warnings)} guardrail warning(s) (advice from the seed studies; the plan stands):")
         print("\n".join(guardrails.render(warnings)))

@@ -193,5 +193,10 @@ def planned_params(trials) -> dict[str, int]:
     return {t.label: t.estimated_params for t in trials if t.estimated_params and not t.spec.is_baseline}
 
 
+def for_plan(spec: LoraAblationSpec, plan) -> list[Guardrail]:
+    """What `lora-ablation plan` checks: the spec, the local data it can read, the planned parameter counts."""
+    return check(spec, local_sizes(spec), planned_params(plan.trials))
+
+
 def render(guardrails: list[Guardrail]) -> list[str]:
     return [f"warning: {g}" for g in guardrails]
