@@ -243,6 +243,8 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         state, message = states[trial.name]
         entry: dict[str, Any] = {"name": trial.name, "dataset": trial.spec.dataset.name, "modules": trial.spec.modules,
                                  "rank": trial.spec.rank, "variant": trial.spec.variant, "state": state}  # fmt: skip
+        if trial.seed is not None and len(spec.seeds) > 1:
+            entry["seed"] = trial.seed
         if state != c.PENDING:
             entry["job"] = trial.name
         read = observed.results.get(trial.name)

@@ -40,6 +40,7 @@ class TrialStatus(OpenModel):
     )
     rank: int = Field(0, description="LoRA rank; 0 for the baseline.")
     variant: str = Field(description="Adapter variant, or 'none' for the baseline.")
+    seed: int | None = Field(None, description="Training seed, when search.seeds lists several.")
     job: str | None = Field(None, description="Name of the trial's Job once created.")
     state: str = Field(
         description="Pending, Running, Stuck (a pod cannot start: see message), Succeeded, Failed, ResultsMissing or "

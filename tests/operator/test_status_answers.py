@@ -1,5 +1,5 @@
-"""Guardrails in the operator: a Warnings condition beside the others and one Warning event per rule, once per
-generation; the Jobs are created all the same (never blocking)."""
+"""Issue 14 in the operator status: guardrails as a Warnings condition beside the others and one Warning event per
+rule, once per generation (the Jobs are created all the same: never blocking); each seeded trial's seed."""
 
 from __future__ import annotations
 
@@ -42,3 +42,10 @@ def test_a_sound_spec_has_the_condition_false():
     condition = warnings_condition(decision)
     assert (condition["status"], condition["reason"], condition["message"]) == ("False", c.NO_WARNINGS, "")
     assert not [e for e in decision.events if e[1] == c.GUARDRAILS]
+
+
+def test_seeded_trials_show_their_seed_in_status():
+    raw = minimal_manifest(search={"moduleSets": [["o_proj"], ["o_proj", "fc2"]], "seeds": [1, 2]})["spec"]
+    decision = reconcile(observe(raw), SETTINGS)
+    seeds = [t.get("seed") for t in decision.status["trialStatuses"]]
+    assert seeds == [None, 1, 2, 1, 2]
