@@ -200,3 +200,10 @@ def test_merged_timing_serving_facts_and_latency_noise_are_reported():
     assert "MERGED" in text and "+0.4% ±1.5 within noise" in text
     assert "Latency noise: base-model TPOT varies 3.5%" in text
     assert "o_proj r8 dora: DoRA: vLLM cannot serve DoRA adapters unmerged" in text
+
+
+def test_a_tie_among_hundreds_stays_within_the_status_limits():
+    configs = {f"o_proj+x{i}": [0.80, 0.86, 0.83] for i in range(120)}
+    summary = summarize(seeded({"d": configs}), "s", tolerance=0.0)
+    rec = summary.recommendation
+    assert len(rec.tied) == 100 and "and 110 more" in rec.rationale and len(rec.rationale) < 2000

@@ -9,6 +9,9 @@ from lora_ablation.api.status import Recommendation
 from lora_ablation.stats import Interval, separable
 from lora_ablation.summary_models import ConfigSummary
 
+MAX_TIED = 100  # status.recommendation.tied holds at most this many (a grid may have thousands of configurations)
+MAX_NAMED = 10  # the rationale names this many, then counts the rest
+
 
 def score_interval(config: ConfigSummary) -> Interval:
     if config.score_ci_low is None or config.score_ci_high is None:
@@ -80,8 +83,10 @@ def recommend(configs: list[ConfigSummary], tolerance: float, budget_ms: float |
     if len(tied) > 1:
         cheap_tied, why = cheapest(tied)
         interval = score_interval(best)
+        named = ", ".join(c.config for c in tied[:MAX_NAMED])
+        named += f" and {len(tied) - MAX_NAMED} more" if len(tied) > MAX_NAMED else ""
         verdict = (
-            f"No winner at 95% over {min(c.seeds for c in tied)}+ seeds: {', '.join(c.config for c in tied)} "
+            f"No winner at 95% over {min(c.seeds for c in tied)}+ seeds: {named} "
             f"cannot be told apart from the best mean ({best.config} {best.mean_score:.4f}, "
             f"[{interval.low:.4f}, {interval.high:.4f}]); cheapest of them: {cheap_tied.config} ({why}). "
         )
@@ -93,7 +98,7 @@ def recommend(configs: list[ConfigSummary], tolerance: float, budget_ms: float |
         if not near:
             return Recommendation(
                 accuracy_first=best.config,
-                tied=[c.config for c in tied],
+                tied=[c.config for c in tied][:MAX_TIED],
                 cheapest_tied=cheap_tied.config if cheap_tied else None,
                 rationale=verdict + f"{best.config} has the best mean score; no configuration within {tolerance} "
                 f"of it meets latencyBudgetMs {budget_ms}",
@@ -109,7 +114,7 @@ def recommend(configs: list[ConfigSummary], tolerance: float, budget_ms: float |
     return Recommendation(
         accuracy_first=best.config,
         balanced=pick.config,
-        tied=[c.config for c in tied],
+        tied=[c.config for c in tied][:MAX_TIED],
         cheapest_tied=cheap_tied.config if cheap_tied else None,
         rationale=rationale,
     )

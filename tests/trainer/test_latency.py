@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -90,7 +91,13 @@ def test_paired_overhead_and_cv_are_the_textbook_figures():
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 def test_pinning_fixes_threads_and_cores_and_restores_them():
     threads, cores = torch.get_num_threads(), os.sched_getaffinity(0)
+    torch.ones(256, 256) @ torch.ones(256, 256)  # let torch start its worker threads first
     with pinned(torch.device("cpu")):
         inside = os.sched_getaffinity(0)
         assert len(inside) == torch.get_num_threads() <= len(cores) and inside <= cores
+        every = []
+        for thread in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                every.append(os.sched_getaffinity(int(thread)))
+        assert every and all(a == inside for a in every), "every thread, torch's workers included, is bound"
     assert torch.get_num_threads() == threads and os.sched_getaffinity(0) == cores

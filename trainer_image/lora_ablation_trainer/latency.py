@@ -111,26 +111,37 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _threads() -> list[int]:
+    """Every thread of this process (torch's worker pools included): affinity is per thread on Linux."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def _bind(cores: set[int]) -> None:
+    for thread in _threads():
+        with contextlib.suppress(OSError):  # a thread may have ended meanwhile
+            os.sched_setaffinity(thread, cores)
+
+
 @contextlib.contextmanager
 def pinned(device: torch.device):
-    """On CPU: a fixed thread count and the process bound to that many cores, so the OS cannot migrate or
-    oversubscribe the timed threads between runs. Restored afterwards. Nothing to do on a GPU."""
+    """On CPU: a fixed thread count and every thread bound to that many of the cores this process may use
+    (the local runner gives parallel trials disjoint cores), so the OS cannot migrate or oversubscribe the
+    timed threads between runs. Restored afterwards. Nothing to do on a GPU."""
     if device.type != "cpu" or not hasattr(os, "sched_setaffinity"):
         yield
         return
     before_threads, before_cores = torch.get_num_threads(), os.sched_getaffinity(0)
-    cores = sorted(before_cores)[: max(1, min(before_threads, len(before_cores)))]
-    try:
-        os.sched_setaffinity(0, cores)
-        torch.set_num_threads(len(cores))
-    except OSError:  # a container may forbid it; timing still works, only less steadily
-        cores = sorted(before_cores)
+    cores = set(sorted(before_cores)[: max(1, min(before_threads, len(before_cores)))])
+    torch.set_num_threads(len(cores))
+    _bind(cores)  # after set_num_threads, which may start new pool threads
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, before_cores)
         torch.set_num_threads(before_threads)
+        _bind(before_cores)
 
 
 def merged_copy(model):
