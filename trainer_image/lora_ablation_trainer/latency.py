@@ -125,16 +125,23 @@ def _bind(cores: set[int]) -> None:
             os.sched_setaffinity(thread, cores)
 
 
+# Decoding one sequence is a chain of small matrix products: on CPU, extra threads buy little speed and, on
+# shared cores, barrier stalls whenever a neighbour holds a core. Measured on a loaded 2-core machine
+# (tests/benchmarks/latency_noise.py): 2 threads gave TPOT p50 63 ms, CV 59%, overhead +-100 points; one pinned
+# thread 6.4 ms, CV 22%, +-9.5 points. Base and adapter are timed alike, so the overhead stays comparable.
+CPU_TIMING_THREADS = 1
+
+
 @contextlib.contextmanager
-def pinned(device: torch.device):
+def pinned(device: torch.device, threads: int = CPU_TIMING_THREADS):
     """On CPU: a fixed thread count and every thread bound to that many of the cores this process may use
-    (the local runner gives parallel trials disjoint cores), so the OS cannot migrate or oversubscribe the
-    timed threads between runs. Restored afterwards. Nothing to do on a GPU."""
+    (the local runner gives parallel trials disjoint cores), so the OS cannot migrate the timed threads and
+    no thread waits at a barrier for a core a neighbour holds. Restored afterwards. Nothing to do on a GPU."""
     if device.type != "cpu" or not hasattr(os, "sched_setaffinity"):
         yield
         return
     before_threads, before_cores = torch.get_num_threads(), os.sched_getaffinity(0)
-    cores = set(sorted(before_cores)[: max(1, min(before_threads, len(before_cores)))])
+    cores = set(sorted(before_cores)[: max(1, min(threads, len(before_cores)))])
     torch.set_num_threads(len(cores))
     _bind(cores)  # after set_num_threads, which may start new pool threads
     try:
