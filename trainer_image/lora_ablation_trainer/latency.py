@@ -126,9 +126,9 @@ def _bind(cores: set[int]) -> None:
 
 
 # Decoding one sequence is a chain of small matrix products: on CPU, extra threads buy little speed and, on
-# shared cores, barrier stalls whenever a neighbour holds a core. Measured on a loaded 2-core machine
-# (tests/benchmarks/latency_noise.py): 2 threads gave TPOT p50 63 ms, CV 59%, overhead +-100 points; one pinned
-# thread 6.4 ms, CV 22%, +-9.5 points. Base and adapter are timed alike, so the overhead stays comparable.
+# shared cores, barrier stalls whenever a neighbour holds a core. On a loaded 2-core machine (median of 3
+# rounds, tests/benchmarks/latency_noise.py) 2 pinned threads gave TPOT p50 63 ms and an overhead interval of
+# +-38 points, one pinned thread 4.8 ms and +-14. Base and adapter are timed alike: the overhead stays comparable.
 CPU_TIMING_THREADS = 1
 
 
@@ -165,7 +165,13 @@ def merged_copy(model):
 
 
 def measure(
-    model, tokenizer, spec: LatencySpec, device: torch.device, has_adapter: bool, merged: bool = True
+    model,
+    tokenizer,
+    spec: LatencySpec,
+    device: torch.device,
+    has_adapter: bool,
+    merged: bool = True,
+    cpu_threads: int = CPU_TIMING_THREADS,
 ) -> LatencyMetrics:
     """Time the base model (adapter disabled) and, when present, the unmerged and the merged adapter."""
     model.eval()
@@ -179,7 +185,7 @@ def measure(
             runs["merged"] = (copy_, contextlib.nullcontext)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     names = list(runs)
-    with pinned(device):
+    with pinned(device, cpu_threads):
         for repeat in range(spec.warmup + spec.repeats):
             for name in names if repeat % 2 == 0 else names[::-1]:
                 target, context = runs[name]
