@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 .PHONY: crds test lint demo
 crds:  ## regenerate the CRD from the API models (the single source of truth)
 	$(VENV)/bin/lora-ablation crd > crds/lora.ablation.dev_loraablations.yaml
-	cp crds/lora.ablation.dev_loraablations.yaml helm/lora-ablation-operator/crds/
+	cp crds/lora.ablation.dev_loraablations.yaml helm/lora-ablation-operator/files/crds/  # templates/crd.yaml renders it
 test:
 	bash scripts/test.sh
 lint:

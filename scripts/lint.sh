@@ -7,4 +7,6 @@ lora-ablation crd | diff -u crds/lora.ablation.dev_loraablations.yaml - \
   || { echo "crds/ is stale: run 'make crds'" >&2; exit 1; }
 lora-ablation validate examples/*.yaml
 hadolint trainer_image/Dockerfile operator/Dockerfile
+actionlint .github/workflows/*.yaml
+zizmor --offline --persona pedantic --no-progress .github/workflows
 bash scripts/helm.sh lint --strict helm/lora-ablation-operator

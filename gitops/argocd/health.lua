@@ -35,7 +35,7 @@ if ready ~= nil and ready.status == "True" then
   hs.message = ready.message or done
   return hs
 end
-if ready ~= nil and (ready.reason == "InvalidSpec" or ready.reason == "PreflightFailed"
+if ready ~= nil and (ready.reason == "InvalidSpec" or ready.reason == "Forbidden" or ready.reason == "PreflightFailed"
     or ready.reason == "TooManyFailedTrials") then
   hs.status = "Degraded"
   hs.message = ready.reason .. ": " .. (ready.message or "")

@@ -5,6 +5,7 @@ consider, and cites where the rule comes from. Pure: data sizes, when known, are
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,16 @@ class DataSize:
 class Guardrail:
     rule: str  # short identifier: rank-vs-data, params-vs-tokens, lr-across-ranks, lr-range, attention-only, dora
     field: str  # the spec field to look at, e.g. spec.search.ranks
+    brief: str  # one line, for a condition or an Event (whose messages are capped at 1024 characters)
     message: str
     source: str
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message} [{self.source}]"
+
+    def short(self) -> str:
+        cites = ", ".join(dict.fromkeys(re.findall(r"seed 00\d|issue #\d+", self.source)))
+        return f"{self.field}: {self.brief} ({cites})"
 
 
 def _rank_ceiling(examples: int) -> int:
@@ -64,6 +70,7 @@ def _data_rules(spec: LoraAblationSpec, sizes: dict[str, DataSize], params: dict
         if top_rank > ceiling:
             out.append(Guardrail(
                 "rank-vs-data", "spec.search.ranks",
+                f"r={top_rank} above r<={ceiling} for {examples:,} examples of {dataset.name}",
                 f"r={top_rank} on {examples:,} training examples of {dataset.name} (spec.datasets[{index}]): the "
                 f"rule of thumb is r <= {ceiling} at this size, since effective rank ~ min(r, N/k) with k ~ 100-1000 "
                 "('r=64 on 500 examples will overfit severely'); drop the larger ranks or add data",
@@ -75,6 +82,7 @@ def _data_rules(spec: LoraAblationSpec, sizes: dict[str, DataSize], params: dict
             if most[1] > TOO_MANY * tokens:
                 out.append(Guardrail(
                     "params-vs-tokens", "spec.search",
+                    f"{most[0]}: {most[1]:,} parameters > {TOO_MANY}x ~{tokens:,} completion tokens of {dataset.name}",
                     f"{most[0]} trains {most[1]:,} parameters on ~{tokens:,} completion tokens of {dataset.name}: "
                     f"more than {TOO_MANY}x the tokens, so most directions fit noise; prefer fewer modules or a "
                     "lower rank for this dataset",
@@ -83,6 +91,8 @@ def _data_rules(spec: LoraAblationSpec, sizes: dict[str, DataSize], params: dict
             if least[1] and tokens > TOO_FEW * least[1]:
                 out.append(Guardrail(
                     "params-vs-tokens", "spec.search",
+                    f"{least[0]}: ~{tokens:,} completion tokens of {dataset.name} > {TOO_FEW}x its {least[1]:,} "
+                    "parameters (capacity-bound)",
                     f"{least[0]} trains {least[1]:,} parameters on ~{tokens:,} completion tokens of {dataset.name}: "
                     f"over {TOO_FEW}x more tokens than parameters, so it is likely capacity-bound and will trail "
                     "larger configurations for lack of room, not placement",
@@ -98,6 +108,7 @@ def _rate_rules(spec: LoraAblationSpec) -> list[Guardrail]:
     if len(ranks) > 1 and scaled:
         out.append(Guardrail(
             "lr-across-ranks", "spec.training.learningRate",
+            f"one rate ({lr:g}) for ranks {ranks} with alpha = {spec.search.alpha_over_rank:g} x r; add rslora",
             f"one learning rate ({lr:g}) serves ranks {ranks} for {', '.join(scaled)} while alpha = "
             f"{spec.search.alpha_over_rank:g} x r: with alpha/r scaling the stable rate falls as O(1/r) ('at r=64 "
             "you need 8x lower learning rate than at r=8'), so the rank comparison is also a learning-rate one; "
@@ -109,6 +120,7 @@ def _rate_rules(spec: LoraAblationSpec) -> list[Guardrail]:
         side = "below" if lr < LR_LOW else "above"
         out.append(Guardrail(
             "lr-range", "spec.training.learningRate",
+            f"{lr:g} far {side} the usual LoRA range ({LR_LOW:g}..{LR_HIGH:g})",
             f"{lr:g} is far {side} the LoRA range studies report (about 10x full fine-tuning: ~1e-4 to 5e-4 for "
             f"7B-class models; seed 002's ablation uses 2e-4); outside {LR_LOW:g}..{LR_HIGH:g} an adapter may not "
             "move at all or may diverge (tiny models, as in the quickstart, tolerate larger rates)",
@@ -123,6 +135,7 @@ def _grid_rules(spec: LoraAblationSpec) -> list[Guardrail]:
     if all(set(s) <= ATTENTION for s in sets):
         out.append(Guardrail(
             "attention-only", "spec.search.moduleSets",
+            "attention only; qkv alone fell below the base model on 2 of 7 datasets; add [o_proj, fc2]",
             "every module set adapts attention only: seed 000 found qkv alone the least robust target (below the "
             "base model on 2 of 7 datasets: FinCOT 67.09 vs 72.12, CoCoHD 19.64 vs 45.14) and o_proj+fc2 the "
             "quality step, and seed 002 reports attention+FFN +2-4 MMLU points over attention-only on "
@@ -132,6 +145,7 @@ def _grid_rules(spec: LoraAblationSpec) -> list[Guardrail]:
     if "dora" in [str(v) for v in spec.search.variants]:
         out.append(Guardrail(
             "dora", "spec.search.variants",
+            "DoRA trains slower and vLLM serves it only merged (vllm-project/vllm#10849)",
             "dora costs extra training compute (the weight-norm computation: 'typically under 5%' with QLoRA) and "
             "vLLM cannot serve DoRA adapters unmerged (feature request vllm-project/vllm#10849 is open): it must "
             "be merged to serve, one model per adapter",

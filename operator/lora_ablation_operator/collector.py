@@ -4,6 +4,7 @@ Kubernetes here. Everything read was written by a trial image, so nothing read i
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -17,6 +18,7 @@ from lora_ablation.report import render_markdown
 from lora_ablation.results import RESULT_FILE, SUMMARY_FILE, ResultRead, read_result
 from lora_ablation.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store, open_store
 from lora_ablation.summary_models import Summary
+from lora_ablation_operator.policy import Forbidden, storage_violations
 from lora_ablation_operator.settings import Settings
 
 PREFLIGHT_FILE = "preflight/preflight.json"
@@ -61,15 +63,28 @@ def _version(store: Store, key: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=256)
+_STORE_LOCK = threading.Lock()
+
+
 def _root_store(uri: str, endpoint: str | None, region: str | None, retries: int, timeout: float) -> Store:
-    # One client per storage location, reused by every reconcile (building a boto3 client costs ~10 ms).
+    # One client per storage location, reused by every pass. Built under a lock: workers starting together would
+    # each load botocore's service models (~70 MiB of parsed JSON at once, which the heap keeps).
+    with _STORE_LOCK:
+        return _cached_root_store(uri, endpoint, region, retries, timeout)
+
+
+@lru_cache(maxsize=256)
+def _cached_root_store(uri: str, endpoint: str | None, region: str | None, retries: int, timeout: float) -> Store:
     return open_store(uri, endpoint, region, retries=retries, timeout=timeout)
 
 
 def _store_for(storage: StorageSpec, namespace: str, name: str, settings: Settings) -> Store:
     if not storage.uri.startswith("s3://"):
         raise ValueError(f"storage.uri {storage.uri!r}: the operator reads and writes s3:// storage only")
+    # The operator's own credentials go only where the admin policy allows (a confused deputy otherwise): checked
+    # here, where every read, summary write and deletion opens storage, and not only when the plan is made.
+    if refused := storage_violations(storage, settings.policy, settings.default_storage_endpoint):
+        raise Forbidden("; ".join(refused))
     endpoint = storage.endpoint or settings.default_storage_endpoint
     root = _root_store(storage.uri, endpoint, storage.region, settings.storage_retries, settings.storage_timeout)
     return root.child(namespace, name)
@@ -114,7 +129,8 @@ def write_trial_statuses(store: Store, statuses: list[dict[str, Any]]) -> None:
 
 def delete_results(raw_storage: Any, namespace: str, name: str, settings: Settings) -> tuple[int, str]:
     """Remove everything under <storage.uri>/<namespace>/<name>; needs nothing of the spec but its storage, so
-    an ablation whose spec is otherwise invalid can still be deleted. ValueError when storage is unusable."""
+    an ablation whose spec is otherwise invalid can still be deleted. ValueError when storage is unusable or the
+    admin policy forbids it (policy.Forbidden): then nothing is deleted."""
     try:
         storage = StorageSpec.model_validate(raw_storage)
     except ValidationError as error:

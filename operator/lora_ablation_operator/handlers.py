@@ -1,159 +1,101 @@
-"""Kopf handlers: a few lines each. Every trigger (create, update, resume, timer) runs the same
-level-based reconcile; logic lives in reconcile.py, API calls in kube.py, storage in collector.py."""
+"""Kopf handlers: a few lines each. Kopf watches the ablations, their Jobs and their pods; every event queues the
+owning ablation in the controller's work queue (controller.py), whose workers run one level-based pass per
+ablation (reconcile_pass.py). A slow timer is the safety net for anything a watch could miss."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import time
-from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
-from lora_ablation.naming import label_value
 from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
-from lora_ablation_operator import conditions as c
-from lora_ablation_operator.observe import completed_trials, is_preflight_job, job_finished, stuck_jobs
-from lora_ablation_operator.planning import PlanCache, Planned
-from lora_ablation_operator.reconcile import Decision, Observed, reconcile
+from lora_ablation_operator.controller import Controller, finished
+from lora_ablation_operator.jobs import ABLATION_LABEL
+from lora_ablation_operator.observe import compact_job, compact_pod
 from lora_ablation_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
-RESULTS = collector.ResultCache(SETTINGS.result_recheck_seconds)
-PLANS = PlanCache()
-log = logging.getLogger(__name__)
+CONTROLLER = Controller(SETTINGS)
+OURS = {ABLATION_LABEL: kopf.PRESENT}
+QUIET = ("job_event", "pod_event", "ablation_event", "resync")  # run on every watch event: success is no news
+
+
+class _QuietEventHandlers(logging.Filter):
+    """Kopf logs every handler's success at INFO: one line per Job and pod event would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith("succeeded.") and any(f"'{name}'" in message for name in QUIET))
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kopf's own bookkeeping goes to annotations, so status holds only what the CRD schema describes.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    settings.execution.max_workers = int(os.environ.get("LORA_ABLATION_WORKERS", "8"))
-    port = int(os.environ.get("LORA_ABLATION_METRICS_PORT", "0"))
-    if port:
-        metrics.serve(port)
+    logging.getLogger("kopf.objects").addFilter(_QuietEventHandlers())
+    settings.execution.max_workers = SETTINGS.workers
+    # Server-side selectors: the API server streams only our Jobs and pods, not every pod of the cluster.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = ABLATION_LABEL
+    settings.watching.label_selectors["v1", "pods"] = ABLATION_LABEL
+    settings.watching.server_timeout = SETTINGS.watch_timeout
+    settings.watching.client_timeout = SETTINGS.watch_timeout + 60
+    settings.peering.priority = SETTINGS.peering_priority  # each replica its own (chart: replicaCount > 1)
+    kube.configure(SETTINGS.api_qps, SETTINGS.api_burst)
+    if SETTINGS.metrics_port:
+        metrics.serve(SETTINGS.metrics_port)
+    CONTROLLER.start()
 
 
-def _finished(status: dict[str, Any], generation: int | None) -> bool:
-    ready = next((x for x in status.get("conditions") or [] if x.get("type") == c.READY), {})
-    final = {c.COMPLETED, c.COMPLETED_WITH_FAILURES, c.TOO_MANY_FAILURES, c.PREFLIGHT_FAILED, c.INVALID_SPEC}
-    return ready.get("reason") in final and status.get("observedGeneration") == generation
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    await CONTROLLER.stop()
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+@kopf.index("batch", "v1", "jobs", labels=OURS)
+async def trial_jobs(namespace: str, labels: Any, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The watch cache of Jobs: (namespace, ablation label) -> the few fields a pass reads of each."""
+    return {(namespace, labels[ABLATION_LABEL]): compact_job(dict(body))}
 
 
-def observe(planned: Planned, name: str, namespace: str, uid: str, meta: Any, spec: Any, status: Any) -> Observed:
-    """Everything reconcile needs from the API and storage; storage failures become an observation, not an error."""
-    now, ablation = _now(), label_value(name)
-    jobs = kube.list_jobs(namespace, ablation)
-    active = any(not (job_finished(j, "Complete") or job_finished(j, "Failed")) for j in jobs.values())
-    stuck = stuck_jobs(kube.list_pods(namespace, ablation), now, SETTINGS.unschedulable_after) if active else {}
-    results: dict[str, Any] = {}
-    problems, storage_problem = None, None
-    if planned.spec is not None:
-        try:
-            store = collector.ablation_store(planned.spec, namespace, name, SETTINGS)
-            results = RESULTS.collect(uid, store, completed_trials(jobs))
-            if any(job_finished(j, "Failed") for j in jobs.values() if is_preflight_job(j)):
-                problems = collector.preflight_problems(store)
-        except StorageError as error:
-            metrics.STORAGE_ERRORS.inc()
-            storage_problem = collector.describe(error)
-    return Observed(name, namespace, meta.get("generation"), dict(spec), dict(status), jobs, results, problems, now,
-                    planned, storage_problem, stuck=stuck)  # fmt: skip
+@kopf.index("v1", "pods", labels=OURS)
+async def problem_pods(namespace: str, labels: Any, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Only pods that may be unable to start are kept (an empty result drops a pod that recovered)."""
+    pod = compact_pod(dict(body))
+    return {(namespace, labels[ABLATION_LABEL]): pod} if pod else {}
 
 
-def run_reconcile(body: kopf.Body, name: str, namespace: str, uid: str, meta: Any, spec: Any, status: Any,
-                  patch: kopf.Patch) -> None:  # fmt: skip
-    started = time.perf_counter()
-    planned = PLANS.get(uid, meta.get("generation"), name, namespace, dict(spec), SETTINGS)
-    observed = observe(planned, name, namespace, uid, meta, spec, status)
-    decision = reconcile(observed, SETTINGS)
-    created, rejected = create_jobs(decision, body)
-    if rejected:  # judge again, knowing what the API server refused: the status says so, nothing else is created
-        again = reconcile(dataclasses.replace(observed, jobs={**observed.jobs, **created}, rejected=rejected), SETTINGS)
-        # Start events name their Job first ("<job>: ..."): keep those of the Jobs that were really created.
-        started_events = [e for e in decision.events if e[2].split(":", 1)[0] in created]
-        decision = dataclasses.replace(again, events=started_events + again.events)
-    if problem := store_summary(decision, planned, namespace, name, dict(status)):
-        # Unstored, a finished ablation must not look finished (its timer would stop and the summary never come):
-        # the status says storage is unavailable and keeps what it knew; a later reconcile writes the summary.
-        unstored = reconcile(dataclasses.replace(observed, storage_problem=problem), SETTINGS)
-        decision = dataclasses.replace(decision, status=unstored.status, events=decision.events + unstored.events)
-    apply(decision, body, patch)
-    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+async def job_event(event: dict[str, Any], namespace: str, labels: Any, **kwargs: Any) -> None:
+    CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"])
+    CONTROLLER.child_event(namespace, labels[ABLATION_LABEL], deleted=event.get("type") == "DELETED")
 
 
-def create_jobs(decision: Decision, body: kopf.Body) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Create the decided Jobs in order, stopping at the first refusal: (created by name, refused name -> why)."""
-    created: dict[str, dict[str, Any]] = {}
-    for job in decision.create:
-        kopf.append_owner_reference(job, owner=body)  # deleting the ablation deletes its Jobs; no labels copied
-        try:
-            kube.create_job(job)
-        except kube.JobRefused as error:
-            return created, {job["metadata"]["name"]: str(error)}
-        created[job["metadata"]["name"]] = job
-    return created, {}
+@kopf.on.event("v1", "pods", labels=OURS)
+async def pod_event(event: dict[str, Any], namespace: str, labels: Any, body: kopf.Body, **kwargs: Any) -> None:
+    if compact_pod(dict(body)) is not None:  # a pod starting normally changes its Job too: that event suffices
+        CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"])
+        CONTROLLER.child_event(namespace, labels[ABLATION_LABEL], deleted=False)
 
 
-def store_summary(decision: Decision, planned: Planned, namespace: str, name: str,
-                  previous: dict[str, Any]) -> str | None:  # fmt: skip
-    """Write summary.json (and the whole trial list) when a result was added or the ablation finished; the
-    StorageUnavailable message when storage refused."""
-    succeeded = (decision.status.get("trials") or {}).get("succeeded")
-    if decision.summary is None or planned.spec is None:
-        return None
-    if not decision.finished and succeeded == (previous.get("trials") or {}).get("succeeded"):
-        return None
-    try:
-        store = collector.ablation_store(planned.spec, namespace, name, SETTINGS)
-        collector.write_summary(store, decision.summary)
-        if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
-            collector.write_trial_statuses(store, decision.all_trial_statuses)
-    except StorageError as error:
-        metrics.STORAGE_ERRORS.inc()
-        return collector.describe(error)
-    return None
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def ablation_event(event: dict[str, Any], **kwargs: Any) -> None:
+    """Created, edited, first seen after a start, deleted; our own status writes too (ignored unless the spec
+    changed). Runs only once Kopf has listed every Job and pod, so a pass never mistakes a cold cache for none."""
+    CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"])
+    CONTROLLER.ablation_event(event.get("type"), event.get("object") or {})
 
 
-def apply(decision: Decision, body: kopf.Body, patch: kopf.Patch) -> None:
-    namespace, name = body.metadata.namespace, body.metadata.name
-    for job_name in decision.delete:
-        kube.delete_job(namespace, job_name)
-    for job_name in decision.suspend:
-        kube.set_suspend(namespace, job_name, True)
-    for job_name in decision.resume:
-        kube.set_suspend(namespace, job_name, False)
-    for event_type, reason, message in decision.events:
-        (kopf.warn if event_type == "Warning" else kopf.info)(body, reason=reason, message=message)
-    patch.status.update(decision.status)
-    metrics.record_trials(namespace, name, decision.status.get("trials"))
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(body: kopf.Body, name: str, namespace: str, uid: str, meta: Any, spec: Any, status: Any,
-              patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
-    run_reconcile(body, name, namespace, uid, meta, spec, status, patch)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.reconcile_interval, initial_delay=SETTINGS.reconcile_interval,
-            when=lambda status, meta, **_: not _finished(dict(status), meta.get("generation")))  # fmt: skip
-def on_timer(body: kopf.Body, name: str, namespace: str, uid: str, meta: Any, spec: Any, status: Any,
-             patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
-    run_reconcile(body, name, namespace, uid, meta, spec, status, patch)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_interval, initial_delay=SETTINGS.resync_interval,
+            when=lambda status, meta, **_: not finished(dict(status), meta.get("generation")))  # fmt: skip
+async def resync(namespace: str, name: str, **_: Any) -> None:
+    CONTROLLER.resync((namespace, name))
 
 
 def _removes_results(spec: Any, **_: Any) -> bool:
@@ -176,12 +118,3 @@ def on_delete(body: kopf.Body, name: str, namespace: str, spec: Any, retry: int,
         kopf.warn(body, reason="ResultsKept", message=f"results not deleted after {retry + 1} tries: {error}")
         return
     logger.info("storage.retainOnDelete is false: removed %d objects under %s", removed, uri)
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def on_event(event: dict[str, Any], namespace: str, name: str, uid: str, **_: Any) -> None:
-    """Every deletion, whatever retainOnDelete says, drops what the process holds for the object."""
-    if event.get("type") == "DELETED":
-        RESULTS.forget(uid)
-        PLANS.forget(uid)
-        metrics.record_trials(namespace, name, None)

@@ -1,17 +1,23 @@
-"""The one module that talks to the Kubernetes API (besides Kopf itself): list, create, stop and
-suspend an ablation's Jobs, list its pods. Every call is idempotent: AlreadyExists and NotFound are outcomes,
-not errors; a refusal that retrying cannot fix soon is JobRefused, with the API server's own message."""
+"""The one module that talks to the Kubernetes API (besides Kopf itself, which watches): create, stop and
+suspend an ablation's Jobs, patch its status, post its Events. Every call is idempotent: AlreadyExists and NotFound
+are outcomes, not errors; a refusal that retrying cannot fix soon is JobRefused, with the API server's own message.
+All calls share one token bucket (settings apiQps/apiBurst), as client-go's QPS and burst protect the API server."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from lora_ablation_operator.jobs import ABLATION_LABEL
+from lora_ablation.api.base import GROUP, PLURAL, VERSION
 from lora_ablation_operator.metrics import API_ERRORS, API_REQUESTS
 
 # Refusals that say the request itself cannot be accepted as it stands (invalid, forbidden by admission or
@@ -28,8 +34,10 @@ def _client() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import
+    client = kubernetes.client.ApiClient()
+    client.user_agent = "lora-ablation-operator/0.1"  # tells our requests apart in API server audit logs
+    return client
 
 
 def batch_api() -> kubernetes.client.BatchV1Api:
@@ -49,26 +57,46 @@ def api_message(error: ApiException) -> str:
     return f"{error.status} {error.reason}: {message or error.reason or 'no message'}"[:600]
 
 
-def _call(verb: str, fn, *args, **kwargs):
-    API_REQUESTS.labels(verb).inc()
+class RateLimiter:
+    """A token bucket: `burst` requests at once, then `qps` per second; callers past it sleep. qps <= 0: no limit."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+        self.qps, self.burst, self._clock, self._sleep = qps, max(1, burst), clock, sleep
+        self._tokens, self._last = float(self.burst), clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, waiting if none is left; the seconds waited."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+            self._last = now
+            self._tokens -= 1  # reserved now; a negative balance is the queue of waiting callers
+            wait = -self._tokens / self.qps if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+LIMITER = RateLimiter(0, 1)
+
+
+def configure(qps: float, burst: int) -> None:
+    global LIMITER
+    LIMITER = RateLimiter(qps, burst)
+
+
+def _call(verb: str, fn, *args, resource: str = "jobs", **kwargs):
+    LIMITER.acquire()
+    API_REQUESTS.labels(verb, resource).inc()
     try:
         return fn(*args, **kwargs)
     except ApiException as error:
-        API_ERRORS.labels(verb, str(error.status)).inc()
+        API_ERRORS.labels(verb, resource, str(error.status)).inc()
         raise
-
-
-def list_jobs(namespace: str, ablation: str) -> dict[str, dict[str, Any]]:
-    """The ablation's Jobs (trials and preflight) as plain camelCase dicts, by name."""
-    response = _call(
-        "list",
-        batch_api().list_namespaced_job,
-        namespace,
-        label_selector=f"{ABLATION_LABEL}={ablation}",
-        _preload_content=False,
-    )
-    items = json.loads(response.data).get("items") or []
-    return {item["metadata"]["name"]: item for item in items}
 
 
 def create_job(body: dict[str, Any]) -> bool:
@@ -83,18 +111,6 @@ def create_job(body: dict[str, Any]) -> bool:
             raise JobRefused(api_message(error)) from None
         raise
     return True
-
-
-def list_pods(namespace: str, ablation: str) -> list[dict[str, Any]]:
-    """The pods of the ablation's Jobs (they carry the Jobs' labels), as plain dicts."""
-    response = _call(
-        "list",
-        core_api().list_namespaced_pod,
-        namespace,
-        label_selector=f"{ABLATION_LABEL}={ablation}",
-        _preload_content=False,
-    )
-    return json.loads(response.data).get("items") or []
 
 
 def delete_job(namespace: str, name: str) -> bool:
@@ -116,3 +132,40 @@ def set_suspend(namespace: str, name: str, suspend: bool) -> None:
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+def patch_status(namespace: str, name: str, patch: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    """Merge-patch the ablation's status subresource: (the status as stored, the object's new resourceVersion),
+    or None when the object is gone."""
+    custom = kubernetes.client.CustomObjectsApi(_client())
+    try:
+        response = _call("patch", custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL,
+                         name, {"status": patch}, resource=PLURAL, _preload_content=False)  # fmt: skip
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    stored = json.loads(response.data)
+    status = stored.get("status")
+    return (status if isinstance(status, dict) else {}), (stored.get("metadata") or {}).get("resourceVersion")
+
+
+def post_event(involved: dict[str, Any], event_type: str, reason: str, message: str) -> bool:
+    """One core/v1 Event about the ablation (what `kubectl describe` shows); False when the API refused it, which
+    is logged by the caller and never fails a reconcile."""
+    now = datetime.now(timezone.utc)
+    body = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{involved['name']}.", "namespace": involved["namespace"]},
+        "involvedObject": involved, "type": event_type, "reason": reason, "message": message,
+        "action": reason, "reportingComponent": "lora-ablation-operator", "reportingInstance": "lora-ablation-operator",
+        "source": {"component": "lora-ablation-operator"}, "count": 1,
+        "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }  # fmt: skip
+    try:
+        _call("create", core_api().create_namespaced_event, involved["namespace"], body, resource="events",
+              _preload_content=False)  # fmt: skip
+    except ApiException:
+        return False
+    return True

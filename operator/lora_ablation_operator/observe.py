@@ -102,3 +102,53 @@ def stuck_jobs(pods: list[dict[str, Any]], now: str, unschedulable_after: float)
         if job and problem:
             out.setdefault(str(job), problem)
     return out
+
+
+def compact_job(job: dict[str, Any]) -> dict[str, Any]:
+    """What the operator reads of a Job, and nothing else: what the watch cache keeps per Job (a full Job with its
+    pod template and trial contract is ~10x larger, and 10,000 of them are held at once)."""
+    meta, spec, status = _dict(job.get("metadata")), _dict(job.get("spec")), _dict(job.get("status"))
+    labels = _dict(meta.get("labels"))
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": {k: labels[k] for k in (TRIAL_LABEL, COMPONENT_LABEL) if k in labels},
+        },
+        "spec": {k: spec[k] for k in ("suspend", "backoffLimit") if k in spec},
+        "status": {
+            "conditions": [
+                {k: _dict(cond).get(k) for k in ("type", "status", "reason", "message")}
+                for cond in _list(status.get("conditions"))
+            ],
+            **{k: status[k] for k in ("active", "ready", "startTime") if k in status},
+        },
+    }
+
+
+def compact_pod(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """A pod that may be unable to start (pending with an image/config error or unschedulable, however long so
+    far), reduced to what pod_problem reads; None for the others, which the cache then does not hold."""
+    if pod_problem(pod, "9999-12-31T00:00:00Z", 0.0) is None:
+        return None
+    meta, status = _dict(pod.get("metadata")), _dict(pod.get("status"))
+    labels = _dict(meta.get("labels"))
+    return {
+        "metadata": {"name": meta.get("name"), "labels": {k: labels[k] for k in JOB_NAME_LABELS if k in labels}},
+        "status": {
+            k: status[k] for k in ("phase", "initContainerStatuses", "containerStatuses", "conditions") if k in status
+        },
+    }
+
+
+def next_stuck_check(pods: list[dict[str, Any]], now: str, unschedulable_after: float) -> float | None:
+    """Seconds until the first unschedulable pod has waited `unschedulable_after` (nothing changes on the pod at
+    that moment, so no event comes: the controller rechecks then); None when no pod is waiting for that."""
+    waits = []
+    for pod in pods:
+        for cond in _list(_dict(pod.get("status")).get("conditions")):
+            cond = _dict(cond)
+            if (cond.get("type"), cond.get("status"), cond.get("reason")) == ("PodScheduled", "False", "Unschedulable"):
+                waited = _seconds_since(cond.get("lastTransitionTime"), now)
+                if waited is not None and waited < unschedulable_after:
+                    waits.append(unschedulable_after - waited)
+    return min(waits) if waits else None

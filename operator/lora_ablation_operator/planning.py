@@ -1,6 +1,6 @@
 """From a raw spec to a plan, once per generation: parse, check what only the operator can check (name length,
-file:// paths, its own trial limit), expand the grid. Pure, plus a small cache keyed by uid and generation: the
-spec cannot change without the generation changing, and a large grid costs real CPU to plan."""
+file:// paths, the admin policy, its own trial limit), expand the grid. Pure, plus a small cache keyed by uid and
+generation: the spec cannot change without the generation changing, and a large grid costs real CPU to plan."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ from lora_ablation.api.resource import MAX_ABLATION_NAME
 from lora_ablation.api.resource import parse_spec as parse_raw_spec
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.plan import Plan, plan_trials
+from lora_ablation_operator import conditions as c
+from lora_ablation_operator.policy import violations
 from lora_ablation_operator.settings import Settings
 
 
 @dataclass(frozen=True)
 class Planned:
-    """A usable spec and its plan, or the reason there is none (an InvalidSpec message)."""
+    """A usable spec and its plan, or the reason there is none (an InvalidSpec or Forbidden message)."""
 
     spec: LoraAblationSpec | None = None
     plan: Plan | None = None
     problem: str | None = None
+    reason: str = c.INVALID_SPEC  # Forbidden when the admin policy refuses the spec
     warnings: tuple[str, ...] = ()  # guardrails the spec breaks: advice, never a reason to stop
 
 
@@ -44,6 +47,11 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
     if _file_uris(spec):
         return Planned(problem=f"file:// paths exist only on one machine ({', '.join(_file_uris(spec))}); "
                        "use s3:// or pvc:// in a cluster")  # fmt: skip
+    forbidden = violations(spec, settings.policy, trainer_image=settings.trainer_image,
+                           default_secret=settings.default_credentials_secret,
+                           default_endpoint=settings.default_storage_endpoint)  # fmt: skip
+    if forbidden:
+        return Planned(problem="; ".join(forbidden), reason=c.FORBIDDEN)
     if spec.trial_count > settings.max_trials:
         return Planned(problem=f"spec.search: the grid asks for {spec.trial_count} trials; this operator runs at "
                        f"most {settings.max_trials} per ablation (its maxTrials setting): narrow the grid or split "
@@ -55,7 +63,7 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
     except ValueError as error:  # a combination no single field check refuses: report it, never raise
         return Planned(problem=f"spec: the grid cannot be planned: {str(error)[:500]}")
     # The operator reads no data and inspects no model here, so only the rules on the spec itself apply.
-    return Planned(spec, plan, warnings=tuple(str(g) for g in guardrails.check(spec)))
+    return Planned(spec, plan, warnings=tuple(g.short() for g in guardrails.check(spec)))
 
 
 class PlanCache:

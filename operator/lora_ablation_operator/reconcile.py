@@ -34,6 +34,9 @@ class Observed:
     storage_problem: str | None = None  # why results storage could not be read (StorageUnavailable)
     rejected: dict[str, str] = field(default_factory=dict)  # Job name -> why the API server refused to create it
     stuck: dict[str, str] = field(default_factory=dict)  # Job name -> why its pod cannot start
+    # Trial states at the previous pass, as the process remembers them; None after a restart, when the status's
+    # (capped) trialStatuses stand in. Events go out on changes from these, so a restart repeats none.
+    previous_states: dict[str, str] | None = None
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Decision:
     status: dict[str, Any] = field(default_factory=dict)
     summary: Summary | None = None
     all_trial_statuses: list[dict[str, Any]] = field(default_factory=list)  # uncapped, for storage
+    trial_states: dict[str, str] | None = None  # every planned trial's state (None before trials are judged)
     finished: bool = False
 
 
@@ -89,7 +93,7 @@ def _changed(previous: list[dict[str, Any]], type_: str, reason: str) -> bool:
 def reconcile(observed: Observed, settings: Settings) -> Decision:
     planned = observed.planned or plan_for(observed.name, observed.namespace, observed.spec, settings)
     if planned.spec is None or planned.plan is None:
-        return _invalid(observed, planned.problem or "invalid spec", c.INVALID_SPEC)
+        return _invalid(observed, planned.problem or "invalid spec", planned.reason)
     spec, plan = planned.spec, planned.plan
     if observed.storage_problem:
         decision = _storage_unavailable(observed, observed.storage_problem)
@@ -103,8 +107,8 @@ def reconcile(observed: Observed, settings: Settings) -> Decision:
 
 
 def _warnings(observed: Observed, warnings: tuple[str, ...], decision: Decision) -> None:
-    """The Warnings condition beside the others, and one Warning event per guardrail when they first appear
-    for this generation (a re-reconcile repeats nothing)."""
+    """The Warnings condition beside the others, and one Warning event listing the guardrails when they first
+    appear for this generation (a re-reconcile repeats nothing)."""
     conds = decision.status.get("conditions")
     if conds is None:
         return
@@ -114,7 +118,7 @@ def _warnings(observed: Observed, warnings: tuple[str, ...], decision: Decision)
     conds.append(c.condition(previous, c.WARNINGS, bool(warnings), reason, message, gen, observed.now))
     old = next((x for x in previous if x.get("type") == c.WARNINGS), None)
     if warnings and (old is None or old.get("message") != conds[-1]["message"] or old.get("observedGeneration") != gen):
-        decision.events += [("Warning", c.GUARDRAILS, w[:1024]) for w in warnings]
+        decision.events.append(("Warning", c.GUARDRAILS, f"{len(warnings)} guardrail warning(s): {message}"))
 
 
 def _storage_unavailable(observed: Observed, problem: str) -> Decision:
@@ -178,7 +182,11 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
     trial_jobs = {n: j for n, j in observed.jobs.items() if is_trial_job(j)}
     # Trials removed from the spec by an edit: stop their Jobs (their results stay in storage).
     decision.delete += sorted(n for n, j in trial_jobs.items() if n not in planned and not _terminal_job(j))
-    previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
+    previous = observed.previous_states
+    # After a restart the status's capped list stands in: a trial past the cap may have been reported already.
+    unknown_reported = previous is None and bool(observed.status.get("trialStatusesTruncated"))
+    if previous is None:
+        previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
     states: dict[str, tuple[str, str | None]] = {
         t.name: _trial_state(trial_jobs.get(t.name), observed.results.get(t.name), observed, t.name)
         for t in plan.trials
@@ -208,6 +216,8 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
                 capacity -= 1
     for trial in plan.trials:
         state, message = states[trial.name]
+        if unknown_reported and trial.name not in previous:
+            continue
         if previous.get(trial.name) != state and state == c.SUCCEEDED:
             result = observed.results[trial.name].result
             decision.events.append(("Normal", "TrialSucceeded",
@@ -216,6 +226,7 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
             reason = {c.FAILED: "TrialFailed", c.RESULTS_MISSING: c.RESULTS_MISSING, c.STUCK: c.TRIAL_STUCK}[state]
             decision.events.append(("Warning", reason, f"{trial.name}: {message}"))
     _status(observed, spec, plan, states, too_many, settings, decision)
+    decision.trial_states = {name: state for name, (state, _) in states.items()}
 
 
 def _terminal_job(job: dict[str, Any]) -> bool:

@@ -1,12 +1,17 @@
-"""Operator at scale: N ablations x M trials against kmock's emulated API server and moto S3.
+"""Operator at scale: N ablations x M trials against kmock's emulated API server and moto S3, in one run:
 
-Prints: seconds from applying every ablation to all permitted trial Jobs existing; seconds from the
-last Job completion to every ablation reporting Ready; API requests per trial; the operator's peak
-memory; and, as the baseline measured in the same run, a bare loop of client calls creating the same
-Jobs from the same builder, with the ratio (operator time / bare loop time). Preflight is switched off
-so the figures are about trial Jobs.
+- apply -> every permitted trial Job exists, against the baseline measured in the same run: a bare loop of client
+  calls creating the same Jobs from the same builder (on a second emulated API server), and their ratio;
+- Job completion -> visible in the ablation's status (p50, p95), one completion at a time over a sample;
+- a burst: every other Job completing at once -> every ablation Ready;
+- API requests per trial over its whole life, by client, verb and resource (as the API server counted them);
+- the operator's memory: resident at start, peak (VmHWM), and per trial;
+- CPU time of one pass triggered by one Job completing in an ablation of ~maxTrials trials (in-process).
 
-    python tests/benchmarks/operator_scale.py [--ablations 100] [--trials 10]
+Preflight is off so the figures are about trial Jobs.
+
+    python tests/benchmarks/operator_scale.py [--ablations 100] [--trials 10] [--sample 60] [--no-cpu]
+    python tests/benchmarks/operator_scale.py --ablations 100 --trials 100 --no-cpu      # 10,000 trials
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import kubernetes
@@ -31,106 +38,243 @@ from support.s3 import aws_test_env, s3_client, start_moto_server
 
 MODULE_SETS = [["qkv"], ["o_proj"], ["fc1"], ["fc2"], ["o_proj", "fc1"], ["qkv", "fc2"], ["o_proj", "fc2"],
                ["qkv", "fc1"], ["all"], ["attn"], ["mlp"], ["q_proj"], ["v_proj"], ["k_proj"]]  # fmt: skip
+RANKS = [4, 8, 16, 32, 64, 128, 256, 2]
+GROUP, VERSION, PLURAL = "lora.ablation.dev", "v1alpha1", "loraablations"
 
 
 def ablation_manifests(count: int, trials: int, bucket: str) -> list[dict]:
+    """`count` ablations of `trials` trials each: a baseline plus module sets x ranks, all allowed to run at once."""
+    configs = [(m, r) for r in RANKS for m in MODULE_SETS][: trials - 1]
+    if len(configs) < trials - 1:
+        raise SystemExit(f"at most {len(MODULE_SETS) * len(RANKS) + 1} trials per ablation here")
+    module_sets = sorted({tuple(m) for m, _ in configs}, key=lambda m: MODULE_SETS.index(list(m)))
+    ranks = sorted({r for _, r in configs})
     out = []
     for index in range(count):
-        body = manifest(f"scale-{index:03d}", bucket, search={"moduleSets": MODULE_SETS[: trials - 1]},
+        body = manifest(f"scale-{index:03d}", bucket, search={"moduleSets": [list(m) for m in module_sets],
+                                                              "ranks": ranks},
                         execution={"parallelism": trials, "maxFailedTrials": trials})  # fmt: skip
         out.append(body)
     return out
 
 
-def wait(check, timeout: float, what: str) -> float:
+def wait(check, timeout: float, what: str, poll: float = 0.05) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         if check():
             return time.perf_counter() - started
-        time.sleep(0.05)
+        time.sleep(poll)
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def bare_loop(api: ServedApi, manifests: list[dict]) -> tuple[float, int]:
-    """The baseline: the same Jobs, built by the same pure builder, created by a plain loop of calls."""
-    batch = kubernetes.client.BatchV1Api()
-    jobs = []
-    for body in manifests:
-        ablation = parse_ablation({**body, "metadata": {**body["metadata"], "namespace": "baseline"}})
-        for trial in plan_trials(ablation.metadata.name, "baseline", ablation.spec).trials:
-            jobs.append(trial_job(ablation.metadata.name, "baseline", ablation.spec, trial, Settings()))
-    started = time.perf_counter()
-    for job in jobs:
-        batch.create_namespaced_job("baseline", job, _preload_content=False)
-    return time.perf_counter() - started, len(jobs)
+def bare_loop(manifests: list[dict], watched: bool = False) -> tuple[float, int]:
+    """The baseline: the same Jobs, built by the same pure builder, created by a plain loop of calls against a
+    second emulated API server (so that the operator's watches never see them). `watched`: with a client watching
+    Jobs meanwhile, as the operator does: the single-threaded emulator then also streams every Job it stores."""
+    with ServedApi() as api:
+        config = kubernetes.client.Configuration()
+        kubeconfig = write_kubeconfig(Path("/tmp/operator-scale/baseline-kubeconfig"), api.url)
+        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=config)
+        batch = kubernetes.client.BatchV1Api(kubernetes.client.ApiClient(config))
+        jobs = []
+        for body in manifests:
+            ablation = parse_ablation(body)
+            for trial in plan_trials(ablation.metadata.name, "default", ablation.spec).trials:
+                jobs.append(trial_job(ablation.metadata.name, "default", ablation.spec, trial, Settings()))
+        seen = threading.Event()
+        watcher = threading.Thread(target=_watch_jobs, args=(batch, len(jobs), seen), daemon=True)
+        if watched:
+            watcher.start()
+            time.sleep(0.5)
+        started = time.perf_counter()
+        for job in jobs:
+            batch.create_namespaced_job("default", job, _preload_content=False)
+        if watched:
+            seen.wait(120)
+        return time.perf_counter() - started, len(jobs)
 
 
-def peak_rss_mib(pid: int) -> float:
+def _watch_jobs(batch: kubernetes.client.BatchV1Api, expected: int, seen: threading.Event) -> None:
+    stream = kubernetes.watch.Watch().stream(batch.list_namespaced_job, "default", timeout_seconds=300)
+    for count, _ in enumerate(stream, start=1):
+        if count >= expected:
+            seen.set()
+            return
+
+
+def proc_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def scale_run(args: argparse.Namespace) -> None:
+    total = args.ablations * args.trials
+    workdir = Path("/tmp/operator-scale")
+    workdir.mkdir(exist_ok=True)
+    with aws_test_env():
+        manifests = ablation_manifests(args.ablations, args.trials, "scale")
+        baseline_seconds, baseline_jobs = bare_loop(manifests)
+        watched_seconds, _ = bare_loop(manifests, watched=True)
+        with ServedApi() as api:
+            server, endpoint = start_moto_server()
+            s3_client(endpoint).create_bucket(Bucket="scale")
+            cluster = Cluster(write_kubeconfig(workdir / "kubeconfig", api.url), endpoint, "scale", workdir)
+            cluster.install_crd()
+            os.environ["LORA_ABLATION_PREFLIGHT"] = "false"
+            cluster.start_operator(interval=args.resync, verbose=False)
+            time.sleep(3)  # Kopf lists and starts its watches before the clock starts
+            pid = cluster.operator.pid
+            rss_start = proc_mib(pid, "VmRSS")
+            tally_before = Counter(api.emulator.tally)
+            started = time.perf_counter()
+            for body in manifests:
+                cluster.apply(body)
+
+            def trial_jobs() -> list[dict]:
+                return api.objects("batch", "v1", "jobs")
+
+            wait(lambda: api.count("batch", "v1", "jobs") >= total, 900, "all trial Jobs", poll=0.02)
+            create_seconds = time.perf_counter() - started
+            if args.only_create:  # e.g. to profile this phase alone (LORA_ABLATION_TEST_PYTHON="py-spy record ...")
+                cluster.stop_operator()
+                server.stop()
+                print(f"apply -> all {total} Jobs: {create_seconds:.2f} s; bare loop {baseline_seconds:.2f} s; "
+                      f"ratio {create_seconds / baseline_seconds:.2f}; with a watch {watched_seconds:.2f} s, ratio "
+                      f"{create_seconds / watched_seconds:.2f}")  # fmt: skip
+                return
+            jobs = trial_jobs()
+            for job in jobs:
+                cluster.write_result(job, 0.5)
+
+            def succeeded(name: str) -> int:
+                found = api.get(GROUP, VERSION, PLURAL, name, "default") or {}
+                return ((found.get("status") or {}).get("trials") or {}).get("succeeded") or 0
+
+            by_ablation: dict[str, list[dict]] = {}
+            for job in jobs:
+                by_ablation.setdefault(job["metadata"]["labels"]["lora.ablation.dev/ablation"], []).append(job)
+            sample = [group[0] for group in list(by_ablation.values())[: args.sample]]
+            latencies = []
+            for job in sample:  # one completion at a time: from the Job's status write to the ablation's status
+                name = job["metadata"]["labels"]["lora.ablation.dev/ablation"]
+                before = succeeded(name)
+                cluster.finish_job(job["metadata"]["name"])
+                latencies.append(wait(lambda name=name, before=before: succeeded(name) > before, 60,
+                                      "a completion in status", poll=0.005))  # fmt: skip
+            finished = {j["metadata"]["name"] for j in sample}
+            rest = [j for j in jobs if j["metadata"]["name"] not in finished]
+            burst_started = time.perf_counter()
+            for job in rest:
+                cluster.finish_job(job["metadata"]["name"])
+            burst_finished = time.perf_counter()
+
+            def all_ready() -> bool:
+                items = api.objects(GROUP, VERSION, PLURAL)
+                return len(items) == args.ablations and all(
+                    any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {})
+                        .get("conditions", [])) for i in items)  # fmt: skip
+
+            wait(all_ready, 900, "every ablation Ready", poll=0.1)
+            final_seconds = time.perf_counter() - burst_finished
+            tally = Counter(api.emulator.tally)
+            tally.subtract(tally_before)
+            rss_peak, rss_end = proc_mib(pid, "VmHWM"), proc_mib(pid, "VmRSS")
+            cluster.stop_operator()
+            server.stop()
+
+    ours = {k: v for k, v in tally.items() if k[0] in {"kopf", "lora-ablation-operator"} and v > 0}
+    requests = sum(ours.values())
+    print(f"{args.ablations} ablations x {args.trials} trials = {total} trial Jobs (preflight off, resync "
+          f"{args.resync}s)")  # fmt: skip
+    print(f"  apply -> all permitted Jobs created:      {create_seconds:8.2f} s")
+    print(f"  baseline: bare loop creating {baseline_jobs} Jobs:  {baseline_seconds:8.2f} s "
+          f"({baseline_jobs / baseline_seconds:.0f} Jobs/s)")  # fmt: skip
+    print(f"  ratio operator/baseline (Job creation):    {create_seconds / baseline_seconds:8.2f}   (goal <= 1.5)")
+    print(f"  the bare loop with a Job watch open:       {watched_seconds:8.2f} s; operator/that "
+          f"{create_seconds / watched_seconds:.2f}")  # fmt: skip
+    print(f"  Job completion -> status, {len(latencies)} single completions: p50 {percentile(latencies, .5):.3f} s, "
+          f"p95 {percentile(latencies, .95):.3f} s, max {max(latencies):.3f} s   (goal p95 <= 1 s)")  # fmt: skip
+    print(f"  burst of {len(rest)} completions (written in {burst_finished - burst_started:.1f} s) -> all Ready: "
+          f"{final_seconds:.2f} s after the last")  # fmt: skip
+    print(f"  API requests per trial, whole life:        {requests / total:8.2f}   (goal <= 4)")
+    for (client, verb, resource), count in sorted(ours.items(), key=lambda kv: -kv[1]):
+        print(f"      {client:24s} {verb:7s} {resource:28s} {count:7d}  {count / total:6.3f}/trial")
+    print(f"  operator memory: start {rss_start:.1f} MiB, end {rss_end:.1f} MiB, peak {rss_peak:.1f} MiB "
+          f"(goal <= 200 at 1,000 trials); {(rss_peak - rss_start) * 1024 / total:.1f} KiB per trial above start")
+
+
+def reconcile_cpu(trials_wanted: int) -> None:
+    """One pass of an ablation of ~maxTrials trials, all but one finished, after that one finishes: CPU seconds
+    of the pass's own thread (the emulated API server and moto run in other threads and are not counted)."""
+    from lora_ablation_operator import collector, kube
+    from lora_ablation_operator.observe import compact_job
+    from lora_ablation_operator.planning import PlanCache
+    from lora_ablation_operator.reconcile_pass import Snapshot, run_pass
+
+    ds = manifest("x", "cpu")["spec"]["datasets"][0]
+    per_dataset = len(MODULE_SETS[:10]) * 5 * 2 + 1
+    datasets = [{**ds, "name": f"d{i}"} for i in range(max(1, trials_wanted // per_dataset))]
+    body = manifest("cpu", "cpu", datasets=datasets, search={"moduleSets": MODULE_SETS[:10],
+                    "ranks": [4, 8, 16, 32, 64], "variants": ["lora", "dora"]},
+                    execution={"parallelism": 5000, "maxFailedTrials": 10})  # fmt: skip
+    workdir = Path("/tmp/operator-scale")
+    with aws_test_env(), ServedApi() as api:
+        server, endpoint = start_moto_server()
+        s3_client(endpoint).create_bucket(Bucket="cpu")
+        cluster = Cluster(write_kubeconfig(workdir / "cpu-kubeconfig", api.url), endpoint, "cpu", workdir)
+        cluster.install_crd()
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)  # the pass's own client (kube.py) loads this
+        kube._client.cache_clear()
+        cluster.apply(body)
+        stored = cluster.ablation("cpu")
+        settings = Settings(preflight=False, default_storage_endpoint=endpoint)
+        ablation = parse_ablation(body)
+        trials = plan_trials("cpu", "default", ablation.spec).trials
+        jobs = {}
+        for trial in trials:
+            job = trial_job("cpu", "default", ablation.spec, trial, settings)
+            cluster.write_result(job, 0.5)
+            jobs[trial.name] = compact_job(job)
+        done = [{"type": "Complete", "status": "True"}]
+        for name in list(jobs)[:-1]:
+            jobs[name]["status"]["conditions"] = done
+        results, plans = collector.ResultCache(300.0), PlanCache()
+        first = run_pass(Snapshot(stored, {}, jobs, []), settings, results, plans)  # reads every result once
+        status = first.written_status[0] if first.written_status else {}
+        jobs[list(jobs)[-1]]["status"]["conditions"] = done
+        cpu, wall = time.thread_time(), time.perf_counter()
+        second = run_pass(Snapshot(stored, status, jobs, [], first.states), settings, results, plans)
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        status = second.written_status[0] if second.written_status else status
+        idle_cpu = time.thread_time()
+        run_pass(Snapshot(stored, status, jobs, [], second.states), settings, results, plans)
+        idle_cpu = time.thread_time() - idle_cpu
+        server.stop()
+    print(f"one pass of an ablation of {len(trials)} trials (maxTrials 5000) after one Job completed: "
+          f"{cpu * 1000:.0f} ms CPU, {wall * 1000:.0f} ms wall (status patch and summary write included); "
+          f"a pass with nothing changed: {idle_cpu * 1000:.0f} ms CPU")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ablations", type=int, default=100)
-    parser.add_argument("--trials", type=int, default=10, help="trials per ablation (baseline + module sets)")
-    parser.add_argument("--interval", type=float, default=2.0, help="operator reconcile interval, seconds")
+    parser.add_argument("--trials", type=int, default=10, help="trials per ablation (baseline + configurations)")
+    parser.add_argument("--sample", type=int, default=60, help="single completions timed to status")
+    parser.add_argument("--resync", type=float, default=300.0, help="the operator's safety-net resync, seconds")
+    parser.add_argument("--cpu-trials", type=int, default=5000, help="trials of the one-pass CPU measurement")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the one-pass CPU measurement")
+    parser.add_argument("--only-create", action="store_true", help="stop once every Job exists")
     args = parser.parse_args()
-    total = args.ablations * args.trials
-    with aws_test_env(), ServedApi() as api:
-        server, endpoint = start_moto_server()
-        bucket = "scale"
-        s3_client(endpoint).create_bucket(Bucket=bucket)
-        workdir = Path("/tmp/operator-scale")
-        workdir.mkdir(exist_ok=True)
-        kubeconfig = write_kubeconfig(workdir / "kubeconfig", api.url)
-        cluster = Cluster(kubeconfig, endpoint, bucket, workdir)
-        cluster.install_crd()
-        manifests = ablation_manifests(args.ablations, args.trials, bucket)
-        baseline_seconds, baseline_jobs = bare_loop(api, manifests)
-
-        os.environ["LORA_ABLATION_PREFLIGHT"] = "false"
-        cluster.start_operator(interval=args.interval, verbose=False)
-        time.sleep(3)  # let Kopf start its watches before the clock starts
-        requests_before = api.emulator.served
-        started = time.perf_counter()
-        for body in manifests:
-            cluster.apply(body)
-
-        def trial_jobs() -> list[dict]:
-            return [j for j in api.objects("batch", "v1", "jobs") if j["metadata"].get("namespace") == "default"]
-
-        wait(lambda: len(trial_jobs()) >= total, 900, "all trial Jobs")
-        create_seconds = time.perf_counter() - started
-        for job in trial_jobs():
-            cluster.write_result(job, 0.5)
-        for job in trial_jobs():
-            cluster.finish_job(job["metadata"]["name"])
-        last_completion = time.perf_counter()
-
-        def all_ready() -> bool:
-            items = cluster.custom.list_namespaced_custom_object("lora.ablation.dev", "v1alpha1", "default",
-                                                                 "loraablations")["items"]  # fmt: skip
-            return all(any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {})
-                           .get("conditions", [])) for i in items)  # fmt: skip
-
-        wait(all_ready, 900, "every ablation Ready")
-        final_seconds = time.perf_counter() - last_completion
-        requests = api.emulator.served - requests_before
-        memory = peak_rss_mib(cluster.operator.pid)
-        cluster.stop_operator()
-        server.stop()
-    print(f"{args.ablations} ablations x {args.trials} trials = {total} trial Jobs (preflight off, "
-          f"reconcile interval {args.interval}s)")  # fmt: skip
-    print(f"  apply -> all permitted Jobs created:   {create_seconds:8.2f} s")
-    print(f"  last Job completion -> all Ready:      {final_seconds:8.2f} s")
-    print(f"  API requests per trial (operator run): {requests / total:8.2f}")
-    print(f"  operator peak memory (VmHWM):          {memory:8.1f} MiB")
-    print(f"  baseline: bare loop creating {baseline_jobs} Jobs: {baseline_seconds:6.2f} s "
-          f"({baseline_jobs / baseline_seconds:.0f} Jobs/s)")  # fmt: skip
-    print(f"  ratio operator/baseline (Job creation): {create_seconds / baseline_seconds:7.2f}")
+    scale_run(args)
+    if not args.no_cpu:
+        reconcile_cpu(args.cpu_trials)
 
 
 if __name__ == "__main__":

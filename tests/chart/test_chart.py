@@ -4,21 +4,17 @@ the Kubernetes schemas offline, and assert least privilege and a locked-down ope
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from support.chart import helm, of_kind
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "lora-ablation-operator"
 EXAMPLE_VALUES = ROOT / "examples" / "helm" / "values-namespaced-minio.yaml"
-
-
-def helm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "scripts" / "helm.sh"), *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
 
 
 def render(*values: str, **sets: str) -> list[dict]:
@@ -30,10 +26,6 @@ def render(*values: str, **sets: str) -> list[dict]:
     done = helm(*args)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
-def of_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 @pytest.mark.parametrize("values", [[], [str(EXAMPLE_VALUES)]], ids=["defaults", "namespaced-minio"])
@@ -53,8 +45,8 @@ def test_values_schema_rejects_nonsense():
 @pytest.mark.parametrize("values", [[], [str(EXAMPLE_VALUES)]], ids=["defaults", "namespaced-minio"])
 def test_rendered_manifests_are_valid_kubernetes(values):
     for doc in render(*values):
-        if doc["apiVersion"].startswith("monitoring.coreos.com"):
-            continue  # a prometheus-operator CRD kind; not in the built-in schemas
+        if doc["apiVersion"].startswith(("monitoring.coreos.com", "kopf.dev")):
+            continue  # prometheus-operator's and Kopf's CRD kinds; not in the built-in schemas
         kubernetes_validate.validate(doc, "1.33.0", strict=True)
 
 

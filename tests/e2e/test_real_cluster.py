@@ -74,6 +74,7 @@ def test_quickstart_on_a_real_cluster(tmp_path):
         "storage.endpoint": endpoint,
         "storage.credentialsSecret": "e2e-s3",
         "watchNamespaces": f"{{{NAMESPACE}}}",
+        "policy.allowedBuckets": f"{{{bucket}}}",  # the admin policy allows no bucket by default
     }
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     run("bash", str(ROOT / "scripts" / "helm.sh"), "upgrade", "--install", "lora-e2e", chart, "--namespace", NAMESPACE,

@@ -52,7 +52,7 @@ def test_completed_is_healthy_with_the_answer():
     }
 
 
-@pytest.mark.parametrize("reason", ["InvalidSpec", "PreflightFailed", "TooManyFailedTrials"])
+@pytest.mark.parametrize("reason", ["InvalidSpec", "Forbidden", "PreflightFailed", "TooManyFailedTrials"])
 def test_terminal_failures_are_degraded(reason):
     result = health(ablation([("Ready", "False", reason, "spec.search.ranks[0]: must be >= 1")]))
     assert result["status"] == "Degraded" and result["message"].startswith(reason + ":")

@@ -167,8 +167,8 @@ def test_a_stuck_preflight_is_running_but_not_progressing():
 
 
 def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_finished(s3_endpoint):
-    from lora_ablation_operator.handlers import store_summary
     from lora_ablation_operator.planning import plan_for
+    from lora_ablation_operator.reconcile_pass import store_summary
     from support.s3 import free_port
 
     raw = spec(storage={"uri": "s3://results/ablations", "endpoint": f"http://127.0.0.1:{free_port()}"})
@@ -178,7 +178,7 @@ def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_fin
     results = {j["metadata"]["name"]: result_for(j["metadata"]["name"], 0.5) for j in jobs[1:]}
     decision = reconcile(observed(raw, jobs=jobs, results=results), SETTINGS)
     assert decision.summary is not None
-    problem = store_summary(decision, planned, "ns", "demo", {})
+    problem = store_summary(decision, planned, "ns", "demo", {}, SETTINGS)
     assert problem and problem.startswith("results storage unreachable")
     assert store_summary(decision, plan_for("demo", "ns", spec(storage={"uri": "file://x"}), SETTINGS), "ns", "demo",
-                         {}) is None  # nothing to write to: not a storage problem  # fmt: skip
+                         {}, SETTINGS) is None  # nothing to write to: not a storage problem  # fmt: skip

@@ -169,7 +169,7 @@ def test_9_pods_that_cannot_start_make_their_trial_stuck(operated):
     assert "ImagePullBackOff" in got[jobs[0]]["message"] and "Insufficient nvidia.com/gpu" in got[jobs[1]]["message"]
     assert reason(cluster, "stuck", "Progressing") == "TrialStuck"
     assert cluster.status("stuck")["trials"]["stuck"] == 2
-    assert cluster.events("stuck").count("TrialStuck") == 2
+    assert cluster.trial_events("stuck", "TrialStuck") == 2
     assert_schema_valid(cluster, "stuck")
 
 

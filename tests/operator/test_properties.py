@@ -19,6 +19,7 @@ from lora_ablation.crdgen import build_crd
 from lora_ablation.results import read_result
 from lora_ablation.store import open_store
 from lora_ablation_operator.collector import preflight_problems
+from lora_ablation_operator.policy import Policy
 from lora_ablation_operator.reconcile import Observed, reconcile
 from lora_ablation_operator.settings import Settings
 from support.kube_validation import validate_metadata, validate_pod_template
@@ -31,7 +32,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 ROOT_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 SPEC_SCHEMA = ROOT_SCHEMA["properties"]["spec"]
 CRD = OAS30Validator(ROOT_SCHEMA)
-SETTINGS = Settings(trainer_image="trainer:test", max_trial_statuses=20)
+SETTINGS = Settings(trainer_image="trainer:test", max_trial_statuses=20, policy=Policy.open())
 NOW = "2026-11-23T12:00:00Z"
 # Kubernetes' rules, written out here rather than imported from the code under test.
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

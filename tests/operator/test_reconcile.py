@@ -12,10 +12,11 @@ from lora_ablation.results import ResultRead
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import TRIAL_LABEL, preflight_name
 from lora_ablation_operator.observe import completed_trials
+from lora_ablation_operator.policy import Policy
 from lora_ablation_operator.reconcile import Observed, reconcile
 from lora_ablation_operator.settings import Settings
 
-SETTINGS = Settings(trainer_image="trainer:test")
+SETTINGS = Settings(trainer_image="trainer:test", policy=Policy.open())  # policy: tests/operator/test_policy.py
 NOW = "2026-11-23T12:00:00Z"
 
 
@@ -204,7 +205,7 @@ def test_reconcile_is_idempotent_and_transition_times_stay():
 def test_status_list_is_capped():
     raw = spec(search={"moduleSets": [["o_proj"], ["fc2"], ["qkv"]]})
     pre, _ = run_preflight(raw)
-    decision = reconcile(observed(raw, jobs=[pre]), Settings(max_trial_statuses=2))
+    decision = reconcile(observed(raw, jobs=[pre]), Settings(max_trial_statuses=2, policy=Policy.open()))
     assert len(decision.status["trialStatuses"]) == 2 and decision.status["trialStatusesTruncated"] is True
     assert decision.status["trials"]["total"] == 4
     assert len(decision.all_trial_statuses) == 4  # the whole list goes to storage (trials.json)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from conftest import minimal_manifest
 from lora_ablation_operator import conditions as c
+from lora_ablation_operator.policy import Policy
 from lora_ablation_operator.reconcile import Observed, reconcile
 from lora_ablation_operator.settings import Settings
 
-SETTINGS = Settings(trainer_image="trainer:test", preflight=False)
+SETTINGS = Settings(trainer_image="trainer:test", preflight=False, policy=Policy.open())
 
 
 def observe(raw, status=None, generation=1):
@@ -25,15 +26,25 @@ def test_a_spec_breaking_guardrails_gets_a_warnings_condition_and_events_but_sti
     assert first.create, "guardrails never block: the trial Jobs are created"
     condition = warnings_condition(first)
     assert condition["status"] == "True" and condition["reason"] == c.GUARDRAILS
-    assert "spec.search.moduleSets: every module set adapts attention only" in condition["message"]
-    assert "spec.training.learningRate: one learning rate" in condition["message"]
-    guardrail_events = [e for e in first.events if e[1] == c.GUARDRAILS]
-    assert [e[0] for e in guardrail_events] == ["Warning", "Warning"]
-    assert all("[seed 00" in e[2] for e in guardrail_events)
+    assert condition["message"] == (
+        "spec.search.moduleSets: attention only; qkv alone fell below the base model on 2 of 7 datasets; add "
+        "[o_proj, fc2] (seed 000, seed 002); spec.training.learningRate: one rate (0.0002) for ranks [8, 64] with "
+        "alpha = 2 x r; add rslora (seed 002)"
+    )
+    (event,) = [e for e in first.events if e[1] == c.GUARDRAILS]
+    assert event == ("Warning", c.GUARDRAILS, "2 guardrail warning(s): " + condition["message"])
     again = reconcile(observe(raw, status=first.status), SETTINGS)
     assert warnings_condition(again) == condition and not [e for e in again.events if e[1] == c.GUARDRAILS]
     later = reconcile(observe(raw, status=first.status, generation=2), SETTINGS)
-    assert len([e for e in later.events if e[1] == c.GUARDRAILS]) == 2, "a new generation is a new spec to warn on"
+    assert len([e for e in later.events if e[1] == c.GUARDRAILS]) == 1, "a new generation is a new spec to warn on"
+
+
+def test_every_guardrail_at_once_fits_the_condition_message():
+    raw = minimal_manifest(search={"moduleSets": [["qkv"], ["o_proj"]], "ranks": [8, 64], "variants": ["lora", "dora"]},
+                           training={"learningRate": 0.05})["spec"]  # fmt: skip
+    condition = warnings_condition(reconcile(observe(raw), SETTINGS))
+    assert condition["message"].count("(seed 00") + condition["message"].count("(issue #14)") == 4
+    assert len(condition["message"]) < 1024, "nothing is cut off"
 
 
 def test_a_sound_spec_has_the_condition_false():

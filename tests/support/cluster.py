@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,19 +59,26 @@ class Cluster:
         # Namespaces need not exist: the emulator keeps objects of any namespace.
         kubernetes.client.ApiextensionsV1Api().create_custom_resource_definition(build_crd())
 
-    def start_operator(self, interval: float = 0.3, verbose: bool = True, **settings: str) -> None:
+    def start_operator(self, interval: float = 60.0, verbose: bool = True, **settings: str) -> None:
         """Settings go to the operator as LORA_ABLATION_<NAME> variables (max_trials=3 -> LORA_ABLATION_MAX_TRIALS)."""
         self.starts += 1
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "LORA_ABLATION_RECONCILE_INTERVAL": str(interval),
+            # The resync timer is only a safety net: tests see the operator react to watch events alone.
+            "LORA_ABLATION_RESYNC_INTERVAL": str(interval),
             "LORA_ABLATION_STORAGE_ENDPOINT": self.endpoint,
             "LORA_ABLATION_TRAINER_IMAGE": "trainer:test",
+            # Tests of other things name any bucket and endpoint; policy tests pass their own policy_* settings.
+            "LORA_ABLATION_POLICY_BUCKETS": "*",
+            "LORA_ABLATION_POLICY_STORAGE_ENDPOINTS": "*",
             **{f"LORA_ABLATION_{k.upper()}": str(v) for k, v in settings.items()},
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("w")
-        command = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
+        # LORA_ABLATION_TEST_PYTHON runs the operator under a profiler in place of the interpreter, e.g.
+        # "python -m memray run -o /tmp/op.bin" or "py-spy record -o /tmp/op.svg -- python".
+        python = shlex.split(os.environ.get("LORA_ABLATION_TEST_PYTHON", "")) or [sys.executable]
+        command = [*python, "-m", "kopf", "run", "--standalone", "--all-namespaces",
                    *(["--verbose"] if verbose else []), "-m", "lora_ablation_operator.handlers"]  # fmt: skip
         self.operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -160,6 +169,16 @@ class Cluster:
         items = kubernetes.client.CoreV1Api().list_namespaced_event(namespace).items
         return [e.reason for e in items if e.involved_object and e.involved_object.name == name]
 
+    def trial_events(self, name: str, reason: str, namespace: str = "default") -> int:
+        """How many trials the operator's Events of this reason name (a burst is one Event: "3 trials: ...")."""
+        items = kubernetes.client.CoreV1Api().list_namespaced_event(namespace).items
+        count = 0
+        for event in items:
+            if event.involved_object and event.involved_object.name == name and event.reason == reason:
+                burst = re.match(r"(\d+) trials: ", event.message or "")
+                count += int(burst.group(1)) if burst else 1
+        return count
+
     def object_keys(self, prefix: str) -> list[str]:
         response = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
         return sorted(o["Key"] for o in response.get("Contents", []))
@@ -213,7 +232,7 @@ def operated(kube_api, kubeconfig, s3_bucket, tmp_path) -> Iterator[Callable[...
     endpoint, bucket = s3_bucket
     started: list[Cluster] = []
 
-    def start(interval: float = 0.3, **settings: str) -> Cluster:
+    def start(interval: float = 60.0, **settings: str) -> Cluster:
         cluster = Cluster(kubeconfig, endpoint, bucket, tmp_path)
         cluster.install_crd()
         cluster.start_operator(interval, **settings)

@@ -37,6 +37,7 @@ as ADDED (a cluster says MODIFIED for those that existed then).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import itertools
@@ -101,6 +102,8 @@ class ApiServer(Writes, Reads, kmock.KubernetesEmulator):
     """The emulator with the fixes; all state lives in kmock's `objects` (inspect it directly in tests)."""
 
     served: int = attrs.field(default=0, init=False)  # requests served so far (kmock's own log is trimmed)
+    # Requests by (client, verb, resource): the client is the User-Agent's product ("kopf", "lora-ablation-operator")
+    tally: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
@@ -152,6 +155,10 @@ class ApiServer(Writes, Reads, kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         self.served += 1
+        client = (request.headers.get("User-Agent") or "?").split("/", 1)[0]
+        verb = "PATCH" if request.method == kmock.method.PATCH else request.action.name if request.action else "?"
+        what = str(getattr(request.resource, "plural", None) or request.url.path)
+        self.tally[client, verb, what + (f"/{request.subresource}" if request.subresource else "")] += 1
         try:
             writes = request.action in {kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE}
             if request.resource is None or not (writes or (request.method == kmock.method.PUT and request.name)):

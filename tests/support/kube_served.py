@@ -88,11 +88,26 @@ class ServedApi:
         """ApiServer.refuse (see the module docstring)."""
         return self.emulator.refuse(resource, when, **how)
 
+    def count(self, group: str, version: str, plural: str) -> int:
+        """How many live objects one resource has (nothing copied: cheap enough to poll)."""
+        res = kmock.resource(group, version, plural)
+
+        async def count() -> int:
+            return len(self.emulator.live(res))
+
+        return self.call(count())
+
     def get(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict | None:
-        """A copy of one live object, or None."""
-        found = [o for o in self.objects(group, version, plural)
-                 if o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace]  # fmt: skip
-        return found[0] if found else None
+        """A copy of one live object, or None (only that one is copied)."""
+        res = kmock.resource(group, version, plural)
+
+        async def find() -> dict | None:
+            for obj in self.emulator.live(res):
+                if obj["metadata"]["name"] == name and obj["metadata"].get("namespace") == namespace:
+                    return copy.deepcopy(obj)
+            return None
+
+        return self.call(find())
 
 
 @contextlib.contextmanager

@@ -1,0 +1,170 @@
+"""One pass over one ablation, in a worker thread: from what the watches cached (a Snapshot) to Jobs created,
+stopped or suspended, results collected, the summary stored, Events posted and the status patched where it
+changed. The decisions are reconcile.py's (pure); this is the one place they meet the API and storage."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from lora_ablation.store import StorageError
+from lora_ablation_operator import collector, kube, metrics
+from lora_ablation_operator.events import aggregate
+from lora_ablation_operator.observe import (
+    completed_trials,
+    is_preflight_job,
+    job_finished,
+    next_stuck_check,
+    stuck_jobs,
+)
+from lora_ablation_operator.patches import merge_patch
+from lora_ablation_operator.planning import PlanCache, Planned
+from lora_ablation_operator.reconcile import Decision, Observed, reconcile
+from lora_ablation_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    body: dict[str, Any]  # the ablation as the watch last delivered it
+    status: dict[str, Any]  # its freshest status: the body's, or what this process wrote after it
+    jobs: dict[str, dict[str, Any]]  # its Jobs by name (compact), including those created but not yet watched
+    pods: list[dict[str, Any]]  # its pods that may be unable to start (compact)
+    previous_states: dict[str, str] | None = None
+    queued_at: float | None = None
+
+
+@dataclass
+class Outcome:
+    states: dict[str, str] | None = None  # trial states after this pass
+    written_status: tuple[dict[str, Any], str | None] | None = None  # (status stored, resourceVersion)
+    created: dict[str, dict[str, Any]] = field(default_factory=dict)  # Jobs created by name
+    retry: bool = False  # a refused Job or unreachable storage: try again after a backoff
+    recheck_after: float | None = None  # nothing will send an event, but something changes then (a pod's wait)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.ResultCache,
+            settings: Settings) -> Observed:  # fmt: skip
+    """Everything reconcile needs; storage failures become an observation, not an error."""
+    meta, now = snapshot.body.get("metadata") or {}, _now()
+    jobs = snapshot.jobs
+    active = any(not (job_finished(j, "Complete") or job_finished(j, "Failed")) for j in jobs.values())
+    stuck = stuck_jobs(snapshot.pods, now, settings.unschedulable_after) if active else {}
+    results: dict[str, Any] = {}
+    problems, storage_problem = None, None
+    if planned.spec is not None:
+        try:
+            store = collector.ablation_store(planned.spec, meta["namespace"], meta["name"], settings)
+            results = results_cache.collect(meta.get("uid") or "", store, completed_trials(jobs))
+            if any(job_finished(j, "Failed") for j in jobs.values() if is_preflight_job(j)):
+                problems = collector.preflight_problems(store)
+        except StorageError as error:
+            metrics.STORAGE_ERRORS.inc()
+            storage_problem = collector.describe(error)
+    return Observed(meta["name"], meta["namespace"], meta.get("generation"), dict(snapshot.body.get("spec") or {}),
+                    snapshot.status, jobs, results, problems, now, planned, storage_problem, stuck=stuck,
+                    previous_states=snapshot.previous_states)  # fmt: skip
+
+
+def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.ResultCache,
+             plans: PlanCache) -> Outcome:  # fmt: skip
+    started = time.perf_counter()
+    meta = snapshot.body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    planned = plans.get(meta.get("uid") or "", meta.get("generation"), name, namespace,
+                        dict(snapshot.body.get("spec") or {}), settings)  # fmt: skip
+    observed = observe(snapshot, planned, results_cache, settings)
+    decision = reconcile(observed, settings)
+    created, rejected = create_jobs(decision, snapshot.body)
+    if rejected:  # judge again, knowing what the API server refused: the status says so, nothing else is created
+        again = reconcile(dataclasses.replace(observed, jobs={**observed.jobs, **created}, rejected=rejected), settings)
+        # Start events name their Job first ("<job>: ..."): keep those of the Jobs that were really created.
+        started_events = [e for e in decision.events if e[2].split(":", 1)[0] in created]
+        decision = dataclasses.replace(again, events=started_events + again.events)
+    unstored = store_summary(decision, planned, namespace, name, snapshot.status, settings)
+    if unstored:
+        # Unstored, a finished ablation must not look finished (its timer would stop and the summary never come):
+        # the status says storage is unavailable and keeps what it knew; a later pass writes the summary.
+        later = reconcile(dataclasses.replace(observed, storage_problem=unstored), settings)
+        decision = dataclasses.replace(decision, status=later.status, events=decision.events + later.events)
+    outcome = apply(decision, snapshot)
+    outcome.created = created
+    outcome.retry = bool(rejected or observed.storage_problem or unstored)
+    # Nothing sends an event when these change, so the pass itself says when to look again: a result.json that may
+    # be rewritten (checked every result_recheck_seconds) and a pod that will have waited too long.
+    rechecks = [next_stuck_check(snapshot.pods, observed.now, settings.unschedulable_after)]
+    if observed.results and not decision.finished:
+        rechecks.append(settings.result_recheck_seconds)
+    outcome.recheck_after = min((r for r in rechecks if r is not None), default=None)
+    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    return outcome
+
+
+def create_jobs(decision: Decision, owner: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Create the decided Jobs in order, stopping at the first refusal: (created by name, refused name -> why)."""
+    created: dict[str, dict[str, Any]] = {}
+    for job in decision.create:
+        kopf.append_owner_reference(job, owner=owner)  # deleting the ablation deletes its Jobs; no labels copied
+        try:
+            kube.create_job(job)
+        except kube.JobRefused as error:
+            return created, {job["metadata"]["name"]: str(error)}
+        created[job["metadata"]["name"]] = job
+    return created, {}
+
+
+def store_summary(decision: Decision, planned: Planned, namespace: str, name: str, previous: dict[str, Any],
+                  settings: Settings) -> str | None:  # fmt: skip
+    """Write summary.json (and the whole trial list) when a result was added or the ablation finished; the
+    StorageUnavailable message when storage refused."""
+    succeeded = (decision.status.get("trials") or {}).get("succeeded")
+    if decision.summary is None or planned.spec is None:
+        return None
+    if not decision.finished and succeeded == (previous.get("trials") or {}).get("succeeded"):
+        return None
+    try:
+        store = collector.ablation_store(planned.spec, namespace, name, settings)
+        collector.write_summary(store, decision.summary)
+        if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
+            collector.write_trial_statuses(store, decision.all_trial_statuses)
+    except StorageError as error:
+        metrics.STORAGE_ERRORS.inc()
+        return collector.describe(error)
+    return None
+
+
+def apply(decision: Decision, snapshot: Snapshot) -> Outcome:
+    meta = snapshot.body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    for job_name in decision.delete:
+        kube.delete_job(namespace, job_name)
+    for job_name in decision.suspend:
+        kube.set_suspend(namespace, job_name, True)
+    for job_name in decision.resume:
+        kube.set_suspend(namespace, job_name, False)
+    involved = {"apiVersion": snapshot.body.get("apiVersion"), "kind": snapshot.body.get("kind"), "name": name,
+                "namespace": namespace, "uid": meta.get("uid")}  # fmt: skip
+    for event_type, reason, message in aggregate(decision.events):
+        if not kube.post_event(involved, event_type, reason, message):
+            log.warning("%s/%s: the API refused an Event (%s %s)", namespace, name, event_type, reason)
+    outcome = Outcome(states=decision.trial_states)
+    patch = merge_patch(snapshot.status, decision.status)
+    if patch:
+        stored = kube.patch_status(namespace, name, patch)
+        if stored is not None:
+            outcome.written_status = stored
+            if snapshot.queued_at is not None:
+                metrics.EVENT_TO_STATUS_SECONDS.observe(time.perf_counter() - snapshot.queued_at)
+    metrics.record_trials(namespace, name, decision.status.get("trials"))
+    return outcome

@@ -1,0 +1,114 @@
+"""The chart's ValidatingAdmissionPolicy, rendered by helm and run by a real CEL implementation (cel-python, RE2
+regexes as in Kubernetes) on the operator's own case table (support/policy_cases.py): the same values refuse the
+same fields at apply time as the operator does in status. The rendered Deployment's environment, read back by
+Settings.from_env, must give the operator the same answer, so chart values and operator settings cannot drift."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lora_ablation.api.resource import parse_spec
+from lora_ablation_operator.planning import plan_for
+from lora_ablation_operator.settings import Settings
+from support.chart import CHART, admit, chart, helm, of_kind
+from support.policy_cases import CONTEXT, manifest, params, policy_values
+
+celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CEL")
+OPERATOR_USER = "system:serviceaccount:lora-system:release-lora-ablation-operator"
+
+
+def paths(messages: list[str]) -> set[str]:
+    return {re.sub(r"\[\d+\]", "[*]", m.split(":", 1)[0]) for m in messages}
+
+
+@pytest.mark.parametrize(("policy", "patch", "refused"), params())
+def test_admission_policy_cases(policy, patch, refused):
+    docs = chart(policy_values(policy))
+    assert paths(admit(docs, manifest(**patch))) == refused
+
+
+@pytest.mark.parametrize(("policy", "patch", "refused"), params())
+def test_the_rendered_operator_settings_refuse_the_same_fields(policy, patch, refused, monkeypatch):
+    (deployment,) = of_kind(list(chart(policy_values(policy))), "Deployment")
+    for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if env["name"].startswith("LORA_ABLATION_"):
+            monkeypatch.setenv(env["name"], env["value"])
+    planned = plan_for("demo", "team-a", manifest(**patch)["spec"], Settings.from_env())
+    assert paths((planned.problem or "").split("; ") if planned.reason == "Forbidden" else []) == refused
+
+
+def test_the_operator_and_status_writes_and_unchanged_specs_are_not_judged():
+    docs = chart(policy_values({"allowedBuckets": []}))  # a policy tightened after objects were created
+    old = manifest()
+    assert admit(docs, old) is not None and admit(docs, old) != []
+    touched = {**old, "metadata": {**old["metadata"], "annotations": {"kopf": "x"}}}
+    assert admit(docs, touched, old) is None, "metadata-only updates (finalizers, annotations) pass"
+    edited = manifest(storage={"uri": "s3://results/other"})
+    assert admit(docs, edited, old) is not None, "a spec edit is judged"
+    assert admit(docs, edited, old, user=OPERATOR_USER) is None, "the operator itself is never refused"
+    (policy,) = of_kind(list(docs), "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["loraablations"]  # not /status
+
+
+def test_binding_actions_namespaces_and_switch():
+    docs = chart(policy_values({}), watchNamespaces=["ml-a", "ml-b"])
+    (binding,) = of_kind(list(docs), "ValidatingAdmissionPolicyBinding")
+    (policy,) = of_kind(list(docs), "ValidatingAdmissionPolicy")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["ml-a", "ml-b"]
+    trial = chart({**policy_values({}), "admission": {"enabled": True, "validationActions": ["Warn", "Audit"]}})
+    (binding,) = of_kind(list(trial), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"] and "matchResources" not in binding["spec"]
+    off = chart({**policy_values({}), "admission": {"enabled": False}})
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+@pytest.mark.parametrize("values", [
+    {"allowedImageRepositories": ["ghcr.io/x/trainer:1.0"]},  # a tag would match differently in CEL and Python
+    {"allowedImageRepositories": ["ghcr.io/x/trainer@sha256:" + "a" * 64]},
+    {"allowedImageDigests": ["latest"]}, {"allowedBuckets": ["Bad_Bucket"]},
+    {"allowedStorageEndpoints": ["minio:9000"]}, {"allowedSecrets": ["a,b"]},
+])  # fmt: skip
+def test_policy_values_the_two_checks_could_read_differently_are_refused(values):
+    done = helm("template", "r", str(CHART), "--values", "-", input_text=json.dumps({"policy": values}))
+    assert done.returncode != 0 and "policy" in done.stderr
+
+
+# Images are where the two implementations differ most (a parser in Python, anchored RE2 patterns in CEL): random
+# references built from pieces that sit near the allowed entries must get the same answer from both.
+_IMAGE_POLICY = {"allowedImageRepositories": ["registry", "registry:5000/ml/trainer", "registry.corp/ml/",
+                                              "ghcr.io/acme/t"],
+                 "allowedImageDigests": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}  # fmt: skip
+_hosts = st.sampled_from(["registry", "registry:5000", "registry.corp", "ghcr.io", "ghcr.io:443", "docker.io"])
+_parts = st.lists(st.sampled_from(["ml", "ml-evil", "trainer", "acme", "t", "t2", "lora-ablation", "x.y", "_"]),
+                  min_size=1, max_size=3)  # fmt: skip
+_tags = st.sampled_from(["", ":1", ":v1.2-rc", ":latest", ":5000", ":_x", ":.bad", ":a/b"])
+_digests = st.sampled_from(["", "@sha256:" + "a" * 64, "@sha256:" + "b" * 64, "@sha256:" + "c" * 64, "@sha256:ab"])
+
+
+@pytest.fixture(scope="module")
+def warm_cel():
+    admit(chart(policy_values(_IMAGE_POLICY)), manifest())  # celpy raises the recursion limit on its first compile
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(host=_hosts, parts=_parts, tag=_tags, digest=_digests, pinned=st.booleans())
+def test_random_images_get_the_same_answer_from_cel_and_the_operator(warm_cel, host, parts, tag, digest, pinned):
+    from lora_ablation_operator.policy import Policy, violations
+
+    image = "/".join([host, *parts]) + tag + digest
+    values = policy_values(_IMAGE_POLICY if pinned else {**_IMAGE_POLICY, "allowedImageDigests": []})
+    refused = admit(chart(values), manifest(execution={"image": image}))
+    cel = {m for m in refused if m.startswith("spec.execution.image")}
+    policy = Policy(image_repositories=tuple(values["allowedImageRepositories"]),
+                    image_digests=tuple(values["allowedImageDigests"]), buckets=("*",))  # fmt: skip
+    spec = parse_spec(manifest(execution={"image": image})["spec"])
+    python = violations(spec, policy, trainer_image=CONTEXT["trainerImage"])
+    assert len(cel) == len(python), (image, cel, python)
