@@ -106,7 +106,7 @@ def recommend(configs: list[ConfigSummary], tolerance: float, budget_ms: float |
     pick, why = cheapest(near)
     speed = why
     if pick.tpot_p95_ms is not None:
-        speed = _speed(pick, best) + ("" if why.startswith("lowest") else f"; {why}")
+        speed = _speed(pick, best) + ("" if why.startswith("lowest") or pick is cheap_tied else f"; {why}")
     gap = best.mean_score - pick.mean_score
     where = "the best" if pick is best else f"{gap:.4f} below the best ({best.config}, {best.mean_score:.4f})"
     reach = f"within tolerance {tolerance}" if gap <= tolerance + 1e-12 else "tied with the best at 95%"

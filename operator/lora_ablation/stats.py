@@ -114,7 +114,9 @@ def mean_of_means(parts: Sequence[tuple[float, float, int]], confidence: float =
     total = sum(variances)
     if total == 0.0:
         return Interval(mean, 0.0, n)
-    df = total * total / sum(v * v / (k - 1) for v, (_, _, k) in zip(variances, parts, strict=True) if v > 0)
+    spread = sum(v * v / (k - 1) for v, (_, _, k) in zip(variances, parts, strict=True))
+    # Variances so small their squares underflow: fall back to the fewest degrees of freedom (the widest t).
+    df = total * total / spread if spread > 0 and total * total > 0 else min(k for _, _, k in parts) - 1
     half = t_quantile(0.5 + confidence / 2, df) * math.sqrt(total) / len(parts)
     return Interval(mean, half, n)
 
