@@ -56,7 +56,7 @@ def pareto_figure(summary: Summary):
                     textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
     front = sorted((c for c in timed if c.config in summary.pareto_front), key=lambda c: c.tpot_p95_ms)
     ax.plot([c.tpot_p95_ms for c in front], [c.mean_score for c in front], color="tab:blue", linewidth=1.5,
-            zorder=2, label="Pareto front")  # fmt: skip
+            zorder=2, label="Pareto front (beaten by none beyond noise)")  # fmt: skip
     picks = (("balanced", rec.balanced, "*", "tab:green"), ("accuracy-first", rec.accuracy_first, "D", "tab:red"))
     for label, name, marker, color in picks:
         chosen = next((c for c in timed if c.config == name), None)
