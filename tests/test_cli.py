@@ -76,9 +76,10 @@ def test_crd_command_prints_the_checked_in_crd():
 
 
 def test_validate_accepts_all_examples():
-    result = run("validate", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml")))
+    examples = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.yaml"))
+    result = run("validate", *examples)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("is valid") == 3
+    assert result.stdout.count("is valid") == len(examples) >= 4
 
 
 TINY_LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,

@@ -270,8 +270,12 @@ def test_the_crds_cel_rules_are_all_evaluated_and_refuse_with_their_messages(api
          "spec", "execution.modelCacheClaim cannot be used with a file:// base model"),
         (ablation("grid", datasets=[{"name": f"d{i}", "train": "s3://b/t", "eval": "s3://b/e"} for i in range(40)],
                   search={"moduleSets": [["o_proj"]] * 64, "ranks": [8, 16]}),
-         "spec", "the grid (datasets x (moduleSets x ranks x variants + baseline)) exceeds 5000 trials: narrow it or "
-         "split the study"),
+         "spec", "the grid (datasets x (moduleSets x ranks x variants x seeds + baseline)) exceeds 5000 trials: "
+         "narrow it or split the study"),
+        (ablation("seeded", datasets=[{"name": f"d{i}", "train": "s3://b/t", "eval": "s3://b/e"} for i in range(40)],
+                  search={"moduleSets": [[m] for m in ("qkv", "o_proj", "fc1", "fc2")], "seeds": list(range(32))}),
+         "spec", "the grid (datasets x (moduleSets x ranks x variants x seeds + baseline)) exceeds 5000 trials: "
+         "narrow it or split the study"),
     ]  # fmt: skip
     for manifest, field, message in cases:
         status = refusal(create_ablation, custom, manifest)

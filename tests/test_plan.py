@@ -125,3 +125,52 @@ def test_plan_on_fused_architecture_uses_fused_names():
         "model.layers.0.self_attn.qkv_proj",
         "model.layers.1.self_attn.qkv_proj",
     ]
+
+
+# Names main planned before search.seeds existed: the default single seed must keep every one of them (and so
+# every cached result and running Job).
+NAMES_BEFORE_SEEDS = [
+    "demo-med-base-237fd544",
+    "demo-med-o-proj-r4-lora-25fa3b25",
+    "demo-med-o-proj-r8-lora-ad45f768",
+    "demo-med-fc2-r4-lora-a18b59e3",
+    "demo-med-fc2-r8-lora-33e31476",
+]
+
+
+def test_one_seed_keeps_the_names_trials_had_before_seeds():
+    search = {"moduleSets": [["o_proj"], ["fc2"]], "ranks": [4, 8]}
+    assert _plan(minimal_manifest(search=search)).names == NAMES_BEFORE_SEEDS
+    assert _plan(minimal_manifest(search={**search, "seeds": [42]})).names == NAMES_BEFORE_SEEDS  # 42: training.seed
+
+
+def test_gradient_checkpointing_changes_how_a_trial_runs_not_its_name():
+    search = {"moduleSets": [["o_proj"], ["fc2"]], "ranks": [4, 8]}
+    manifest = minimal_manifest(search=search)
+    manifest["spec"]["training"] = {**manifest["spec"].get("training", {}), "gradientCheckpointing": True}
+    assert _plan(manifest).names == NAMES_BEFORE_SEEDS  # same gradients: the results already stored still count
+
+
+def test_seeds_multiply_the_trained_configurations_not_the_baseline():
+    plan = _plan(minimal_manifest(search={"moduleSets": [["o_proj"], ["fc2"]], "seeds": [1, 2, 3]}))
+    assert len(plan.trials) == 1 + 2 * 3
+    trained = [t for t in plan.trials if not t.spec.is_baseline]
+    assert [(t.label, t.seed, t.spec.training.seed) for t in trained[:3]] == [
+        ("o_proj r16 lora", 1, 1),
+        ("o_proj r16 lora", 2, 2),
+        ("o_proj r16 lora", 3, 3),
+    ]
+    assert [t.name.rsplit("-", 2)[1] for t in trained] == ["s1", "s2", "s3"] * 2, "the seed is readable in the name"
+    assert plan.trials[0].seed is None and plan.trials[0].name == NAMES_BEFORE_SEEDS[0]
+
+
+def test_seeds_are_validated_and_counted_in_the_grid_limit():
+    with pytest.raises(Exception, match=r"spec\.search\.seeds: seeds repeat a value"):
+        parse_ablation(minimal_manifest(search={"moduleSets": [["o_proj"]], "seeds": [1, 1]}))
+    with pytest.raises(Exception, match=r"spec\.search\.seeds\[0\]"):
+        parse_ablation(minimal_manifest(search={"moduleSets": [["o_proj"]], "seeds": [-1]}))
+    four_sets = [[m] for m in ("qkv", "o_proj", "fc1", "fc2")]
+    many = minimal_manifest(search={"moduleSets": four_sets, "seeds": list(range(32))})
+    many["spec"]["datasets"] = [{**many["spec"]["datasets"][0], "name": f"d{i}"} for i in range(40)]
+    with pytest.raises(Exception, match="x seeds"):  # 40 x (4 x 32 + 1) = 5160 > 5000; without seeds, 200
+        parse_ablation(many)

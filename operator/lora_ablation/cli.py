@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lora_ablation import guardrails, suggest
 from lora_ablation.api.base import SpecError
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
@@ -41,6 +42,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         for ablation in manifest.ablations:
             print(f"{path}: {ablation.metadata.name} is valid")
+            for line in guardrails.render(guardrails.check(ablation.spec, guardrails.local_sizes(ablation.spec))):
+                print(line)  # advice, never a failure: the exit code stays 0
         for note in manifest.skipped:
             print(f"note: {note}")
     if bad:
@@ -117,6 +120,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "rank": t.spec.rank,
                     "alpha": t.spec.alpha,
                     "variant": t.spec.variant,
+                    "seed": t.seed,
                     "targetModules": t.spec.target_modules,
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
@@ -127,9 +131,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             ],
             "gpuMemoryBytes": memory.gpu_bytes,
             "memoryWarnings": memory.warnings,
+            "warnings": [vars(g) for g in guardrails.for_plan(ablation.spec, plan)],
         }
         print(json.dumps(out, indent=2))
         return 0
+    seeds = ablation.spec.seeds
     rows = [
         [
             t.name,
@@ -137,17 +143,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "+".join(t.spec.modules) or "(none)",
             str(t.spec.rank),
             t.spec.variant,
+            *([] if len(seeds) == 1 else ["-" if t.seed is None else str(t.seed)]),
             human_count(t.estimated_params, missing="?"),
             _target_count(t),
             f"{memory.estimates[t.name].total / GIB:.1f}Gi" if t.name in memory.estimates else "?",
         ]
         for t in plan.trials
     ]
-    header = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", "PARAMS", "TARGETS", "MEMORY"]
-    print(text_table(header, rows))
+    headers = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", *([] if len(seeds) == 1 else ["SEED"]), "PARAMS"]
+    print(text_table([*headers, "TARGETS", "MEMORY"], rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
     for line in memory.lines():
         print(line)
+    warnings = guardrails.for_plan(ablation.spec, plan)
+    if warnings:
+        print(f"\n{len(warnings)} guardrail warning(s) (advice from the seed studies; the plan stands):")
+        print("\n".join(guardrails.render(warnings)))
     return 0
 
 
@@ -377,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("-o", "--output", choices=["table", "json"], default="table")
     inspect.set_defaults(func=cmd_inspect_model)
+    suggest.add_parser(command)
     crd = command("crd", "print the LoraAblation CRD generated from the API models")
     crd.set_defaults(func=cmd_crd)
     return parser

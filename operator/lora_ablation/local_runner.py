@@ -82,7 +82,18 @@ class LocalRunner:
         trial_file.write_text(trial.spec.model_dump_json(by_alias=True, exclude_none=True, indent=2))
         log = (self.logs / f"{trial.name}.log").open("w")
         command = [sys.executable, "-m", "lora_ablation_trainer", "--trial", str(trial_file)]
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._env(slot))
+        cores = self._cores(slot)
+        bind = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._env(slot), preexec_fn=bind)
+
+    def _cores(self, slot: int) -> set[int] | None:
+        """CPU trials in parallel get disjoint cores, so the latency protocol's pinning never makes two trials
+        share one (the trainer pins its threads inside the set it is given)."""
+        if self.gpus or self.parallel < 2 or not hasattr(os, "sched_getaffinity"):
+            return None
+        cores = sorted(os.sched_getaffinity(0))
+        share = len(cores) // self.parallel
+        return set(cores[slot * share : (slot + 1) * share]) if share else None
 
     def _finish(self, trial: PlannedTrial, code: int, seconds: float) -> Outcome:
         read = read_result(self.store, trial.name)

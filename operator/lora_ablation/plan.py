@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_ablation.api.spec import LoraAblationSpec
+from lora_ablation.api.spec import LoraAblationSpec, TrainingSpec
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
 from lora_ablation.modules.groups import canonical_module_set, module_set_label
 from lora_ablation.modules.inventory import ModelInventory, Resolution, resolve_module_set
@@ -17,6 +17,7 @@ class PlannedTrial:
     spec: TrialSpec
     label: str  # 'o_proj+fc2 r16 lora' or 'base'
     estimated_params: int | None  # None when the model's dimensions are unknown to the planner
+    seed: int | None = None  # the training seed; None for the baseline (nothing is trained)
 
     @property
     def name(self) -> str:
@@ -44,9 +45,23 @@ def trial_uri(storage_uri: str, namespace: str, ablation: str, trial: str) -> st
     return f"{storage_uri.rstrip('/')}/{namespace}/{ablation}/{trial}"
 
 
-def _identity(spec: LoraAblationSpec, dataset_index: int, modules: list[str], rank: int, variant: str) -> dict:
-    """Everything that changes what a trial computes; editing anything else keeps its name and result."""
-    training = spec.training.to_wire() if variant != BASELINE_VARIANT else None
+RUN_ONLY_TRAINING = ("gradientCheckpointing",)
+
+
+def _training(spec: LoraAblationSpec, seed: int) -> TrainingSpec:
+    return spec.training if seed == spec.training.seed else spec.training.model_copy(update={"seed": seed})
+
+
+def _identity(
+    spec: LoraAblationSpec, dataset_index: int, modules: list[str], rank: int, variant: str, seed: int
+) -> dict:
+    """Everything that changes what a trial computes; editing anything else keeps its name and result.
+
+    The seed enters through the training settings, so the default single seed (training.seed) keeps the
+    names and cached results trials had before search.seeds existed."""
+    training = _training(spec, seed).to_wire() if variant != BASELINE_VARIANT else None
+    if training is not None:  # how a trial runs but not what it computes (same gradients): never in its name
+        training = {k: v for k, v in training.items() if k not in RUN_ONLY_TRAINING}
     model = spec.base_model.model_dump(mode="json", include={"uri", "revision", "dtype"})
     if spec.base_model.quantization != "none":  # only then: the names of unquantized trials stay as they were
         model["quantization"] = str(spec.base_model.quantization)
@@ -63,7 +78,8 @@ def _identity(spec: LoraAblationSpec, dataset_index: int, modules: list[str], ra
 
 
 def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory: ModelInventory | None = None) -> Plan:
-    """Datasets x module sets x ranks x variants, each dataset preceded by its no-adapter baseline.
+    """Datasets x module sets x ranks x variants x seeds, each dataset preceded by its no-adapter baseline
+    (one per dataset: the base model is not trained, so a seed changes nothing it computes).
 
     With an inventory, every module set is resolved first, so an unresolvable group fails the whole plan
     (ModuleResolutionError) before any trial exists.
@@ -73,20 +89,23 @@ def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory
         for index, module_set in enumerate(spec.search.module_sets):
             resolutions[index] = resolve_module_set(inventory, module_set)
 
+    seeds = spec.seeds
     trials: list[PlannedTrial] = []
     for d_index, dataset in enumerate(spec.datasets):
-        combos: list[tuple[int | None, list[str], int, str]] = []
+        combos: list[tuple[int | None, list[str], int, str, int]] = []
         if spec.search.include_baseline:
-            combos.append((None, [], 0, BASELINE_VARIANT))
+            combos.append((None, [], 0, BASELINE_VARIANT, spec.training.seed))
         for s_index, module_set in enumerate(spec.search.module_sets):
             for rank in spec.search.ranks:
                 for variant in spec.search.variants:
-                    combos.append((s_index, list(module_set), rank, str(variant)))
-        for s_index, modules, rank, variant in combos:
+                    combos += [(s_index, list(module_set), rank, str(variant), seed) for seed in seeds]
+        for s_index, modules, rank, variant, seed in combos:
             resolution = resolutions.get(s_index) if s_index is not None else None
             label = config_label(modules, rank, variant)
             config = ["base"] if variant == BASELINE_VARIANT else [module_set_label(modules), f"r{rank}", variant]
-            identity = {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant)}
+            if len(seeds) > 1 and variant != BASELINE_VARIANT:
+                config.append(f"s{seed}")  # readable; with one seed the name stays what it always was
+            identity = {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant, seed)}
             name = trial_name(ablation, dataset.name, config, identity)
             trial_spec = TrialSpec(
                 ablation=ablation,
@@ -100,7 +119,7 @@ def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory
                 rank=rank,
                 alpha=spec.search.alpha_over_rank * rank,
                 variant=variant,
-                training=spec.training,
+                training=spec.training if variant == BASELINE_VARIANT else _training(spec, seed),
                 latency=spec.latency,
                 storage=TrialStorage(
                     uri=trial_uri(spec.storage.uri, namespace, ablation, name),
@@ -114,7 +133,7 @@ def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory
                 params = resolution.lora_params(rank, variant)
             else:
                 params = None
-            trials.append(PlannedTrial(trial_spec, label, params))
+            trials.append(PlannedTrial(trial_spec, label, params, None if variant == BASELINE_VARIANT else seed))
     names = [t.name for t in trials]
     assert len(set(names)) == len(names), "trial names collide"  # identities are unique by construction
     notes = (

@@ -18,8 +18,24 @@ def _pyplot():
     return plt
 
 
+def pareto_label(name: str, within_noise: bool | None) -> str:
+    """A point's label; an overhead over the base model smaller than its noise says so on the plot."""
+    return f"{name} (overhead within noise)" if within_noise else name
+
+
 def pareto_plot(summary: Summary, path: Path) -> Path | None:
     """Mean score vs adapter TPOT p95; front joined, recommendations marked. None when nothing was timed."""
+    fig = pareto_figure(summary)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def pareto_figure(summary: Summary):
+    """The Pareto figure itself (None when nothing was timed), so tests can read what it says."""
     timed = [c for c in summary.configs if c.tpot_p95_ms is not None]
     if not timed:
         return None
@@ -28,13 +44,19 @@ def pareto_plot(summary: Summary, path: Path) -> Path | None:
     rec = summary.recommendation
     for c in timed:
         on_front = c.config in summary.pareto_front
+        # Error bars: the 95% interval of the mean score over seeds and the measured latency noise.
+        yerr = (c.score_ci_high - c.score_ci_low) / 2 if c.score_ci_low is not None else None
+        if yerr is not None or c.tpot_ci_ms is not None:
+            ax.errorbar(c.tpot_p95_ms, c.mean_score, xerr=c.tpot_ci_ms, yerr=yerr, fmt="none", ecolor="0.45",
+                        elinewidth=1, capsize=3, zorder=2)  # fmt: skip
         ax.scatter(c.tpot_p95_ms, c.mean_score, s=70 if on_front else 40, zorder=3,
                    color="tab:blue" if on_front else "tab:gray", edgecolor="black", linewidth=0.5)  # fmt: skip
-        ax.annotate(c.config.rsplit(" r", 1)[0] if len({x.rank for x in timed}) == 1 else c.config,
-                    (c.tpot_p95_ms, c.mean_score), textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
+        name = c.config.rsplit(" r", 1)[0] if len({x.rank for x in timed}) == 1 else c.config
+        ax.annotate(pareto_label(name, c.latency_within_noise), (c.tpot_p95_ms, c.mean_score),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
     front = sorted((c for c in timed if c.config in summary.pareto_front), key=lambda c: c.tpot_p95_ms)
     ax.plot([c.tpot_p95_ms for c in front], [c.mean_score for c in front], color="tab:blue", linewidth=1.5,
-            zorder=2, label="Pareto front")  # fmt: skip
+            zorder=2, label="Pareto front (beaten by none beyond noise)")  # fmt: skip
     picks = (("balanced", rec.balanced, "*", "tab:green"), ("accuracy-first", rec.accuracy_first, "D", "tab:red"))
     for label, name, marker, color in picks:
         chosen = next((c for c in timed if c.config == name), None)
@@ -43,16 +65,14 @@ def pareto_plot(summary: Summary, path: Path) -> Path | None:
                        facecolor="none", edgecolor=color, linewidth=2, zorder=4, label=f"{label}: {name}")  # fmt: skip
     if summary.base_tpot_p95_ms:
         ax.axvline(summary.base_tpot_p95_ms, color="black", linestyle=":", linewidth=1, label="base model TPOT p95")
-    ax.set_xlabel("adapter TPOT p95 (ms per output token, lower is better)")
+    bars = " (bars: 95% intervals)" if summary.seeds > 1 or any(c.tpot_ci_ms for c in timed) else ""
+    ax.set_xlabel("adapter TPOT p95 (ms per output token, lower is better)" + bars)
     ax.set_ylabel("mean score over datasets (higher is better)")
     ax.set_title(f"{summary.ablation}: quality vs latency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def heatmap_plot(summary: Summary, path: Path) -> Path | None:
@@ -62,8 +82,12 @@ def heatmap_plot(summary: Summary, path: Path) -> Path | None:
     plt = _pyplot()
     configs = ["base", *(c.config for c in summary.configs)]
     grid: list[list[float | None]] = []
-    for table in summary.datasets:
+    spread: dict[tuple[int, int], float] = {}  # (row, column) -> 95% half-width, annotated as ±
+    for i, table in enumerate(summary.datasets):
         cells = {c.config: c.score for c in table.cells}
+        for c in table.cells:
+            if c.score_ci_low is not None and c.score_ci_high is not None:
+                spread[(i, configs.index(c.config))] = (c.score_ci_high - c.score_ci_low) / 2
         grid.append([table.baseline_score, *(cells.get(c.config) for c in summary.configs)])
     import numpy as np
 
@@ -77,6 +101,8 @@ def heatmap_plot(summary: Summary, path: Path) -> Path | None:
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             text = "n/a" if np.isnan(value) else f"{value:.3f}"
+            if (i, j) in spread:
+                text += f"\n±{spread[(i, j)]:.3f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if np.isnan(value) or value < middle else "black")  # fmt: skip
     fig.colorbar(image, ax=ax, label="score")

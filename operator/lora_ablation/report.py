@@ -32,21 +32,56 @@ LEADERBOARD_HEADERS = [
 ]
 
 
+def with_interval(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """'0.912 ±0.012' when a 95% interval exists, else the bare value."""
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ±{(high - low) / 2:.{digits}f}"
+
+
+def overhead_text(pct: float | None, ci: float | None, within_noise: bool | None) -> str:
+    """'+1.5% ±3.0 within noise': a latency difference smaller than its noise is never stated bare."""
+    if pct is None:
+        return "-"
+    text = f"{pct:+.1f}%" + (f" ±{ci:.1f}" if ci is not None else "")
+    return text + (" within noise" if within_noise else "")
+
+
+def _position(summary: Summary, index: int) -> str:
+    """'2=' when the configuration shares its position (overlapping 95% intervals)."""
+    position = summary.configs[index].position
+    shared = sum(1 for c in summary.configs if c.position == position) > 1
+    return f"{position}=" if shared else str(position)
+
+
+def _merged(summary: Summary) -> bool:
+    return any(c.merged_overhead_pct is not None for c in summary.configs)
+
+
+def leaderboard_headers(summary: Summary) -> list[str]:
+    """The leaderboard's columns; MERGED (the overhead with the adapter merged into the weights) when timed."""
+    return [*LEADERBOARD_HEADERS[:-1], *(["MERGED"] if _merged(summary) else []), LEADERBOARD_HEADERS[-1]]
+
+
 def leaderboard_rows(summary: Summary) -> list[list[str]]:
     total = len(summary.datasets)
+    merged = _merged(summary)
     rows = []
-    for position, c in enumerate(summary.configs, start=1):
+    for index, c in enumerate(summary.configs):
         marks = ("*" if c.pareto else "") + ("" if c.complete else " (partial)")
         rows.append(
             [
-                str(position),
+                _position(summary, index),
                 c.config + marks,
-                _fmt(c.mean_score),
+                with_interval(c.mean_score, c.score_ci_low, c.score_ci_high),
                 _fmt(c.mean_rank, 2),
                 _fmt(c.worst_gap),
                 "-" if c.beats_baseline is None else f"{c.beats_baseline}/{c.datasets if c.complete else total}",
-                _fmt(c.tpot_p95_ms),
-                "-" if c.latency_overhead_pct is None else f"{c.latency_overhead_pct:+.1f}%",
+                _fmt(c.tpot_p95_ms) + (f" ±{c.tpot_ci_ms:.3f}" if c.tpot_ci_ms is not None else ""),
+                overhead_text(c.latency_overhead_pct, c.latency_overhead_ci_pct, c.latency_within_noise),
+                *([overhead_text(c.merged_overhead_pct, c.merged_overhead_ci_pct, c.merged_within_noise)] * merged),
                 human_count(c.trainable_params or None),
             ]
         )
@@ -63,12 +98,37 @@ def dataset_matrix(summary: Summary) -> tuple[list[str], list[list[str]]]:
             cell = next((c for c in table.cells if c.config == config.config), None)
             if cell is None:
                 row.append("missing")
-            elif cell.delta_vs_baseline is None:
-                row.append(_fmt(cell.score))
-            else:
-                row.append(f"{cell.score:.3f} ({cell.delta_vs_baseline:+.3f})")
+                continue
+            score = with_interval(cell.score, cell.score_ci_low, cell.score_ci_high)
+            row.append(score if cell.delta_vs_baseline is None else f"{score} ({cell.delta_vs_baseline:+.3f})")
         rows.append(row)
     return headers, rows
+
+
+def legend(summary: Summary) -> str:
+    if summary.seeds < 2:
+        return "* = on the score/latency Pareto front; one seed: no intervals"
+    return (
+        f"* = on the score/latency Pareto front; ± = 95% Student-t interval over {summary.seeds} seeds; "
+        "'=' after a position = tied: the intervals overlap, the noise cannot order them"
+    )
+
+
+def latency_noise(summary: Summary) -> list[str]:
+    """The protocol's measured noise, printed so nobody reads a smaller latency difference as a finding."""
+    if summary.latency_cv_pct is None:
+        return []
+    return [
+        f"Latency noise: base-model TPOT varies {summary.latency_cv_pct:.1f}% (median coefficient of variation "
+        "over each trial's repeats); overheads inside their 95% interval are marked 'within noise'"
+    ]
+
+
+def _verdict(summary: Summary) -> list[str]:
+    rec = summary.recommendation
+    if len(rec.tied) > 1:
+        return [f"No winner: {', '.join(rec.tied)} are tied with the best; cheapest of them: {rec.cheapest_tied}"]
+    return []
 
 
 def text_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -82,12 +142,14 @@ def render_text(summary: Summary) -> str:
     headers, rows = dataset_matrix(summary)
     rec = summary.recommendation
     parts = [
-        f"Leaderboard: {summary.namespace}/{summary.ablation} (* = on the score/latency Pareto front)",
-        text_table(LEADERBOARD_HEADERS, leaderboard_rows(summary)),
+        f"Leaderboard: {summary.namespace}/{summary.ablation} ({legend(summary)})",
+        text_table(leaderboard_headers(summary), leaderboard_rows(summary)),
         "",
         "Scores per dataset (delta vs the base model):",
         text_table(headers, rows),
         "",
+        *latency_noise(summary),
+        *_verdict(summary),
         f"Recommendation: accuracy-first {rec.accuracy_first or '-'}; balanced {rec.balanced or '-'}",
         f"  {rec.rationale or ''}",
     ]
@@ -109,20 +171,29 @@ def render_markdown(summary: Summary) -> str:
         "",
         f"**Accuracy-first:** `{rec.accuracy_first or '-'}`  ",
         f"**Balanced:** `{rec.balanced or '-'}` (within {summary.tolerance} of the best mean, lowest TPOT p95)  ",
+        *(f"**{line}**  " for line in _verdict(summary)),
         f"{rec.rationale or ''}",
         "",
         "## Leaderboard",
         "",
         "`*` marks the Pareto front of mean score vs adapter TPOT p95. Worst gap: the largest distance to a "
         "dataset's best configuration (lower is more robust). Beats base: datasets where it scores above "
-        "the model without an adapter.",
+        "the model without an adapter. "
+        + (
+            f"± is the 95% Student-t interval over {summary.seeds} seeds; positions marked `=` are tied (their "
+            "intervals overlap). "
+            if summary.seeds > 1
+            else "One seed per configuration: no intervals, so small differences may be training noise. "
+        )
+        + "An overhead marked *within noise* is smaller than its measured noise.",
         "",
-        _markdown_table(LEADERBOARD_HEADERS, leaderboard_rows(summary)),
+        _markdown_table(leaderboard_headers(summary), leaderboard_rows(summary)),
         "",
         "## Scores per dataset",
         "",
         _markdown_table(headers, rows),
     ]
+    parts += ["", *latency_noise(summary)] if summary.latency_cv_pct is not None else []
     if summary.notes:
         parts += ["", "## Notes", "", *(f"- {note}" for note in summary.notes)]
     return "\n".join(parts) + "\n"

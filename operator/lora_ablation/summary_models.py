@@ -12,11 +12,16 @@ from lora_ablation.api.status import Recommendation
 class Cell(OpenModel):
     config: str = Field(description="Configuration label.")
     trial: str = Field(description="Trial name.")
-    score: float = Field(description="Eval score (higher is better).")
+    score: float = Field(description="Eval score (higher is better); the mean over seeds when there are several.")
     delta_vs_baseline: float | None = Field(None, description="score - the no-adapter baseline's score.")
-    rank: int = Field(description="Position on this dataset (1 = best).")
+    rank: int = Field(description="Position on this dataset (1 = best); overlapping 95% intervals share one.")
     gap_to_best: float = Field(description="Best score on this dataset - this score.")
-    tpot_p95_ms: float | None = Field(None, description="Adapter TPOT p95 measured in this trial.")
+    tpot_p95_ms: float | None = Field(None, description="Adapter TPOT p95 measured in this trial (mean over seeds).")
+    seeds: int = Field(1, description="Trials (seeds) behind the score.")
+    trials: list[str] = Field(default_factory=list, description="Every trial (one per seed) behind the score.")
+    score_std: float | None = Field(None, description="Sample standard deviation of the score over seeds.")
+    score_ci_low: float | None = Field(None, description="Lower end of the score's 95% Student-t interval.")
+    score_ci_high: float | None = Field(None, description="Upper end of the score's 95% Student-t interval.")
 
 
 class DatasetSummary(OpenModel):
@@ -50,6 +55,28 @@ class ConfigSummary(OpenModel):
     trainable_params: int | None = Field(None, description="Trainable adapter parameters.")
     gpu_seconds: float = Field(0.0, description="GPU-seconds its trials used.")
     pareto: bool = Field(False, description="On the score vs TPOT p95 Pareto front.")
+    seeds: int = Field(1, description="Seeds per dataset behind its mean (the fewest over its datasets).")
+    position: int = Field(1, description="Leaderboard position; configurations whose intervals overlap share one.")
+    score_ci_low: float | None = Field(None, description="Lower end of the mean score's 95% interval (2+ seeds).")
+    score_ci_high: float | None = Field(None, description="Upper end of the mean score's 95% interval (2+ seeds).")
+    tied_with_next: bool = Field(
+        False, description="Its 95% interval overlaps the next configuration's: the two cannot be told apart."
+    )
+    latency_overhead_ci_pct: float | None = Field(
+        None, description="Half-width of the 95% interval of latency_overhead_pct (its measured noise)."
+    )
+    tpot_ci_ms: float | None = Field(None, description="Half-width of the 95% interval of tpot_p95_ms.")
+    latency_within_noise: bool | None = Field(
+        None, description="True when its overhead over the base model is smaller than the overhead's noise."
+    )
+    merged_overhead_pct: float | None = Field(
+        None, description="Mean TPOT p95 overhead with the adapter merged into the weights (merge_and_unload), in %."
+    )
+    merged_overhead_ci_pct: float | None = Field(None, description="Half-width of its 95% interval (its noise).")
+    merged_within_noise: bool | None = Field(None, description="True when the merged overhead is inside its noise.")
+    serving_notes: list[str] = Field(
+        default_factory=list, description="What to know before serving it (engine support, no-op adapters)."
+    )
 
 
 class Summary(OpenModel):
@@ -64,4 +91,9 @@ class Summary(OpenModel):
     configs: list[ConfigSummary] = Field(default_factory=list, description="Configurations, best mean first.")
     pareto_front: list[str] = Field(default_factory=list, description="Configurations on the Pareto front.")
     recommendation: Recommendation = Field(default_factory=Recommendation, description="The answer.")
+    seeds: int = Field(1, description="Most seeds any configuration ran with; 1 means no intervals.")
+    confidence: float = Field(0.95, description="Confidence level of every interval.")
+    latency_cv_pct: float | None = Field(
+        None, description="Median coefficient of variation of the base model's TPOT over each trial's repeats, in %."
+    )
     notes: list[str] = Field(default_factory=list, description="Caveats: missing results, mixed metrics.")

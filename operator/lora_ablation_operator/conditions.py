@@ -9,6 +9,7 @@ READY = "Ready"  # True once the ablation finished and its summary is in status 
 PROGRESSING = "Progressing"  # True while preflight or trials are running
 DEGRADED = "Degraded"  # True when some trials failed or left no result
 SUSPENDED = "Suspended"  # True while spec.execution.suspend is set
+WARNINGS = "Warnings"  # True when the spec breaks a plan-time guardrail (advice from the seeds; never blocking)
 
 # Reasons
 INVALID_SPEC = "InvalidSpec"
@@ -27,6 +28,8 @@ STORAGE_UNAVAILABLE = "StorageUnavailable"  # results storage unreachable or acc
 JOB_REJECTED = "JobRejected"  # the API server refused a Job (quota, admission webhook, invalid field)
 MEMORY_ESTIMATE = "MemoryEstimate"  # event: a configuration is estimated not to fit the GPU's memory
 TRIAL_STUCK = "TrialStuck"  # a pod cannot start (image pull, missing Secret, unschedulable)
+GUARDRAILS = "GuardrailsTriggered"  # Warnings: the message lists each rule, its field and its source
+NO_WARNINGS = "NoWarnings"
 
 # Trial states (status.trialStatuses[].state)
 PENDING, RUNNING, STUCK, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED = (

@@ -181,6 +181,8 @@ def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: Plan
     if queued:
         job_labels[QUEUE_LABEL] = spec.execution.queue_name
     annotations = {CONFIG_ANNOTATION: trial.label, f"{GROUP}/dataset": trial.spec.dataset.name}
+    if trial.seed is not None:  # the trainer reads the seed from the trial payload; this is for people
+        annotations[f"{GROUP}/seed"] = str(trial.seed)
     # Kueue admits a queued Job by unsuspending it, so queued Jobs are always created suspended.
     return _job(trial.name, namespace, job_labels, _pod_spec(spec, settings, container), spec, annotations,
                 suspend or queued)  # fmt: skip

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from lora_ablation import guardrails
 from lora_ablation.api.base import SpecError
 from lora_ablation.api.resource import MAX_ABLATION_NAME
 from lora_ablation.api.resource import parse_spec as parse_raw_spec
@@ -29,7 +30,8 @@ class Planned:
     plan: Plan | None = None
     problem: str | None = None
     reason: str = c.INVALID_SPEC  # Forbidden when the admin policy refuses the spec
-    warnings: tuple[str, ...] = ()  # e.g. trials estimated not to fit the GPU's memory
+    warnings: tuple[str, ...] = ()  # e.g. trials estimated not to fit the GPU's memory (status.warnings)
+    guardrails: tuple[str, ...] = ()  # guardrails the spec breaks: advice, never a reason to stop (Warnings)
 
 
 def _file_uris(spec: LoraAblationSpec) -> list[str]:
@@ -62,9 +64,11 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
         spec.storage.endpoint = settings.default_storage_endpoint
     try:
         plan = plan_trials(name, namespace, spec)
-        return Planned(spec, plan, warnings=tuple(offline_memory_warnings(spec, plan)[:MAX_WARNINGS]))
     except ValueError as error:  # a combination no single field check refuses: report it, never raise
         return Planned(problem=f"spec: the grid cannot be planned: {str(error)[:500]}")
+    # The operator reads no data and inspects no model here, so only the rules on the spec itself apply.
+    return Planned(spec, plan, warnings=tuple(offline_memory_warnings(spec, plan)[:MAX_WARNINGS]),
+                   guardrails=tuple(g.short() for g in guardrails.check(spec)))
 
 
 class PlanCache:

@@ -98,11 +98,13 @@ def reconcile(observed: Observed, settings: Settings) -> Decision:
         return _invalid(observed, planned.problem or "invalid spec", planned.reason)
     spec, plan = planned.spec, planned.plan
     if observed.storage_problem:
-        return _storage_unavailable(observed, observed.storage_problem)
+        decision = _storage_unavailable(observed, observed.storage_problem)
+        _warnings(observed, planned.guardrails, decision)
+        return decision
     decision = Decision()
-    if settings.preflight and not _preflight_passed(observed, spec, plan, settings, decision):
-        return _with_warnings(observed, planned.warnings, decision)
-    _run_trials(observed, spec, plan, settings, decision)
+    if not settings.preflight or _preflight_passed(observed, spec, plan, settings, decision):
+        _run_trials(observed, spec, plan, settings, decision)
+    _warnings(observed, planned.guardrails, decision)
     return _with_warnings(observed, planned.warnings, decision)
 
 
@@ -112,6 +114,21 @@ def _with_warnings(observed: Observed, warnings: tuple[str, ...], decision: Deci
     if warnings and list(warnings) != (observed.status.get("warnings") or []):
         decision.events += [("Warning", c.MEMORY_ESTIMATE, warning) for warning in warnings]
     return decision
+
+
+def _warnings(observed: Observed, warnings: tuple[str, ...], decision: Decision) -> None:
+    """The Warnings condition beside the others, and one Warning event listing the guardrails when they first
+    appear for this generation (a re-reconcile repeats nothing)."""
+    conds = decision.status.get("conditions")
+    if conds is None:
+        return
+    previous, gen = observed.status.get("conditions") or [], observed.generation
+    reason = c.GUARDRAILS if warnings else c.NO_WARNINGS
+    message = "; ".join(warnings)
+    conds.append(c.condition(previous, c.WARNINGS, bool(warnings), reason, message, gen, observed.now))
+    old = next((x for x in previous if x.get("type") == c.WARNINGS), None)
+    if warnings and (old is None or old.get("message") != conds[-1]["message"] or old.get("observedGeneration") != gen):
+        decision.events.append(("Warning", c.GUARDRAILS, f"{len(warnings)} guardrail warning(s): {message}"))
 
 
 def _storage_unavailable(observed: Observed, problem: str) -> Decision:
@@ -247,6 +264,8 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         state, message = states[trial.name]
         entry: dict[str, Any] = {"name": trial.name, "dataset": trial.spec.dataset.name, "modules": trial.spec.modules,
                                  "rank": trial.spec.rank, "variant": trial.spec.variant, "state": state}  # fmt: skip
+        if trial.seed is not None and len(spec.seeds) > 1:
+            entry["seed"] = trial.seed
         if state != c.PENDING:
             entry["job"] = trial.name
         read = observed.results.get(trial.name)

@@ -115,3 +115,14 @@ def test_cpu_trials_request_no_gpu(gpus):
     spec, plan = build(execution={"resources": {"gpus": gpus}})
     limits = trial_job("demo", "ns", spec, plan.trials[0], SETTINGS)["spec"]["template"]["spec"]["containers"][0]
     assert ("nvidia.com/gpu" in limits["resources"]["limits"]) == bool(gpus)
+
+
+def test_each_seed_is_its_own_job_and_the_trainer_gets_its_seed():
+    spec, plan = build(search={"moduleSets": [["o_proj"]], "seeds": [7, 8]})
+    jobs = [trial_job("demo", "ns", spec, trial, SETTINGS) for trial in plan.trials[1:]]
+    payloads = [TrialSpec.model_validate_json(env(job, TRIAL_ENV)["value"]) for job in jobs]
+    assert [p.training.seed for p in payloads] == [7, 8]
+    assert [j["metadata"]["annotations"]["lora.ablation.dev/seed"] for j in jobs] == ["7", "8"]
+    assert len({j["metadata"]["name"] for j in jobs}) == 2
+    baseline = trial_job("demo", "ns", spec, plan.trials[0], SETTINGS)
+    assert "lora.ablation.dev/seed" not in baseline["metadata"]["annotations"]

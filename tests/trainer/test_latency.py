@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_ablation.api.spec import LatencySpec
-from lora_ablation_trainer.latency import _one_run, fixed_prompt, measure, percentile
+from lora_ablation_trainer.latency import _one_run, cv_pct, fixed_prompt, measure, paired_overhead, percentile, pinned
 
 
 def test_percentile_interpolates_like_numpy_linear():
@@ -55,3 +58,46 @@ def test_measure_reports_base_and_unmerged_adapter(tiny_models):
     # The adapter is unmerged and enabled again after timing.
     assert not model.base_model.model.model.layers[0].self_attn.o_proj.merged
     assert model.base_model.model.model.layers[0].self_attn.o_proj.disable_adapters is False
+
+
+def test_measure_times_the_merged_adapter_and_reports_its_noise(tiny_models):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
+                           LoraConfig(r=4, target_modules=["o_proj"]))  # fmt: skip
+    spec = LatencySpec(prompt_tokens=12, output_tokens=5, warmup=1, repeats=5)
+    result = measure(model, tokenizer, spec, torch.device("cpu"), has_adapter=True)
+    assert result.merged is not None and result.merged.tpot_p95_ms > 0 and result.warmup == 1
+    assert result.merged_tpot_overhead_pct == pytest.approx(
+        (result.merged.tpot_p95_ms / result.base.tpot_p95_ms - 1) * 100, abs=1e-2
+    )
+    assert result.tpot_overhead_ci_pct > 0 and result.merged_tpot_overhead_ci_pct > 0
+    assert result.base.tpot_cv_pct > 0 and result.adapter.tpot_cv_pct > 0
+    # The merge happened on a copy: the trained model still carries its unmerged adapter.
+    o_proj = model.base_model.model.model.layers[0].self_attn.o_proj
+    assert not o_proj.merged and "default" in o_proj.lora_A
+    base_only = measure(model, tokenizer, spec, torch.device("cpu"), has_adapter=False)
+    assert base_only.adapter is None and base_only.merged is None and base_only.tpot_overhead_ci_pct is None
+
+
+def test_paired_overhead_and_cv_are_the_textbook_figures():
+    base = [(1.0, 10.0), (1.0, 10.0), (1.0, 10.0)]
+    other = [(1.0, 11.0), (1.0, 12.0), (1.0, 13.0)]  # +10%, +20%, +30%: mean 20, sd 10, t(2) 4.303
+    interval = paired_overhead(base, other)
+    assert interval.mean == pytest.approx(20.0) and interval.half_width == pytest.approx(4.303 * 10 / 3**0.5, 1e-3)
+    assert cv_pct([9.0, 10.0, 11.0]) == pytest.approx(10.0)
+    assert cv_pct([5.0]) == 0.0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_pinning_fixes_threads_and_cores_and_restores_them():
+    threads, cores = torch.get_num_threads(), os.sched_getaffinity(0)
+    torch.ones(256, 256) @ torch.ones(256, 256)  # let torch start its worker threads first
+    with pinned(torch.device("cpu")):
+        inside = os.sched_getaffinity(0)
+        assert len(inside) == torch.get_num_threads() == 1 and inside <= cores
+        every = []
+        for thread in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                every.append(os.sched_getaffinity(int(thread)))
+        assert every and all(a == inside for a in every), "every thread, torch's workers included, is bound"
+    assert torch.get_num_threads() == threads and os.sched_getaffinity(0) == cores

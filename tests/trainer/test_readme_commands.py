@@ -99,7 +99,7 @@ def readme_run(tmp_path_factory, s3_endpoint) -> dict:
 def test_the_readme_lists_the_commands_this_test_runs():
     lines = readme_commands((ROOT / "README.md").read_text())
     assert [line.split()[1] for line in lines] == [
-        "run", "report", "validate", "plan", "plan", "inspect-model", "crd", "--version",
+        "run", "report", "validate", "plan", "plan", "inspect-model", "suggest", "crd", "--version",
     ]  # fmt: skip
     assert "lora-ablation run examples/quickstart.yaml --store s3://readme-commands/prefix --parallel 2" in COMMANDS
     assert "lora-ablation inspect-model examples/models/tiny-llama --rank 16 -o json --source catalog" in COMMANDS

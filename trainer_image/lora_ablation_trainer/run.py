@@ -16,6 +16,7 @@ from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
 from lora_ablation_trainer import adapters
 from lora_ablation_trainer.data import chat_template_problem, encode, load_examples
+from lora_ablation_trainer.effect import adapter_effect
 from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
@@ -168,6 +169,12 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, eval_examples, spec.dataset.metric, max_length, device, vision)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
+    # Text prompts only: an image record's features come from the processor (the check is about the adapter).
+    checkable = resolution is not None and vision is None
+    effect = adapter_effect(model, tokenizer, eval_examples, max_length, device) if checkable else None
+    if effect is not None and effect.unchanged:
+        log.warning("the adapter leaves the outputs unchanged on %d eval prompts (max |logit change| %.3g)",
+                    effect.prompts, effect.max_logit_delta)  # fmt: skip
     latency = (
         measure(model, tokenizer, spec.latency, device, resolution is not None, _weights_label(spec, dtype), vision)
         if spec.latency.enabled
@@ -191,6 +198,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
         rank=spec.rank,
         alpha=spec.alpha,
         variant=spec.variant,
+        seed=None if spec.is_baseline else spec.training.seed,
         targeted_module_names=targeted,
         targeted_parameter_names=targeted_params,
         trainable_params=trainable if resolution is not None else 0,
@@ -199,6 +207,7 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
         train=train_metrics,
         eval=eval_metrics,
         latency=latency,
+        adapter_effect=effect,
         environment=environment(device),
         started_at=started_at,
         finished_at=_now(),

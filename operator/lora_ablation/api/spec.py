@@ -29,6 +29,7 @@ ENDPOINT = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 # unbounded grid (64 datasets x 64 module sets x 16 ranks x 4 variants is 262,208) would stall it. The operator's
 # own setting (the chart's maxTrials) can lower this.
 MAX_TRIALS = 5000
+MAX_SEEDS = 32  # a seed interval narrows as 1/sqrt(n): past 32 seeds it barely moves, and the grid multiplies
 STORAGE_URI = re.compile(rf"^(s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](/{_SEGMENT})*/?|file://\S+)$")
 
 
@@ -189,6 +190,16 @@ class SearchSpec(ApiModel):
     include_baseline: bool = Field(
         True, description="Also evaluate and time the base model with no adapter, once per dataset."
     )
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] | None = Field(
+        None,
+        description="Train every configuration once per seed (data order, adapter initialisation, dropout), "
+        "e.g. [1, 2, 3]; the summary then reports a mean and a 95% interval per configuration and ranks "
+        "configurations whose intervals overlap as tied. Unset: one run with training.seed. Overrides "
+        "training.seed when set.",
+        min_length=1,
+        max_length=MAX_SEEDS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
     @field_validator("module_sets")
     @classmethod
@@ -220,6 +231,13 @@ class SearchSpec(ApiModel):
         if len(set(ranks)) != len(ranks):
             raise ValueError(f"ranks repeat a value ({ranks})")
         return ranks
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat a value ({seeds}): a repeated seed repeats the same run")
+        return seeds
 
     @field_validator("variants")
     @classmethod
@@ -353,10 +371,11 @@ class LoraAblationSpec(ApiModel):
                     "rule": "size(self.datasets) * (size(self.search.moduleSets)"
                     " * (has(self.search.ranks) ? size(self.search.ranks) : 1)"
                     " * (has(self.search.variants) ? size(self.search.variants) : 1)"
+                    " * (has(self.search.seeds) ? size(self.search.seeds) : 1)"
                     " + (has(self.search.includeBaseline) && !self.search.includeBaseline ? 0 : 1))"
                     f" <= {MAX_TRIALS}",
-                    "message": f"the grid (datasets x (moduleSets x ranks x variants + baseline)) exceeds {MAX_TRIALS} "
-                    "trials: narrow it or split the study",
+                    "message": "the grid (datasets x (moduleSets x ranks x variants x seeds + baseline)) exceeds "
+                    f"{MAX_TRIALS} trials: narrow it or split the study",
                 },
             ]
         }
@@ -386,9 +405,15 @@ class LoraAblationSpec(ApiModel):
         return datasets
 
     @property
+    def seeds(self) -> list[int]:
+        """The seeds every configuration is trained with: search.seeds, else training.seed alone."""
+        return list(self.search.seeds) if self.search.seeds else [self.training.seed]
+
+    @property
     def trial_count(self) -> int:
         """How many trials the plan will hold, without planning them."""
         per_dataset = len(self.search.module_sets) * len(self.search.ranks) * len(self.search.variants)
+        per_dataset *= len(self.seeds)
         return len(self.datasets) * (per_dataset + int(self.search.include_baseline))
 
     @model_validator(mode="after")
@@ -399,7 +424,8 @@ class LoraAblationSpec(ApiModel):
             raise ValueError("execution.modelCacheClaim cannot be used with a file:// base model")
         if self.trial_count > MAX_TRIALS:
             raise ValueError(
-                f"the grid asks for {self.trial_count} trials (datasets x (moduleSets x ranks x variants + baseline)); "
+                f"the grid asks for {self.trial_count} trials (datasets x (moduleSets x ranks x variants x seeds + "
+                "baseline)); "
                 f"at most {MAX_TRIALS}: narrow it or split the study"
             )
         return self

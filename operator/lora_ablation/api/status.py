@@ -40,6 +40,7 @@ class TrialStatus(OpenModel):
     )
     rank: int = Field(0, description="LoRA rank; 0 for the baseline.")
     variant: str = Field(description="Adapter variant, or 'none' for the baseline.")
+    seed: int | None = Field(None, description="Training seed, when search.seeds lists several.")
     job: str | None = Field(None, description="Name of the trial's Job once created.")
     state: str = Field(
         description="Pending, Running, Stuck (a pod cannot start: see message), Succeeded, Failed, ResultsMissing or "
@@ -67,12 +68,27 @@ class LeaderboardEntry(OpenModel):
     tpot_p95_ms: float | None = Field(None, description="Mean adapter TPOT p95 in milliseconds.")
     latency_overhead_pct: float | None = Field(None, description="Adapter TPOT p95 over the base model's, in percent.")
     trainable_params: int | None = Field(None, description="Trainable adapter parameters.")
+    seeds: int = Field(1, description="Seeds per dataset behind its mean (the fewest over its datasets).")
+    score_ci_low: float | None = Field(None, description="Lower end of the 95% interval of mean score (2+ seeds).")
+    score_ci_high: float | None = Field(None, description="Upper end of the 95% interval of mean score (2+ seeds).")
+    tied_with_next: bool = Field(
+        False, description="Its 95% interval overlaps the next entry's: the two cannot be told apart."
+    )
 
 
 class Recommendation(OpenModel):
     accuracy_first: str | None = Field(None, description="Configuration with the best mean score.")
     balanced: str | None = Field(
         None, description="Lowest-latency configuration within selection.tolerance of the best."
+    )
+    tied: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Configurations whose 95% interval overlaps the best's (the best included); two or more "
+        "means there is no winner.",
+    )
+    cheapest_tied: str | None = Field(
+        None, description="Among the tied: the lowest latency beyond noise, else the fewest trainable parameters."
     )
     rationale: str | None = Field(None, description="One line on why.")
 

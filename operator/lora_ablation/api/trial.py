@@ -117,6 +117,8 @@ class LatencyStats(OpenModel):
     ttft_p95_ms: float = Field(description="Time to first token, 95th percentile.")
     tpot_p50_ms: float = Field(description="Time per output token after the first, median.")
     tpot_p95_ms: float = Field(description="Time per output token after the first, 95th percentile.")
+    tpot_cv_pct: float | None = Field(None, description="TPOT coefficient of variation over the repeats, in %.")
+    ttft_cv_pct: float | None = Field(None, description="TTFT coefficient of variation over the repeats, in %.")
 
 
 class LatencyMetrics(OpenModel):
@@ -126,9 +128,33 @@ class LatencyMetrics(OpenModel):
     output_tokens: int = Field(description="New tokens per run (asserted).")
     batch_size: int = Field(description="Prompts per run.")
     repeats: int = Field(description="Measured runs.")
+    warmup: int | None = Field(None, description="Unmeasured runs before timing.")
     base: LatencyStats = Field(description="Base model, no adapter, same process.")
     adapter: LatencyStats | None = Field(None, description="With the unmerged adapter; absent for the baseline.")
+    merged: LatencyStats | None = Field(
+        None, description="With the adapter merged into a copy of the weights (merge_and_unload): the serving path "
+        "without adapter overhead. Absent for the baseline or when a second copy did not fit.",
+    )
     tpot_overhead_pct: float | None = Field(None, description="(adapter TPOT p95 / base TPOT p95 - 1) x 100.")
+    tpot_overhead_ci_pct: float | None = Field(
+        None,
+        description="Half-width of the 95% interval of the overhead, from the repeat-to-repeat spread of "
+        "paired (alternating) base and adapter runs: a smaller overhead is within noise.",
+    )
+    merged_tpot_overhead_pct: float | None = Field(None, description="(merged TPOT p95 / base TPOT p95 - 1) x 100.")
+    merged_tpot_overhead_ci_pct: float | None = Field(
+        None, description="Half-width of the 95% interval of the merged overhead (paired runs)."
+    )
+
+
+class AdapterEffect(OpenModel):
+    prompts: int = Field(description="Eval records compared with the adapter enabled and disabled.")
+    max_logit_delta: float = Field(description="Largest absolute logit change the adapter makes on them.")
+    changed_argmax_tokens: int = Field(0, description="Positions whose greedy token the adapter changes.")
+    unchanged: bool = Field(
+        description="True when the adapter leaves the outputs unchanged (its weights are effectively zero): "
+        "serving it is serving the base model."
+    )
 
 
 class TrialResult(OpenModel):
@@ -143,6 +169,9 @@ class TrialResult(OpenModel):
     rank: int = Field(0, description="LoRA rank.")
     alpha: float = Field(0.0, description="lora_alpha.")
     variant: str = Field(description="Adapter variant or none.")
+    seed: int | None = Field(
+        None, description="Training seed (search.seeds); absent for the baseline and for results of older trainers."
+    )
     targeted_module_names: list[str] = Field(
         default_factory=list, max_length=MAX_NAMES, description="Modules PEFT actually wrapped."
     )
@@ -155,6 +184,9 @@ class TrialResult(OpenModel):
     train: TrainMetrics | None = Field(None, description="Training figures; absent for the baseline.")
     eval: EvalMetrics = Field(description="Evaluation figures.")
     latency: LatencyMetrics | None = Field(None, description="Latency figures when latency.enabled.")
+    adapter_effect: AdapterEffect | None = Field(
+        None, description="Whether the adapter changes the outputs on the eval prompts; absent for the baseline."
+    )
     environment: dict[str, str] = Field(
         default_factory=dict, max_length=200, description="Library versions, device, host."
     )
