@@ -277,8 +277,10 @@ def main() -> None:
     parser.add_argument("--cpu-trials", type=int, default=5000, help="trials of the one-pass CPU measurement")
     parser.add_argument("--no-cpu", action="store_true", help="skip the one-pass CPU measurement")
     parser.add_argument("--only-create", action="store_true", help="stop once every Job exists")
+    parser.add_argument("--cpu-only", action="store_true", help="only the one-pass CPU measurement")
     args = parser.parse_args()
-    scale_run(args)
+    if not args.cpu_only:
+        scale_run(args)
     if not args.no_cpu:
         reconcile_cpu(args.cpu_trials)
 
