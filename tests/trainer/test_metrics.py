@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +201,32 @@ def test_dispatch() -> None:
         compute_metric("bleu", [], [])
     with pytest.raises(ValueError, match="eval_loss"):
         max_new_tokens_hint("eval_loss")
+
+
+# ROUGE-Lsum as published numbers compute it: the reference package (Google's rouge-score, which Hugging Face's
+# `evaluate` wraps) on summaries with one sentence per line. Hugging Face splits with nltk's punkt, a download;
+# our splitter needs none. Shipped cases carry each summary's sentences as a person splits them.
+ROUGE_CASES = json.loads((Path(__file__).parent / "data" / "rouge_lsum_cases.json").read_text())
+
+
+@pytest.mark.parametrize("case", ROUGE_CASES, ids=[c["note"] for c in ROUGE_CASES])
+def test_rouge_lsum_agrees_with_the_reference_package_on_sentence_split_summaries(case) -> None:
+    from rouge_score import rouge_scorer
+
+    prediction, reference = " ".join(case["prediction"]), " ".join(case["reference"])
+    if case["note"].startswith("a summary written as lines"):
+        prediction, reference = "\n".join(case["prediction"]), "\n".join(case["reference"])
+    assert split_sentences(prediction) == case["prediction"] and split_sentences(reference) == case["reference"]
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    expected = scorer.score("\n".join(case["reference"]), "\n".join(case["prediction"]))["rougeLsum"].fmeasure
+    assert rouge_lsum([prediction], [reference]).score == pytest.approx(expected, abs=1e-12)
+
+
+def test_unsplit_summaries_would_score_as_rouge_l_which_published_lsum_numbers_are_not() -> None:
+    from rouge_score import rouge_scorer
+
+    case = ROUGE_CASES[0]  # sentences reordered: Lsum (sentence-level LCS union) credits them, plain LCS cannot
+    prediction, reference = " ".join(case["prediction"]), " ".join(case["reference"])
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    unsplit = scorer.score(reference, prediction)["rougeLsum"].fmeasure
+    assert rouge_lsum([prediction], [reference]).score > unsplit + 0.05

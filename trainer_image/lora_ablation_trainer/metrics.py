@@ -119,8 +119,9 @@ def split_sentences(text: str) -> list[str]:
         start = 0
         for match in _SENTENCE_END.finditer(line):
             word = line[start : match.start()].split()[-1:] or [""]
-            # "Dr. Smith", "e.g. Paris", "J. Smith": a dot after an abbreviation or an initial ends no sentence.
-            if word[0].lower().rstrip(".") in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", word[0]):
+            # "Dr. Smith", "e.g. Paris", "J. Smith", "the U.S. Army": a dot after an abbreviation, an initial or a
+            # dotted acronym ends no sentence (GovReport-style text names the U.S. in most paragraphs).
+            if word[0].lower().rstrip(".") in _ABBREVIATIONS or re.fullmatch(r"[A-Z]|(?:[A-Za-z]\.)+[A-Za-z]", word[0]):
                 continue
             sentences.append(line[start : match.end()].strip())
             start = match.end()
