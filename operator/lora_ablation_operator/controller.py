@@ -50,6 +50,8 @@ class Memory:
     generation: int | None = None  # the generation the last pass started on
     queued_at: float | None = None  # the first event since the last pass (for the event-to-status metric)
     last_pass: float = float("-inf")  # monotonic time the last pass started
+    summary_written: int | None = None  # succeeded trials in the summary.json last written, and when
+    summary_written_at: float = float("-inf")
 
 
 class Controller:
@@ -194,7 +196,8 @@ class Controller:
         status = memory.status if memory.status is not None else body.get("status") or {}
         return Snapshot(body=copy.deepcopy(body), status=copy.deepcopy(status), jobs=jobs,
                         pods=list(_values(self.pods_index, label)), previous_states=memory.states,
-                        queued_at=queued_at)  # fmt: skip
+                        queued_at=queued_at, summary_written=memory.summary_written,
+                        summary_written_at=memory.summary_written_at)  # fmt: skip
 
     def _remember(self, key: Key, snapshot: Snapshot, outcome: Outcome) -> None:
         memory = self.memory.get(key)
@@ -204,6 +207,8 @@ class Controller:
             memory.states = outcome.states
         if outcome.written_status is not None:
             memory.status, memory.status_version = outcome.written_status
+        if outcome.summary_written is not None:
+            memory.summary_written, memory.summary_written_at = outcome.summary_written, time.monotonic()
         now = time.monotonic()
         memory.expected.update({name: (now, compact_job(job)) for name, job in outcome.created.items()})
 

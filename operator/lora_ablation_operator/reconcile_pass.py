@@ -40,6 +40,8 @@ class Snapshot:
     pods: list[dict[str, Any]]  # its pods that may be unable to start (compact)
     previous_states: dict[str, str] | None = None
     queued_at: float | None = None
+    summary_written: int | None = None  # succeeded trials in the summary.json last written (None: unknown)
+    summary_written_at: float = float("-inf")  # monotonic time of that write
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Outcome:
     created: dict[str, dict[str, Any]] = field(default_factory=dict)  # Jobs created by name
     retry: bool = False  # a refused Job or unreachable storage: try again after a backoff
     recheck_after: float | None = None  # nothing will send an event, but something changes then (a pod's wait)
+    summary_written: int | None = None  # succeeded trials in the summary.json this pass wrote
 
 
 def _now() -> str:
@@ -94,7 +97,9 @@ def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.Re
         # Start events name their Job first ("<job>: ..."): keep those of the Jobs that were really created.
         started_events = [e for e in decision.events if e[2].split(":", 1)[0] in created]
         decision = dataclasses.replace(again, events=started_events + again.events)
-    unstored = store_summary(decision, planned, namespace, name, snapshot.status, settings)
+    waited = time.monotonic() - snapshot.summary_written_at
+    wanted = summary_wanted(decision, snapshot.summary_written, waited, settings)
+    unstored = store_summary(decision, planned, namespace, name, settings) if wanted else None
     if unstored:
         # Unstored, a finished ablation must not look finished (its timer would stop and the summary never come):
         # the status says storage is unavailable and keeps what it knew; a later pass writes the summary.
@@ -102,12 +107,16 @@ def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.Re
         decision = dataclasses.replace(decision, status=later.status, events=decision.events + later.events)
     outcome = apply(decision, snapshot)
     outcome.created = created
+    if wanted and not unstored:
+        outcome.summary_written = (decision.status.get("trials") or {}).get("succeeded")
     outcome.retry = bool(rejected or observed.storage_problem or unstored)
     # Nothing sends an event when these change, so the pass itself says when to look again: a result.json that may
     # be rewritten (checked every result_recheck_seconds) and a pod that will have waited too long.
     rechecks = [next_stuck_check(snapshot.pods, observed.now, settings.unschedulable_after)]
     if observed.results and not decision.finished:
         rechecks.append(settings.result_recheck_seconds)
+    if wanted is None:  # results added, summary.json written recently: write it when the interval is over
+        rechecks.append(settings.summary_interval - waited)
     outcome.recheck_after = min((r for r in rechecks if r is not None), default=None)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     return outcome
@@ -126,14 +135,24 @@ def create_jobs(decision: Decision, owner: dict[str, Any]) -> tuple[dict[str, di
     return created, {}
 
 
-def store_summary(decision: Decision, planned: Planned, namespace: str, name: str, previous: dict[str, Any],
-                  settings: Settings) -> str | None:  # fmt: skip
-    """Write summary.json (and the whole trial list) when a result was added or the ablation finished; the
-    StorageUnavailable message when storage refused."""
+def summary_wanted(decision: Decision, written: int | None, waited: float, settings: Settings) -> bool | None:
+    """Whether this pass writes summary.json: always when the ablation finished; when results were added since the
+    last write, at most every `summary_interval` seconds (None: one is owed, but later)."""
     succeeded = (decision.status.get("trials") or {}).get("succeeded")
+    if decision.summary is None:
+        return False
+    if decision.finished:
+        return True
+    if succeeded == written:
+        return False
+    return True if waited >= settings.summary_interval else None
+
+
+def store_summary(decision: Decision, planned: Planned, namespace: str, name: str,
+                  settings: Settings) -> str | None:  # fmt: skip
+    """Write summary.json (and the whole trial list when status holds a capped one); the StorageUnavailable
+    message when storage refused."""
     if decision.summary is None or planned.spec is None:
-        return None
-    if not decision.finished and succeeded == (previous.get("trials") or {}).get("succeeded"):
         return None
     try:
         store = collector.ablation_store(planned.spec, namespace, name, settings)

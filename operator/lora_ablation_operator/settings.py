@@ -41,6 +41,7 @@ class Settings:
     metrics_port: int = 0  # Prometheus metrics port; 0 serves none
     max_trial_statuses: int = 200  # status.trialStatuses cap; etcd objects are limited to ~1.5 MiB
     max_trials: int = MAX_TRIALS  # trials one ablation may plan; the chart's maxTrials can lower it
+    summary_interval: float = 30.0  # seconds between summary.json writes while results come in (always at the end)
     result_recheck_seconds: float = 300.0  # how often a collected result.json is checked for a rewrite (ETag/size)
     unschedulable_after: float = 600.0  # a pod Unschedulable this long makes its trial Stuck (autoscalers are slow)
     storage_timeout: float = 5.0  # seconds per storage request: a handler thread must never hang on storage
@@ -75,6 +76,7 @@ class Settings:
             metrics_port=int(_env("METRICS_PORT", "0")),
             max_trial_statuses=int(_env("MAX_TRIAL_STATUSES", str(cls.max_trial_statuses))),
             max_trials=min(MAX_TRIALS, int(_env("MAX_TRIALS", str(MAX_TRIALS)))),
+            summary_interval=float(_env("SUMMARY_INTERVAL", str(cls.summary_interval))),
             result_recheck_seconds=float(_env("RESULT_RECHECK_SECONDS", str(cls.result_recheck_seconds))),
             unschedulable_after=float(_env("UNSCHEDULABLE_AFTER", str(cls.unschedulable_after))),
             storage_timeout=float(_env("STORAGE_TIMEOUT", str(cls.storage_timeout))),

@@ -275,3 +275,18 @@ def test_passes_of_one_ablation_are_spaced_so_a_stream_of_events_rewrites_its_st
         controller.queue.close()
 
     run(scenario())
+
+
+def test_summary_json_is_written_at_the_end_and_at_most_every_interval_while_results_come_in():
+    from lora_ablation_operator.reconcile import Decision
+    from lora_ablation_operator.reconcile_pass import summary_wanted
+
+    settings = Settings(summary_interval=30.0)
+    running = Decision(status={"trials": {"succeeded": 3}}, summary=object(), finished=False)
+    assert summary_wanted(running, written=2, waited=31.0, settings=settings) is True
+    assert summary_wanted(running, written=2, waited=5.0, settings=settings) is None  # owed, later
+    assert summary_wanted(running, written=3, waited=99.0, settings=settings) is False  # nothing new
+    assert summary_wanted(running, written=None, waited=float("inf"), settings=settings) is True  # after a restart
+    done = Decision(status={"trials": {"succeeded": 3}}, summary=object(), finished=True)
+    assert summary_wanted(done, written=3, waited=0.0, settings=settings) is True  # the final one, always
+    assert summary_wanted(Decision(finished=True), written=None, waited=99.0, settings=settings) is False

@@ -178,10 +178,10 @@ def test_a_summary_storage_refuses_is_reported_so_the_ablation_does_not_look_fin
     results = {j["metadata"]["name"]: result_for(j["metadata"]["name"], 0.5) for j in jobs[1:]}
     decision = reconcile(observed(raw, jobs=jobs, results=results), SETTINGS)
     assert decision.summary is not None
-    problem = store_summary(decision, planned, "ns", "demo", {}, SETTINGS)
+    problem = store_summary(decision, planned, "ns", "demo", SETTINGS)
     assert problem and problem.startswith("results storage unreachable")
     assert store_summary(decision, plan_for("demo", "ns", spec(storage={"uri": "file://x"}), SETTINGS), "ns", "demo",
-                         {}, SETTINGS) is None  # nothing to write to: not a storage problem  # fmt: skip
+                         SETTINGS) is None  # nothing to write to: not a storage problem  # fmt: skip
 
 
 def test_a_failed_trial_quotes_what_the_trainer_wrote_to_its_termination_log():
