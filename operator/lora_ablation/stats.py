@@ -6,6 +6,7 @@ beta function, computed to well under the 3 decimals any interval is printed wit
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Sequence
@@ -129,8 +130,10 @@ def separable(better: Interval, worse: Interval) -> bool:
 
 
 def tie_positions(intervals: Sequence[Interval]) -> list[int]:
-    """Competition positions where overlapping intervals tie: 1 + how many are separably above each."""
-    return [1 + sum(1 for other in intervals if separable(other, mine)) for mine in intervals]
+    """Competition positions where overlapping intervals tie: 1 + how many are separably above each (those whose
+    low end is above its high end; counted by bisection: an ablation of 5,000 trials has 100 per dataset)."""
+    lows = sorted(other.low for other in intervals)
+    return [1 + len(lows) - bisect.bisect_right(lows, mine.high) for mine in intervals]
 
 
 def within(difference: float, half_width: float | None) -> bool:

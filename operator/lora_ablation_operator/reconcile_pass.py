@@ -136,15 +136,13 @@ def create_jobs(decision: Decision, owner: dict[str, Any]) -> tuple[dict[str, di
 
 
 def summary_wanted(decision: Decision, written: int | None, waited: float, settings: Settings) -> bool | None:
-    """Whether this pass writes summary.json: always when the ablation finished; when results were added since the
-    last write, at most every `summary_interval` seconds (None: one is owed, but later)."""
+    """Whether this pass writes summary.json: when results were added since the last write, at once if the
+    ablation finished, else at most every `summary_interval` seconds (None: one is owed, but later)."""
     succeeded = (decision.status.get("trials") or {}).get("succeeded")
-    if decision.summary is None:
+    if decision.summary is None or succeeded == written:
         return False
     if decision.finished:
         return True
-    if succeeded == written:
-        return False
     return True if waited >= settings.summary_interval else None
 
 

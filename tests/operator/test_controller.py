@@ -288,5 +288,6 @@ def test_summary_json_is_written_at_the_end_and_at_most_every_interval_while_res
     assert summary_wanted(running, written=3, waited=99.0, settings=settings) is False  # nothing new
     assert summary_wanted(running, written=None, waited=float("inf"), settings=settings) is True  # after a restart
     done = Decision(status={"trials": {"succeeded": 3}}, summary=object(), finished=True)
-    assert summary_wanted(done, written=3, waited=0.0, settings=settings) is True  # the final one, always
+    assert summary_wanted(done, written=2, waited=0.0, settings=settings) is True  # the final one, at once
+    assert summary_wanted(done, written=3, waited=0.0, settings=settings) is False  # and only once
     assert summary_wanted(Decision(finished=True), written=None, waited=99.0, settings=settings) is False
