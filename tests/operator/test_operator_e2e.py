@@ -146,11 +146,12 @@ def test_suspend_and_resume(cluster):
     wait_for(lambda: len(trial_jobs(cluster)) == 2, what="2 trial Jobs")
     cluster.patch_spec("pause", {"execution": {"parallelism": 2, "maxFailedTrials": 1, "suspend": True}})
     wait_for(lambda: all(j["spec"].get("suspend") for j in trial_jobs(cluster).values()), what="Jobs suspended")
-    assert cluster.condition("pause", "Suspended")["status"] == "True"
+    # The Jobs are patched, then the status, in one pass: either may be seen first.
+    wait_for(lambda: cluster.condition("pause", "Suspended")["status"] == "True", what="Suspended=True")
     assert len(trial_jobs(cluster)) == 2
     cluster.patch_spec("pause", {"execution": {"parallelism": 2, "maxFailedTrials": 1, "suspend": False}})
     wait_for(lambda: not any(j["spec"].get("suspend") for j in trial_jobs(cluster).values()), what="Jobs resumed")
-    assert cluster.condition("pause", "Suspended")["status"] == "False"
+    wait_for(lambda: cluster.condition("pause", "Suspended")["status"] == "False", what="Suspended=False")
 
 
 def test_spec_edit_replans_without_touching_kept_trials(cluster):
