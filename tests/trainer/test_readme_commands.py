@@ -159,3 +159,12 @@ def test_the_other_commands_say_what_the_readme_says(readme_run):
     assert json.loads(done[f"{inspect} --source catalog"].stdout)["source"] == "catalog"
     assert done["lora-ablation crd"].stdout == (ROOT / "crds" / "lora.ablation.dev_loraablations.yaml").read_text()
     assert done["lora-ablation --version"].stdout.startswith("lora-ablation ")
+
+
+def test_the_quickstart_adapters_learn_something_measurable(readme_run):
+    # Every score at 0 means evaluation is broken, not that LoRA failed (a prompt budget once cut each eval
+    # prompt to one token): on this toy task the adapters that see attention inputs learn part of a skill.
+    work = readme_run["work"]
+    results = sorted((work / "ablation-results" / "default" / "quickstart").glob("*/result.json"))
+    scores = {p.parent.name: json.loads(p.read_text())["eval"]["score"] for p in results}
+    assert len(scores) == 12 and max(scores.values()) > 0.05, scores

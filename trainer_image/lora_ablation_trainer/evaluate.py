@@ -77,7 +77,12 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, dev
              vision=None) -> list[str]:  # fmt: skip
     """Greedy completions, prompts left-padded so every row generates from its own last token."""
     model.eval()
-    max_prompt = max(1, (max_length or 1 << 30) - max_new_tokens)
+    # A prompt keeps at most what training saw (max_length) and what the model's positions leave for the answer.
+    # Never max_length - max_new_tokens: the generation budget is an upper bound (64 tokens for exact match),
+    # and with a short training length it left one prompt token, so every answer was garbage.
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    room = limit - max_new_tokens if isinstance(limit, int) and limit > max_new_tokens else 1 << 30
+    max_prompt = max(1, min(max_length or 1 << 30, room))
     if vision:  # image tokens cannot be cut: a prompt too long for them is a data error
         features = [vision.prompt_feature(e, max_prompt) for e in examples]
     else:
