@@ -113,3 +113,21 @@ def image_records(n: int, seed: int, folder: Path, relative_to: Path) -> list[di
         content = [{"type": "image", "image": str(path.relative_to(relative_to))}, {"type": "text", "text": question}]
         records.append({"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]})
     return records
+
+
+def run_ablation_cli(name: str, spec: dict, tmp_path: Path) -> list[dict]:
+    """`lora-ablation run` on a LoraAblation of this spec (storage and logs under tmp_path), as a user runs it;
+    the result.json of every trial. A failing run fails the test with the end of its output."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    manifest = {"apiVersion": "lora.ablation.dev/v1alpha1", "kind": "LoraAblation", "metadata": {"name": name},
+                "spec": {**spec, "storage": {"uri": f"file://{tmp_path / 'results'}"}}}  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    command = [sys.executable, "-m", "lora_ablation.cli", "run", str(path), "--logs", str(tmp_path / "logs")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / "default" / name).glob("*/result.json"))]

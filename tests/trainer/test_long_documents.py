@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_ablation_trainer.adapters import attach_adapter, resolve_targets
 from lora_ablation_trainer.data import IGNORE_INDEX, Example, collate, encode
 from lora_ablation_trainer.evaluate import completion_loss, prompt_ids, token_batches
-from support.trainer_data import choice_records, corpus, long_records, trial_spec, write_jsonl
+from support.trainer_data import choice_records, corpus, long_records, run_ablation_cli, trial_spec, write_jsonl
 
 pytestmark = pytest.mark.trainer
 WORDS = 2900  # ~8.7K tokens with the tiny tokenizer
@@ -107,25 +104,14 @@ def test_an_8k_token_trial_trains_evaluates_and_times(long_model, long_data, tmp
 
 @pytest.mark.slow
 def test_an_8k_token_ablation_runs_end_to_end_through_the_cli(long_model, long_data, tmp_path):
-    manifest = {
-        "apiVersion": "lora.ablation.dev/v1alpha1",
-        "kind": "LoraAblation",
-        "metadata": {"name": "long"},
-        "spec": {
-            "baseModel": {"uri": f"file://{long_model}", "dtype": "float32"},
-            "datasets": [{"name": "docs", "train": f"file://{long_data['train']}",
-                          "eval": f"file://{long_data['eval']}", "format": "prompt-completion", "metric": "accuracy"}],
-            "search": {"moduleSets": [["o_proj"]], "ranks": [4], "includeBaseline": False},
-            "training": {"maxSteps": 2, "batchSize": 1, "gradientAccumulation": 1, "maxSeqLength": 9216,
-                         "gradientCheckpointing": True},
-            "latency": {"promptTokens": 8192, "outputTokens": 2, "warmup": 0, "repeats": 1},
-            "storage": {"uri": f"file://{tmp_path / 'results'}"},
-        },
+    spec = {
+        "baseModel": {"uri": f"file://{long_model}", "dtype": "float32"},
+        "datasets": [{"name": "docs", "train": f"file://{long_data['train']}",
+                      "eval": f"file://{long_data['eval']}", "format": "prompt-completion", "metric": "accuracy"}],
+        "search": {"moduleSets": [["o_proj"]], "ranks": [4], "includeBaseline": False},
+        "training": {"maxSteps": 2, "batchSize": 1, "gradientAccumulation": 1, "maxSeqLength": 9216,
+                     "gradientCheckpointing": True},
+        "latency": {"promptTokens": 8192, "outputTokens": 2, "warmup": 0, "repeats": 1},
     }  # fmt: skip
-    path = tmp_path / "long.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    command = [sys.executable, "-m", "lora_ablation.cli", "run", str(path), "--logs", str(tmp_path / "logs")]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (result,) = (tmp_path / "results" / "default" / "long").glob("*/result.json")
-    assert '"promptTokens": 8192' in result.read_text()
+    (result,) = run_ablation_cli("long", spec, tmp_path)
+    assert result["latency"]["promptTokens"] == 8192

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
-import yaml
 
 from lora_ablation_trainer.adapters import load_model, quantization_config
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.run import run_trial
-from support.trainer_data import trial_spec
+from support.trainer_data import run_ablation_cli, trial_spec
 
 pytestmark = pytest.mark.trainer
 bitsandbytes = pytest.importorskip("bitsandbytes")
@@ -59,26 +57,15 @@ def test_a_4_bit_trial_trains_evaluates_times_and_publishes_a_plain_peft_adapter
 
 @pytest.mark.slow
 def test_a_4_bit_ablation_runs_end_to_end_through_the_cli(tiny_models, choice_data, tmp_path):
-    manifest = {
-        "apiVersion": "lora.ablation.dev/v1alpha1",
-        "kind": "LoraAblation",
-        "metadata": {"name": "qlora"},
-        "spec": {
-            "baseModel": {"uri": f"file://{tiny_models['llama']}", "dtype": "float32", "quantization": "nf4"},
-            "datasets": [{"name": "choice", "train": f"file://{choice_data['train']}",
-                          "eval": f"file://{choice_data['eval']}", "format": "prompt-completion",
-                          "metric": "accuracy", "maxEvalSamples": 8}],
-            "search": {"moduleSets": [["o_proj"]], "ranks": [4]},
-            "training": {"maxSteps": 3, "batchSize": 4, "gradientAccumulation": 1, "maxSeqLength": 48},
-            "latency": {"promptTokens": 8, "outputTokens": 4, "warmup": 0, "repeats": 1},
-            "storage": {"uri": f"file://{tmp_path / 'results'}"},
-        },
+    spec = {
+        "baseModel": {"uri": f"file://{tiny_models['llama']}", "dtype": "float32", "quantization": "nf4"},
+        "datasets": [{"name": "choice", "train": f"file://{choice_data['train']}",
+                      "eval": f"file://{choice_data['eval']}", "format": "prompt-completion",
+                      "metric": "accuracy", "maxEvalSamples": 8}],
+        "search": {"moduleSets": [["o_proj"]], "ranks": [4]},
+        "training": {"maxSteps": 3, "batchSize": 4, "gradientAccumulation": 1, "maxSeqLength": 48},
+        "latency": {"promptTokens": 8, "outputTokens": 4, "warmup": 0, "repeats": 1},
     }  # fmt: skip
-    path = tmp_path / "qlora.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    command = [sys.executable, "-m", "lora_ablation.cli", "run", str(path), "--logs", str(tmp_path / "logs")]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "default" / "qlora").glob("*/result.json")]
+    results = run_ablation_cli("qlora", spec, tmp_path)
     assert len(results) == 2  # the baseline is timed and scored on the 4-bit base too
     assert {r["latency"]["dtype"] for r in results} == {"nf4 (compute float32)"}

@@ -4,12 +4,9 @@ vision tower and projector frozen, eval on generated text, latency with an image
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lora_ablation.api.trial import PreflightSpec
 from lora_ablation_trainer.data import load_examples
@@ -17,7 +14,7 @@ from lora_ablation_trainer.errors import DataError
 from lora_ablation_trainer.preflight import check
 from lora_ablation_trainer.run import run_trial
 from lora_ablation_trainer.vision import image_uri
-from support.trainer_data import corpus, image_records, trial_spec, write_jsonl
+from support.trainer_data import corpus, image_records, run_ablation_cli, trial_spec, write_jsonl
 
 pytestmark = pytest.mark.trainer
 QUESTION = "which colour? options A=red B=green C=blue D=yellow answer"
@@ -136,24 +133,13 @@ def test_images_on_a_text_only_base_model_are_a_data_error(tiny_models, image_da
 
 @pytest.mark.slow
 def test_an_image_text_ablation_runs_end_to_end_through_the_cli(vlm, image_data, tmp_path):
-    manifest = {
-        "apiVersion": "lora.ablation.dev/v1alpha1",
-        "kind": "LoraAblation",
-        "metadata": {"name": "pics"},
-        "spec": {
-            "baseModel": {"uri": f"file://{vlm}", "dtype": "float32"},
-            "datasets": [{"name": "colours", "train": f"file://{image_data['train']}",
-                          "eval": f"file://{image_data['eval']}", "format": "chat", "metric": "accuracy"}],
-            "search": {"moduleSets": [["o_proj"]], "ranks": [4]},
-            "training": {"maxSteps": 3, "batchSize": 4, "gradientAccumulation": 1, "maxSeqLength": 64},
-            "latency": {"promptTokens": 12, "outputTokens": 3, "warmup": 0, "repeats": 1},
-            "storage": {"uri": f"file://{tmp_path / 'results'}"},
-        },
+    spec = {
+        "baseModel": {"uri": f"file://{vlm}", "dtype": "float32"},
+        "datasets": [{"name": "colours", "train": f"file://{image_data['train']}",
+                      "eval": f"file://{image_data['eval']}", "format": "chat", "metric": "accuracy"}],
+        "search": {"moduleSets": [["o_proj"]], "ranks": [4]},
+        "training": {"maxSteps": 3, "batchSize": 4, "gradientAccumulation": 1, "maxSeqLength": 64},
+        "latency": {"promptTokens": 12, "outputTokens": 3, "warmup": 0, "repeats": 1},
     }  # fmt: skip
-    path = tmp_path / "pics.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    command = [sys.executable, "-m", "lora_ablation.cli", "run", str(path), "--logs", str(tmp_path / "logs")]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "default" / "pics").glob("*/result.json")]
+    results = run_ablation_cli("pics", spec, tmp_path)
     assert len(results) == 2 and all(r["eval"]["samples"] == 8 for r in results)  # baseline and adapter
