@@ -165,8 +165,9 @@ def _job(name: str, namespace: str, job_labels: dict[str, str], pod: dict[str, A
     }
 
 
-def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
-              suspend: bool = False) -> dict[str, Any]:  # fmt: skip
+def trial_pod(ablation: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
+              ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:  # fmt: skip
+    """A trial's labels, annotations and pod spec: the single-pod Job's, and each node's of a multi-node trial."""
     resources = spec.execution.resources
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
     if resources.gpus:
@@ -176,16 +177,20 @@ def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: Plan
     # The trainer re-resolves modules on the real model, so the (possibly long) name list stays out of the env.
     payload = trial.spec.model_copy(update={"target_modules": None, "target_parameters": None})
     container = _container(spec, settings, TRIAL_ENV, payload.model_dump_json(by_alias=True, exclude_none=True), limits)
-    job_labels = labels(ablation, "trial", settings, trial.name)
-    queued = bool(spec.execution.queue_name)
-    if queued:
-        job_labels[QUEUE_LABEL] = spec.execution.queue_name
     annotations = {CONFIG_ANNOTATION: trial.label, f"{GROUP}/dataset": trial.spec.dataset.name}
     if trial.seed is not None:  # the trainer reads the seed from the trial payload; this is for people
         annotations[f"{GROUP}/seed"] = str(trial.seed)
+    return labels(ablation, "trial", settings, trial.name), annotations, _pod_spec(spec, settings, container)
+
+
+def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
+              suspend: bool = False) -> dict[str, Any]:  # fmt: skip
+    job_labels, annotations, pod = trial_pod(ablation, spec, trial, settings)
+    queued = bool(spec.execution.queue_name)
+    if queued:
+        job_labels[QUEUE_LABEL] = spec.execution.queue_name
     # Kueue admits a queued Job by unsuspending it, so queued Jobs are always created suspended.
-    return _job(trial.name, namespace, job_labels, _pod_spec(spec, settings, container), spec, annotations,
-                suspend or queued)  # fmt: skip
+    return _job(trial.name, namespace, job_labels, pod, spec, annotations, suspend or queued)
 
 
 def preflight_name(ablation: str, spec: LoraAblationSpec) -> str:

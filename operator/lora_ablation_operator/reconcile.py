@@ -13,7 +13,8 @@ from lora_ablation.results import ResultRead
 from lora_ablation.summary import leaderboard, summarize
 from lora_ablation.summary_models import Summary
 from lora_ablation_operator import conditions as c
-from lora_ablation_operator.jobs import preflight_job, preflight_name, trial_job
+from lora_ablation_operator.jobs import preflight_job, preflight_name
+from lora_ablation_operator.multinode import trial_workload
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
@@ -218,7 +219,7 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
             if capacity <= 0:
                 break
             if states[trial.name][0] == c.PENDING:
-                decision.create.append(trial_job(observed.name, observed.namespace, spec, trial, settings))
+                decision.create.append(trial_workload(observed.name, observed.namespace, spec, trial, settings))
                 decision.events.append(
                     ("Normal", "TrialStarted", f"{trial.name}: {trial.spec.dataset.name} {trial.label}")
                 )

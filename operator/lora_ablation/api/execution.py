@@ -76,6 +76,27 @@ class ResourcesSpec(ApiModel):
         return value
 
 
+MAX_NODES = 64  # nodes per trial; a LoRA ablation trial past this is a pretraining run, not a study
+ENGINES = ("JobSet", "TrainJob")
+
+
+class MultiNodeSpec(ApiModel):
+    engine: str | None = Field(
+        None,
+        description="What runs a trial of more than one node: JobSet (jobset.x-k8s.io, the pods exactly as the "
+        "operator builds them) or TrainJob (Kubeflow Trainer, through its torch ClusterTrainingRuntime). Unset: the "
+        "operator's configured engine (chart value multiNode.engine, JobSet by default).",
+        json_schema_extra={"enum": list(ENGINES)},
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str | None) -> str | None:
+        if value is not None and value not in ENGINES:
+            raise ValueError(f"expected one of {', '.join(ENGINES)}")
+        return value
+
+
 class ExecutionSpec(ApiModel):
     image: ImageReference | None = Field(
         None, description="Trainer image; the operator's configured default when unset."
@@ -108,3 +129,14 @@ class ExecutionSpec(ApiModel):
         description="PVC mounted read-only at /models holding pre-downloaded base models, so trials skip the download.",
     )
     suspend: bool = Field(False, description="Stop starting trials and suspend running ones; false resumes.")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Nodes (pods) per trial, each with resources.gpus GPUs; more than 1 runs every trial across "
+        "that many pods under torchrun's rendezvous, through multiNode.engine (the operator must have multi-node "
+        "trials enabled).",
+    )
+    multi_node: MultiNodeSpec | None = Field(
+        None, description="How trials of more than one node run (execution.nodes > 1)."
+    )
