@@ -16,7 +16,8 @@ def test_one_node_says_nothing_more():
 
 
 def test_nodes_and_engine_are_explained():
-    execution = ExecutionSpec.model_validate({"nodes": 4, "resources": {"gpus": 8}, "multiNode": {"engine": "TrainJob"}})
+    wide = {"nodes": 4, "resources": {"gpus": 8}, "multiNode": {"engine": "TrainJob"}}
+    execution = ExecutionSpec.model_validate(wide)
     placement = multi_node_placement(execution)
     assert placement["nodes"] == 4 and placement["gpusPerNode"] == 8 and placement["engine"] == "TrainJob"
     assert "32 in all" in placement["why"] and placement["engineFrom"] == "execution.multiNode.engine"

@@ -14,7 +14,15 @@ from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.contract import EXIT_PERMANENT
 from lora_ablation.naming import config_hash
 from lora_ablation.plan import PlannedTrial
-from lora_ablation_operator.jobs import COMPONENT_LABEL, CONTAINER, GROUP, QUEUE_LABEL, TRIAL_LABEL, trial_job, trial_pod
+from lora_ablation_operator.jobs import (
+    COMPONENT_LABEL,
+    CONTAINER,
+    GROUP,
+    QUEUE_LABEL,
+    TRIAL_LABEL,
+    trial_job,
+    trial_pod,
+)
 from lora_ablation_operator.settings import Settings
 
 REPLICATED_JOB = "node"  # as Kubeflow Trainer's torch runtime names it, so both engines give the same pod names
@@ -26,6 +34,8 @@ COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-ind
 TRAINER_COMMAND = ["python", "-m", "lora_ablation_trainer"]  # the trainer image's ENTRYPOINT
 RUNTIME_CONTAINER = "node"  # the trainer container of Kubeflow Trainer's torch-distributed runtime
 PATCH_MANAGER = f"{GROUP}/operator"
+# A child Job failed by the trainer's permanent-error exit code (its podFailurePolicy): no gang restart can help.
+PERMANENT_ERROR_RULE = {"name": "permanent-error", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,8 @@ def trial_jobset(ablation: str, namespace: str, spec: LoraAblationSpec, trial: P
         "completions": execution.nodes,
         "parallelism": execution.nodes,
         "backoffLimit": 0,
-        "podFailurePolicy": {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": [EXIT_PERMANENT]}},
-        ]},
+        "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+            "containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]}}]},
         "template": {"metadata": {"labels": pod_labels}, "spec": pod},
     }  # fmt: skip
     if execution.active_deadline_seconds:
@@ -118,9 +126,8 @@ def trial_jobset(ablation: str, namespace: str, spec: LoraAblationSpec, trial: P
             "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
             "failurePolicy": {
                 "maxRestarts": execution.backoff_limit,
-                "rules": [{"name": "permanent-error", "action": "FailJobSet",
-                           "onJobFailureReasons": ["PodFailurePolicy"]}],
-            },  # fmt: skip
+                "rules": [PERMANENT_ERROR_RULE],
+            },
             "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": job_spec}}],
         },
     }

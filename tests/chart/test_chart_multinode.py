@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from test_chart import CHART, EXAMPLE_VALUES, render
 
 from support.chart import helm, of_kind
-from test_chart import CHART, EXAMPLE_VALUES, render
 
 ENGINE_RULES = {"JobSet": ("jobset.x-k8s.io", "jobsets"), "TrainJob": ("trainer.kubeflow.org", "trainjobs")}
 
@@ -30,11 +30,13 @@ def test_off_by_default_grants_no_engine_kind():
 
 @pytest.mark.parametrize("engine", sorted(ENGINE_RULES))
 def test_enabled_grants_exactly_the_chosen_kind(engine):
-    docs = render(**{"multiNode.enabled": "true", "multiNode.engine": engine, "multiNode.trainingRuntime": "torch-lora"})
+    values = {"multiNode.enabled": "true", "multiNode.engine": engine, "multiNode.trainingRuntime": "torch-lora"}
+    docs = render(**values)
     group, resource = ENGINE_RULES[engine]
     assert engine_rules(docs) == [(group, resource, ("create", "delete", "get", "list", "patch", "watch"))]
     settings = env(docs)
-    assert settings["LORA_ABLATION_MULTI_NODE_ENABLED"] == "true" and settings["LORA_ABLATION_MULTI_NODE_ENGINE"] == engine
+    assert settings["LORA_ABLATION_MULTI_NODE_ENABLED"] == "true"
+    assert settings["LORA_ABLATION_MULTI_NODE_ENGINE"] == engine
     assert settings["LORA_ABLATION_TRAINING_RUNTIME"] == "torch-lora"
 
 

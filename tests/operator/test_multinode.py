@@ -24,7 +24,6 @@ from lora_ablation_operator.multinode import (
     object_name,
     target,
     trial_jobset,
-    trial_trainjob,
     trial_workload,
 )
 from lora_ablation_operator.observe import failure_message, job_finished, stuck_jobs
