@@ -89,8 +89,8 @@ async def pod_event(event: dict[str, Any], namespace: str, labels: Any, body: ko
         CONTROLLER.child_event(namespace, labels[ABLATION_LABEL], deleted=False)
 
 
-# Multi-node trials (JobSet or TrainJob) are watched only when enabled: a watch on a kind whose CRD is not
-# installed fails, and the chart grants the verbs on that kind only then.
+# Multi-node trials (JobSet or TrainJob) are watched only when enabled: the kind exists only where the engine is
+# installed, and the chart grants the verbs on it only then.
 if SETTINGS.multi_node_enabled:
 
     @kopf.index(MULTI_NODE.group, MULTI_NODE.version, MULTI_NODE.plural, labels=OURS)

@@ -55,8 +55,9 @@ class Settings:
     # endpoint, no other ServiceAccount and no bucket: an admin lists what each cluster needs.
     policy: Policy = field(default_factory=Policy)
     peering_priority: int = 0  # Kopf peering: replicas of one priority all freeze, so each takes its own
-    # Trials of more than one node (execution.nodes > 1): off unless the cluster has the engine, since a watch on a
-    # kind whose CRD is not installed fails. JobSet or TrainJob (multinode.py); a TrainJob names this runtime.
+    # Trials of more than one node (execution.nodes > 1): off unless the cluster has the engine (its CRD and
+    # controller; the chart grants the kind's verbs only then). JobSet or TrainJob (multinode.py); a TrainJob names
+    # this runtime.
     multi_node_enabled: bool = False
     multi_node_engine: str = "JobSet"
     training_runtime: str = "torch-distributed"
