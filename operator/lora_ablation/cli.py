@@ -11,6 +11,7 @@ from typing import Any
 
 from lora_ablation import guardrails, suggest
 from lora_ablation.api.base import SpecError
+from lora_ablation.api.execution import ExecutionSpec
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
 from lora_ablation.manifest import load_ablation, read_manifest
@@ -20,6 +21,7 @@ from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
 from lora_ablation.plan import LayerSelectionError, PlannedTrial, plan_trials
 from lora_ablation.report import human_count, text_table
+from lora_ablation.schedule import describe as describe_schedule
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
 
@@ -98,6 +100,30 @@ def _target_count(trial: PlannedTrial) -> str:
     return str(len(trial.spec.target_modules) + len(trial.spec.target_parameters or []))
 
 
+def multi_node_placement(execution: ExecutionSpec) -> dict[str, Any] | None:
+    """How each trial runs when it spans nodes (execution.nodes > 1), and why; None for a one-pod trial."""
+    if execution.nodes <= 1:
+        return None
+    engine = execution.multi_node.engine if execution.multi_node and execution.multi_node.engine else None
+    gpus = execution.resources.gpus
+    return {
+        "nodes": execution.nodes,
+        "gpusPerNode": gpus,
+        "engine": engine or "JobSet",
+        "engineFrom": "execution.multiNode.engine" if engine else "the operator's default (chart multiNode.engine)",
+        "why": f"execution.nodes is {execution.nodes}: torchrun spans {execution.nodes} pods of {max(1, gpus)} "
+        f"process(es) each ({execution.nodes * max(1, gpus)} in all), started and restarted together",
+    }
+
+
+def multi_node_line(execution: ExecutionSpec) -> str | None:
+    placement = multi_node_placement(execution)
+    if placement is None:
+        return None
+    return (f"Each trial runs on {placement['nodes']} nodes x {placement['gpusPerNode']} GPUs via "
+            f"{placement['engine']} ({placement['engineFrom']}): {placement['why']}.")  # fmt: skip
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
     meta = ablation.metadata
@@ -121,6 +147,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "alpha": t.spec.alpha,
                     "variant": t.spec.variant,
                     "seed": t.seed,
+                    "layers": t.spec.layers,
                     "targetModules": t.spec.target_modules,
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
@@ -129,6 +156,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 }
                 for t in plan.trials
             ],
+            "multiNode": multi_node_placement(ablation.spec.execution),
+            "schedule": describe_schedule(meta.name, plan, ablation.spec),
             "gpuMemoryBytes": memory.gpu_bytes,
             "memoryWarnings": memory.warnings,
             "warnings": [vars(g) for g in guardrails.for_plan(ablation.spec, plan)],
@@ -153,6 +182,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     headers = ["TRIAL", "DATASET", "MODULES", "RANK", "VARIANT", *([] if len(seeds) == 1 else ["SEED"]), "PARAMS"]
     print(text_table([*headers, "TARGETS", "MEMORY"], rows))
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
+    if line := multi_node_line(ablation.spec.execution):
+        print(line)
+    for line in describe_schedule(meta.name, plan, ablation.spec):
+        print(line)
     for line in memory.lines():
         print(line)
     warnings = guardrails.for_plan(ablation.spec, plan)

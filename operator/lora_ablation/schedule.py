@@ -184,3 +184,26 @@ def schedule(
     current = {t.name: unit for unit in first for t in unit.trials}
     current.update({t.name: unit for unit in second for t in unit.trials})
     return Schedule(first + second, current, elimination)
+
+
+def describe(ablation: str, plan: Plan, spec: LoraAblationSpec) -> list[str]:
+    """What `plan` says about how the trials run: units, the two stages, the budget."""
+    lines = []
+    first = round_one_units(ablation, plan, spec)
+    if spec.execution.trials_per_pod > 1:
+        second = " (survivors of stage one are grouped the same way)" if spec.search.early_stopping else ""
+        lines.append(f"Runs as {len(first)} Jobs of up to {spec.execution.trials_per_pod} trials (one dataset each; "
+                     f"the base model is loaded once per Job){second}.")  # fmt: skip
+    early = spec.search.early_stopping
+    if early is not None:
+        rule = f"the best {early.keep}" if early.rule == EliminationRule.top_k else "those at or above the median"
+        trained = sum(1 for t in plan.trials if not t.spec.is_baseline)
+        lines.append(
+            f"Two stages: each of the {trained} trained trials first trains {early.stage_one_fraction:.0%} of its "
+            f"steps; per dataset {rule} (by stage-one score, mean over seeds) resume from their checkpoint, the "
+            f"others stop as Eliminated (not with fewer than {early.min_configurations} configurations)."
+        )
+    if spec.execution.max_gpu_hours is not None:
+        lines.append(f"Budget: no trial starts once {spec.execution.max_gpu_hours:g} GPU-hours would be exceeded "
+                     "(estimated from the finished trials).")  # fmt: skip
+    return lines

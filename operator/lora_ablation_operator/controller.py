@@ -16,6 +16,7 @@ from typing import Any
 from lora_ablation.naming import label_value
 from lora_ablation_operator import collector, metrics
 from lora_ablation_operator import conditions as c
+from lora_ablation_operator.multinode import compact_multi_node
 from lora_ablation_operator.observe import compact_job
 from lora_ablation_operator.planning import PlanCache
 from lora_ablation_operator.reconcile_pass import Outcome, Snapshot, run_pass
@@ -64,6 +65,7 @@ class Controller:
         self.active: set[Key] = set()  # ablations whose Kopf daemon runs: only these get passes
         self.jobs_index: Any = None  # Kopf indexes (live views), bound by the first handler call
         self.pods_index: Any = None
+        self.multi_node_index: Any = None
         self.queue: WorkQueue[Key] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,8 +83,9 @@ class Controller:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def bind(self, jobs_index: Any, pods_index: Any) -> None:
+    def bind(self, jobs_index: Any, pods_index: Any, multi_node_index: Any = None) -> None:
         self.jobs_index, self.pods_index = jobs_index, pods_index
+        self.multi_node_index = multi_node_index  # JobSets or TrainJobs, when multi-node trials are enabled
 
     # -- feeds: Kopf handlers call these on watch events --------------------------------------------------
     def ablation_event(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -184,6 +187,7 @@ class Controller:
             return None  # deleted, being deleted, or handled by a peer: its daemon's start queues it again
         label = (key[0], label_value(key[1]))
         jobs = {j["metadata"]["name"]: j for j in _values(self.jobs_index, label)}
+        jobs.update({j["metadata"]["name"]: j for j in _values(self.multi_node_index, label)})  # keyed by trial
         now = time.monotonic()
         for name in [n for n, (at, _) in memory.expected.items() if n in jobs or now - at > EXPECTATION_TTL]:
             del memory.expected[name]
@@ -210,7 +214,8 @@ class Controller:
         if outcome.summary_written is not None:
             memory.summary_written, memory.summary_written_at = outcome.summary_written, time.monotonic()
         now = time.monotonic()
-        memory.expected.update({name: (now, compact_job(job)) for name, job in outcome.created.items()})
+        memory.expected.update({name: (now, compact_job(job) if job.get("kind", "Job") == "Job"
+                                       else compact_multi_node(job)) for name, job in outcome.created.items()})
 
     def _requeue(self, key: Key, outcome: Outcome) -> None:
         assert self.queue is not None

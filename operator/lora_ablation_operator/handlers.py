@@ -15,13 +15,15 @@ from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
 from lora_ablation_operator.controller import Controller
 from lora_ablation_operator.jobs import ABLATION_LABEL
+from lora_ablation_operator.multinode import KINDS, compact_multi_node
 from lora_ablation_operator.observe import compact_job, compact_pod
 from lora_ablation_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
 CONTROLLER = Controller(SETTINGS)
+MULTI_NODE = KINDS[SETTINGS.multi_node_engine]
 OURS = {ABLATION_LABEL: kopf.PRESENT}
-QUIET = ("job_event", "pod_event", "ablation_event")  # run on every watch event: success is no news
+QUIET = ("job_event", "pod_event", "ablation_event", "multi_node_event")  # run on every watch event: success is no news
 
 
 class _QuietEventHandlers(logging.Filter):
@@ -45,6 +47,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Server-side selectors: the API server streams only our Jobs and pods, not every pod of the cluster.
     settings.watching.label_selectors["batch", "v1", "jobs"] = ABLATION_LABEL
     settings.watching.label_selectors["v1", "pods"] = ABLATION_LABEL
+    if SETTINGS.multi_node_enabled:
+        settings.watching.label_selectors[MULTI_NODE.group, MULTI_NODE.version, MULTI_NODE.plural] = ABLATION_LABEL
     settings.watching.server_timeout = SETTINGS.watch_timeout
     settings.watching.client_timeout = SETTINGS.watch_timeout + 60
     settings.peering.priority = SETTINGS.peering_priority  # each replica its own (chart: replicaCount > 1)
@@ -74,22 +78,36 @@ async def problem_pods(namespace: str, labels: Any, body: kopf.Body, **_: Any) -
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def job_event(event: dict[str, Any], namespace: str, labels: Any, **kwargs: Any) -> None:
-    CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"])
+    CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"], kwargs.get("multi_node_trials"))
     CONTROLLER.child_event(namespace, labels[ABLATION_LABEL], deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.event("v1", "pods", labels=OURS)
 async def pod_event(event: dict[str, Any], namespace: str, labels: Any, body: kopf.Body, **kwargs: Any) -> None:
     if compact_pod(dict(body)) is not None:  # a pod starting normally changes its Job too: that event suffices
-        CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"])
+        CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"], kwargs.get("multi_node_trials"))
         CONTROLLER.child_event(namespace, labels[ABLATION_LABEL], deleted=False)
+
+
+# Multi-node trials (JobSet or TrainJob) are watched only when enabled: the kind exists only where the engine is
+# installed, and the chart grants the verbs on it only then.
+if SETTINGS.multi_node_enabled:
+
+    @kopf.index(MULTI_NODE.group, MULTI_NODE.version, MULTI_NODE.plural, labels=OURS)
+    async def multi_node_trials(namespace: str, labels: Any, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[ABLATION_LABEL]): compact_multi_node(dict(body))}
+
+    @kopf.on.event(MULTI_NODE.group, MULTI_NODE.version, MULTI_NODE.plural, labels=OURS)
+    async def multi_node_event(event: dict[str, Any], namespace: str, labels: Any, **kwargs: Any) -> None:
+        CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"], kwargs["multi_node_trials"])
+        CONTROLLER.child_event(namespace, labels[ABLATION_LABEL], deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def ablation_event(event: dict[str, Any], **kwargs: Any) -> None:
     """Created, edited, first seen after a start, deleted; our own status writes too (ignored unless the spec
     changed). Runs only once Kopf has listed every Job and pod, so a pass never mistakes a cold cache for none."""
-    CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"])
+    CONTROLLER.bind(kwargs["trial_jobs"], kwargs["problem_pods"], kwargs.get("multi_node_trials"))
     CONTROLLER.ablation_event(event.get("type"), event.get("object") or {})
 
 

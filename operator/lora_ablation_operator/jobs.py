@@ -169,28 +169,23 @@ def _job(name: str, namespace: str, job_labels: dict[str, str], pod: dict[str, A
     }
 
 
-def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
-              suspend: bool = False) -> dict[str, Any]:  # fmt: skip
-    """The Job of one trial run whole (no batching, no stages)."""
-    return unit_job(ablation, namespace, spec, Unit(trial.name, ROUND_ONE, trial.spec.dataset.name, (trial,)),
-                    settings, suspend)  # fmt: skip
+def single(trial: PlannedTrial) -> Unit:
+    """A trial run whole in its own Job (no batching, no stages)."""
+    return Unit(trial.name, ROUND_ONE, trial.spec.dataset.name, (trial,))
 
 
-def unit_job(ablation: str, namespace: str, spec: LoraAblationSpec, unit: Unit, settings: Settings,
-             suspend: bool = False) -> dict[str, Any]:  # fmt: skip
-    """The Job of one unit: one trial, or several run one after another in one pod (execution.trialsPerPod)."""
+def unit_pod(ablation: str, spec: LoraAblationSpec, unit: Unit, settings: Settings,
+             ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:  # fmt: skip
+    """A unit's labels, annotations and pod spec: the single-pod Job's, and each node's of a multi-node trial."""
     resources = spec.execution.resources
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
     if resources.gpus:
         limits[resources.gpu_resource_name] = resources.gpus
     if resources.ephemeral_storage:
         limits["ephemeral-storage"] = resources.ephemeral_storage
+    # The trainer re-resolves modules on the real model, so the (possibly long) name lists stay out of the env.
     env_name, payload = unit.payload(spec, strip_targets=True)
     container = _container(spec, settings, env_name, payload, limits)
-    job_labels = labels(ablation, "trial", settings, unit.name)
-    queued = bool(spec.execution.queue_name)
-    if queued:
-        job_labels[QUEUE_LABEL] = spec.execution.queue_name
     first = unit.trials[0]
     annotations = {f"{GROUP}/dataset": unit.dataset}
     if len(unit.trials) == 1:
@@ -201,9 +196,28 @@ def unit_job(ablation: str, namespace: str, spec: LoraAblationSpec, unit: Unit, 
         annotations[STAGE_ANNOTATION] = "stage-one" if unit.stage_one else "stage-two"
     if len(unit.trials) == 1 and first.seed is not None:  # the trainer reads the seed from the payload
         annotations[f"{GROUP}/seed"] = str(first.seed)
+    return labels(ablation, "trial", settings, unit.name), annotations, _pod_spec(spec, settings, container)
+
+
+def trial_pod(ablation: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
+              ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:  # fmt: skip
+    return unit_pod(ablation, spec, single(trial), settings)
+
+
+def unit_job(ablation: str, namespace: str, spec: LoraAblationSpec, unit: Unit, settings: Settings,
+             suspend: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The Job of one unit: one trial, or several run one after another in one pod (execution.trialsPerPod)."""
+    job_labels, annotations, pod = unit_pod(ablation, spec, unit, settings)
+    queued = bool(spec.execution.queue_name)
+    if queued:
+        job_labels[QUEUE_LABEL] = spec.execution.queue_name
     # Kueue admits a queued Job by unsuspending it, so queued Jobs are always created suspended.
-    return _job(unit.name, namespace, job_labels, _pod_spec(spec, settings, container), spec, annotations,
-                suspend or queued)  # fmt: skip
+    return _job(unit.name, namespace, job_labels, pod, spec, annotations, suspend or queued)
+
+
+def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
+              suspend: bool = False) -> dict[str, Any]:  # fmt: skip
+    return unit_job(ablation, namespace, spec, single(trial), settings, suspend)
 
 
 def preflight_name(ablation: str, spec: LoraAblationSpec) -> str:

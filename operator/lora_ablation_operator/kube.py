@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
 from lora_ablation_operator.metrics import API_ERRORS, API_REQUESTS
+from lora_ablation_operator.multinode import KINDS
 
 # Refusals that say the request itself cannot be accepted as it stands (invalid, forbidden by admission or
 # quota, a missing namespace); 409 is "exists already", and 429 and 5xx are worth retrying as they are.
@@ -99,11 +100,22 @@ def _call(verb: str, fn, *args, resource: str = "jobs", **kwargs):
         raise
 
 
+def custom_api() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(_client())
+
+
 def create_job(body: dict[str, Any]) -> bool:
     """True when created, False when a Job of that name already exists (a restart or a duplicate event);
-    JobRefused when the API server will not accept it as it stands."""
+    JobRefused when the API server will not accept it as it stands. A JobSet or TrainJob (a multi-node trial) goes
+    the same way, as a custom object."""
+    namespace = body["metadata"]["namespace"]
     try:
-        _call("create", batch_api().create_namespaced_job, body["metadata"]["namespace"], body, _preload_content=False)
+        if body.get("kind", "Job") == "Job":
+            _call("create", batch_api().create_namespaced_job, namespace, body, _preload_content=False)
+        else:
+            kind = KINDS[body["kind"]]
+            _call("create", custom_api().create_namespaced_custom_object, kind.group, kind.version, namespace,
+                  kind.plural, body, resource=kind.plural, _preload_content=False)  # fmt: skip
     except ApiException as error:
         if error.status == 409:
             return False
@@ -113,11 +125,17 @@ def create_job(body: dict[str, Any]) -> bool:
     return True
 
 
-def delete_job(namespace: str, name: str) -> bool:
-    """Stop a Job and its pods; False when it is already gone."""
+def delete_job(namespace: str, name: str, kind: str = "Job") -> bool:
+    """Stop a Job (or a multi-node trial's JobSet or TrainJob) and its pods; False when it is already gone."""
     try:
-        _call("delete", batch_api().delete_namespaced_job, name, namespace, propagation_policy="Background",
-              _preload_content=False)  # fmt: skip
+        if kind == "Job":
+            _call("delete", batch_api().delete_namespaced_job, name, namespace, propagation_policy="Background",
+                  _preload_content=False)  # fmt: skip
+        else:
+            custom = KINDS[kind]
+            _call("delete", custom_api().delete_namespaced_custom_object, custom.group, custom.version, namespace,
+                  custom.plural, name, propagation_policy="Background", resource=custom.plural,
+                  _preload_content=False)  # fmt: skip
     except ApiException as error:
         if error.status == 404:
             return False
@@ -125,10 +143,16 @@ def delete_job(namespace: str, name: str) -> bool:
     return True
 
 
-def set_suspend(namespace: str, name: str, suspend: bool) -> None:
+def set_suspend(namespace: str, name: str, suspend: bool, kind: str = "Job") -> None:
+    """Suspend or resume; a JobSet and a TrainJob have spec.suspend too, and pass it on to their Jobs."""
+    patch = {"spec": {"suspend": suspend}}
     try:
-        _call("patch", batch_api().patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}},
-              _preload_content=False)  # fmt: skip
+        if kind == "Job":
+            _call("patch", batch_api().patch_namespaced_job, name, namespace, patch, _preload_content=False)
+        else:
+            custom = KINDS[kind]
+            _call("patch", custom_api().patch_namespaced_custom_object, custom.group, custom.version, namespace,
+                  custom.plural, name, patch, resource=custom.plural, _preload_content=False)  # fmt: skip
     except ApiException as error:
         if error.status != 404:
             raise
@@ -137,7 +161,7 @@ def set_suspend(namespace: str, name: str, suspend: bool) -> None:
 def patch_status(namespace: str, name: str, patch: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
     """Merge-patch the ablation's status subresource: (the status as stored, the object's new resourceVersion),
     or None when the object is gone."""
-    custom = kubernetes.client.CustomObjectsApi(_client())
+    custom = custom_api()
     try:
         response = _call("patch", custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL,
                          name, {"status": patch}, resource=PLURAL, _preload_content=False)  # fmt: skip

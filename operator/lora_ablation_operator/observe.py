@@ -13,7 +13,9 @@ STUCK_WAITING = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
     "CreateContainerError", "RunContainerError",
 })  # fmt: skip
-JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")  # set on pods by the Job controller
+# The trial label first (set on every trial pod by the operator): a multi-node trial's pods belong to child Jobs
+# the JobSet controller names, but the operator knows the trial by its name; then what the Job controller sets.
+JOB_NAME_LABELS = (TRIAL_LABEL, "batch.kubernetes.io/job-name", "job-name")
 MAX_TERMINATION_MESSAGE = 1024  # the kubelet keeps at most 4096 bytes; status messages are cut at 512 anyway
 
 

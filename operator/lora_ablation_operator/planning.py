@@ -17,6 +17,7 @@ from lora_ablation.memory import offline_memory_warnings
 from lora_ablation.plan import Plan, plan_trials
 from lora_ablation.schedule import Unit, round_one_units
 from lora_ablation_operator import conditions as c
+from lora_ablation_operator.multinode import multi_node_problem
 from lora_ablation_operator.policy import violations
 from lora_ablation_operator.settings import Settings
 
@@ -58,6 +59,8 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
                            default_endpoint=settings.default_storage_endpoint)  # fmt: skip
     if forbidden:
         return Planned(problem="; ".join(forbidden), reason=c.FORBIDDEN)
+    if multi_node := multi_node_problem(spec, settings):
+        return Planned(problem=multi_node)
     if spec.trial_count > settings.max_trials:
         return Planned(problem=f"spec.search: the grid asks for {spec.trial_count} trials; this operator runs at "
                        f"most {settings.max_trials} per ablation (its maxTrials setting): narrow the grid or split "

@@ -21,7 +21,8 @@ from lora_ablation.summary import leaderboard, summarize
 from lora_ablation.summary_models import Summary
 from lora_ablation.summary_stages import with_stages
 from lora_ablation_operator import conditions as c
-from lora_ablation_operator.jobs import preflight_job, preflight_name, unit_job
+from lora_ablation_operator.jobs import preflight_job, preflight_name
+from lora_ablation_operator.multinode import unit_workload
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
@@ -240,7 +241,7 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
                     if states[trial.name][0] == c.PENDING:
                         states[trial.name] = (c.SKIPPED, why)
                 continue
-            decision.create.append(unit_job(observed.name, observed.namespace, spec, unit, settings))
+            decision.create.append(unit_workload(observed.name, observed.namespace, spec, unit, settings))
             what = unit.trials[0].label if len(unit.trials) == 1 else f"{len(unit.trials)} trials"
             stage = " (stage one)" if unit.stage_one else " (stage two)" if unit.round == ROUND_TWO else ""
             decision.events.append(("Normal", "TrialStarted", f"{unit.name}: {unit.dataset} {what}{stage}"))

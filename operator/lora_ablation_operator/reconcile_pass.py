@@ -17,6 +17,7 @@ from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
 from lora_ablation_operator.events import aggregate
 from lora_ablation_operator.gather import Gathered, gather
+from lora_ablation_operator.multinode import key_of, target
 from lora_ablation_operator.observe import (
     is_preflight_job,
     job_finished,
@@ -132,8 +133,8 @@ def create_jobs(decision: Decision, owner: dict[str, Any]) -> tuple[dict[str, di
         try:
             kube.create_job(job)
         except kube.JobRefused as error:
-            return created, {job["metadata"]["name"]: str(error)}
-        created[job["metadata"]["name"]] = job
+            return created, {key_of(job): str(error)}
+        created[key_of(job)] = job  # by trial: a multi-node object's own name may be shortened
     return created, {}
 
 
@@ -168,12 +169,12 @@ def store_summary(decision: Decision, planned: Planned, namespace: str, name: st
 def apply(decision: Decision, snapshot: Snapshot) -> Outcome:
     meta = snapshot.body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    for job_name in decision.delete:
-        kube.delete_job(namespace, job_name)
-    for job_name in decision.suspend:
-        kube.set_suspend(namespace, job_name, True)
-    for job_name in decision.resume:
-        kube.set_suspend(namespace, job_name, False)
+    for job_name in decision.delete:  # a trial may run as a JobSet or TrainJob: target() names what to act on
+        kind, obj = target(snapshot.jobs.get(job_name), job_name)
+        kube.delete_job(namespace, obj, kind)
+    for job_name, suspend in [(n, True) for n in decision.suspend] + [(n, False) for n in decision.resume]:
+        kind, obj = target(snapshot.jobs.get(job_name), job_name)
+        kube.set_suspend(namespace, obj, suspend, kind)
     involved = {"apiVersion": snapshot.body.get("apiVersion"), "kind": snapshot.body.get("kind"), "name": name,
                 "namespace": namespace, "uid": meta.get("uid")}  # fmt: skip
     for event_type, reason, message in aggregate(decision.events):

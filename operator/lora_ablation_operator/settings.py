@@ -6,6 +6,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 
+from lora_ablation.api.execution import ENGINES
 from lora_ablation.api.spec import MAX_TRIALS
 from lora_ablation_operator.policy import Policy, parse_list
 
@@ -54,6 +55,12 @@ class Settings:
     # endpoint, no other ServiceAccount and no bucket: an admin lists what each cluster needs.
     policy: Policy = field(default_factory=Policy)
     peering_priority: int = 0  # Kopf peering: replicas of one priority all freeze, so each takes its own
+    # Trials of more than one node (execution.nodes > 1): off unless the cluster has the engine (its CRD and
+    # controller; the chart grants the kind's verbs only then). JobSet or TrainJob (multinode.py); a TrainJob names
+    # this runtime.
+    multi_node_enabled: bool = False
+    multi_node_engine: str = "JobSet"
+    training_runtime: str = "torch-distributed"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,7 +92,17 @@ class Settings:
             delete_retry_delay=float(_env("DELETE_RETRY_DELAY", str(cls.delete_retry_delay))),
             policy=policy_from_env(),
             peering_priority=peering_priority(_env("POD_NAME", "")),
+            multi_node_enabled=_env("MULTI_NODE_ENABLED", "false").lower() in {"1", "true", "yes"},
+            multi_node_engine=multi_node_engine(_env("MULTI_NODE_ENGINE", cls.multi_node_engine)),
+            training_runtime=_env("TRAINING_RUNTIME", cls.training_runtime),
         )
+
+
+def multi_node_engine(value: str) -> str:
+    """The operator refuses to start on an engine it cannot build, rather than failing every multi-node trial."""
+    if value not in ENGINES:
+        raise ValueError(f"LORA_ABLATION_MULTI_NODE_ENGINE={value!r}: expected one of {', '.join(ENGINES)}")
+    return value
 
 
 def peering_priority(pod_name: str) -> int:

@@ -10,6 +10,8 @@ both this machine and the cluster, so it is skipped (with the reason) unless con
     python -m pytest tests/e2e -ra
 
 The chart is installed into namespace lora-e2e with a Secret holding the same S3 credentials.
+The multi-node case also needs the engine in the cluster: LORA_ABLATION_E2E_MULTI_NODE=JobSet (the JobSet
+controller installed) or =TrainJob (Kubeflow Trainer with its torch-distributed ClusterTrainingRuntime).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def kubectl(*args: str) -> str:
     return run("kubectl", "--namespace", NAMESPACE, *args)
 
 
-def test_quickstart_on_a_real_cluster(tmp_path):
+def install(tmp_path: Path, **extra: str) -> tuple[str, str]:
+    """Upload the tiny model and data, create the namespace and S3 Secret, install the chart; (endpoint, bucket)."""
     import boto3
 
     endpoint, bucket = os.environ["LORA_ABLATION_E2E_S3_ENDPOINT"], os.environ["LORA_ABLATION_E2E_BUCKET"]
@@ -75,13 +78,17 @@ def test_quickstart_on_a_real_cluster(tmp_path):
         "storage.credentialsSecret": "e2e-s3",
         "watchNamespaces": f"{{{NAMESPACE}}}",
         "policy.allowedBuckets": f"{{{bucket}}}",  # the admin policy allows no bucket by default
+        **extra,
     }
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     run("bash", str(ROOT / "scripts" / "helm.sh"), "upgrade", "--install", "lora-e2e", chart, "--namespace", NAMESPACE,
         "--wait", *sets)  # fmt: skip
+    return endpoint, bucket
 
+
+def quickstart(name: str, endpoint: str, bucket: str) -> dict:
     manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
-    manifest["metadata"] = {"name": "e2e-quickstart", "namespace": NAMESPACE}
+    manifest["metadata"] = {"name": name, "namespace": NAMESPACE}
     spec = manifest["spec"]
     spec["baseModel"]["uri"] = f"s3://{bucket}/e2e/models/tiny-llama/"
     for dataset in spec["datasets"]:
@@ -92,14 +99,19 @@ def test_quickstart_on_a_real_cluster(tmp_path):
         "endpoint": endpoint,
         "credentialsSecretRef": {"name": "e2e-s3"},
     }
-    path = tmp_path / "ablation.yaml"
+    return manifest
+
+
+def apply_and_wait(manifest: dict, tmp_path: Path) -> dict:
+    """Apply the ablation and wait (30 min at most) until it is Ready or cannot be; its status."""
+    name = manifest["metadata"]["name"]
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     kubectl("apply", "-f", str(path))
-
     deadline = time.monotonic() + 1800
     status: dict = {}
     while time.monotonic() < deadline:
-        status = yaml.safe_load(kubectl("get", "loraablation", "e2e-quickstart", "-o", "yaml")).get("status") or {}
+        status = yaml.safe_load(kubectl("get", "loraablation", name, "-o", "yaml")).get("status") or {}
         ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
         if ready.get("status") == "True" or ready.get("reason") in {
             "InvalidSpec",
@@ -108,7 +120,39 @@ def test_quickstart_on_a_real_cluster(tmp_path):
         }:
             break
         time.sleep(15)
+    return status
+
+
+def test_quickstart_on_a_real_cluster(tmp_path):
+    endpoint, bucket = install(tmp_path)
+    status = apply_and_wait(quickstart("e2e-quickstart", endpoint, bucket), tmp_path)
     ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
     assert ready.get("reason") == "Completed", status
     assert status["trials"]["succeeded"] == 12 and status["recommendation"]["balanced"]
     assert status["leaderboard"] and status["resultsUri"].endswith(f"/{NAMESPACE}/e2e-quickstart")
+
+
+@pytest.mark.skipif(os.environ.get("LORA_ABLATION_E2E_MULTI_NODE") not in {"JobSet", "TrainJob"},
+                    reason="set LORA_ABLATION_E2E_MULTI_NODE=JobSet or =TrainJob: a cluster with that engine")
+def test_two_node_trials_on_a_real_cluster(tmp_path):
+    """Each trial on two CPU pods (gloo) through the cluster's engine: the operator creates, watches and collects
+    it; the trainer's launcher joins the rendezvous from the PET_* variables."""
+    engine = os.environ["LORA_ABLATION_E2E_MULTI_NODE"]
+    endpoint, bucket = install(tmp_path, **{"multiNode.enabled": "true", "multiNode.engine": engine})
+    manifest = quickstart("e2e-two-nodes", endpoint, bucket)
+    spec = manifest["spec"]
+    spec["datasets"] = spec["datasets"][:1]
+    spec["search"]["moduleSets"] = [["o_proj"]]
+    spec["search"]["includeBaseline"] = False
+    spec.setdefault("execution", {}).update({"nodes": 2, "resources": {**spec["execution"].get("resources", {}),
+                                                                       "gpus": 0}})  # fmt: skip
+    status = apply_and_wait(manifest, tmp_path)
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    assert ready.get("reason") == "Completed", status
+    assert status["trials"]["succeeded"] == status["trials"]["total"] >= 1
+    kind = {"JobSet": "jobsets.jobset.x-k8s.io", "TrainJob": "trainjobs.trainer.kubeflow.org"}[engine]
+    objects = yaml.safe_load(kubectl("get", kind, "-l", "lora.ablation.dev/ablation=e2e-two-nodes", "-o", "yaml"))
+    assert len(objects["items"]) == status["trials"]["total"]
+    pods = yaml.safe_load(kubectl("get", "pods", "-l", "lora.ablation.dev/ablation=e2e-two-nodes,"
+                                  "app.kubernetes.io/component=trial", "-o", "yaml"))["items"]  # fmt: skip
+    assert len(pods) >= 2 * status["trials"]["total"]  # every trial ran on two pods

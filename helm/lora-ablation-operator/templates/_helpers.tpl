@@ -57,4 +57,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if .Values.multiNode.enabled }}
+# Multi-node trials: the one engine kind they run as, with the verbs used on Jobs (watch, create, stop, suspend).
+{{- if eq .Values.multiNode.engine "TrainJob" }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+{{- else }}
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+{{- end }}
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- end }}
 {{- end -}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, ImageReference, LabelName, LabelValue, ObjectName, QualifiedName
 
@@ -76,7 +76,40 @@ class ResourcesSpec(ApiModel):
         return value
 
 
+MAX_NODES = 64  # nodes per trial; a LoRA ablation trial past this is a pretraining run, not a study
+ENGINES = ("JobSet", "TrainJob")
+
+
+class MultiNodeSpec(ApiModel):
+    engine: str | None = Field(
+        None,
+        description="What runs a trial of more than one node: JobSet (jobset.x-k8s.io, the pods exactly as the "
+        "operator builds them) or TrainJob (Kubeflow Trainer, through its torch ClusterTrainingRuntime). Unset: the "
+        "operator's configured engine (chart value multiNode.engine, JobSet by default).",
+        json_schema_extra={"enum": list(ENGINES)},
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str | None) -> str | None:
+        if value is not None and value not in ENGINES:
+            raise ValueError(f"expected one of {', '.join(ENGINES)}")
+        return value
+
+
 class ExecutionSpec(ApiModel):
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.trialsPerPod) || self.trialsPerPod <= 1 || !has(self.nodes) || self.nodes <= 1",
+                    "message": "execution.trialsPerPod: several trials per pod run on one node; set it to 1 with "
+                    "execution.nodes > 1",
+                }
+            ]
+        }
+    }
+
     image: ImageReference | None = Field(
         None, description="Trainer image; the operator's configured default when unset."
     )
@@ -124,3 +157,23 @@ class ExecutionSpec(ApiModel):
         "the running trials' expected cost) would exceed this; what finished is summarised (reason "
         "BudgetExhausted). A trial on CPU only counts its wall-clock hours as one device.",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Nodes (pods) per trial, each with resources.gpus GPUs; more than 1 runs every trial across "
+        "that many pods under torchrun's rendezvous, through multiNode.engine (the operator must have multi-node "
+        "trials enabled).",
+    )
+    multi_node: MultiNodeSpec | None = Field(
+        None, description="How trials of more than one node run (execution.nodes > 1)."
+    )
+
+    @model_validator(mode="after")
+    def _batches_on_one_node(self) -> ExecutionSpec:
+        if self.trials_per_pod > 1 and self.nodes > 1:
+            raise ValueError(
+                "execution.trialsPerPod: several trials per pod run on one node; with execution.nodes "
+                f"{self.nodes} set trialsPerPod to 1"
+            )
+        return self
