@@ -75,6 +75,7 @@ def _checkpoint_step(folder: Path) -> int:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)["state"]["step"]
 
 
+@pytest.mark.slow
 def test_stage_one_then_stage_two_equals_one_run(tiny_models, choice_data, tmp_path):
     """12 steps, stage one at 25%: step 3, not a checkpointEverySteps multiple; dropout on, so the RNG state counts."""
     whole = run_trial(_spec(tiny_models, choice_data, tmp_path / "whole"))
@@ -96,6 +97,7 @@ def test_stage_one_then_stage_two_equals_one_run(tiny_models, choice_data, tmp_p
     assert not (staged / "checkpoints" / "latest.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_batch_equals_each_trial_run_alone(tiny_models, choice_data, tmp_path):
     """Three trials on one loaded base: a plain LoRA, a DoRA on other modules and layers with another dataset
     format, the baseline; then a batch whose first trial fails for good. Each equals the trial run alone."""

@@ -116,6 +116,7 @@ class Base:
         """The base model's weights, loaded on first use."""
         if self._model is None:
             quantization = self.spec.base_model.quantization
+            log.info("loading the base model's weights (%s)", self.spec.base_model.uri)
             self._model = adapters.load_model(self.model_dir, self.dtype, self.device, quantization)
             self._fingerprint = _fingerprint(self._model) if self.shared else []
         return self._model
