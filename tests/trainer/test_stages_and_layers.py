@@ -66,7 +66,7 @@ def test_a_layer_the_model_lacks_is_a_permanent_error_naming_search_layers(tiny_
 def test_every_result_counts_its_compute(tiny_models, choice_data, tmp_path):
     result = run_trial(_spec(tiny_models, choice_data, tmp_path / "out", training={"maxSteps": 2}))
     assert result.gpu_seconds == 0.0  # CPU only: compute is wall-clock x 1
-    assert 0 < result.compute_seconds and 0 < result.cpu_seconds
+    assert result.compute_seconds > 0 and result.cpu_seconds > 0
     assert result.train.seconds <= result.compute_seconds
 
 
@@ -119,7 +119,7 @@ def test_a_batch_equals_each_trial_run_alone(tiny_models, choice_data, tmp_path)
 
     alone = [run_trial(spec) for spec in specs(tmp_path / "alone")]
     together = run_batch(TrialBatch(trials=specs(tmp_path / "batch")))
-    for one, many, name in zip(alone, together, "abc"):
+    for one, many, name in zip(alone, together, "abc", strict=True):
         if name == "c":
             assert many.eval == one.eval and many.train is None
         else:

@@ -88,11 +88,11 @@ def test_a_killed_batch_resumes_without_retraining_finished_trials(tiny_models, 
 def test_a_failing_trial_leaves_failure_json_and_the_process_exits_0(tiny_models, choice_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    specs = [
-        trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
-                   name=name, latency={"enabled": False}, training={"maxSteps": 2})  # fmt: skip
-        for name in ("ok1", "ok2")
-    ]
+    def ok(name: str):
+        return trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
+                          name=name, latency={"enabled": False}, training={"maxSteps": 2})  # fmt: skip
+
+    specs = [ok("ok1"), ok("ok2")]
     broken = trial_spec(tiny_models["llama"], bad, choice_data["eval"], f"file://{tmp_path}/broken", name="broken")
     batch_file = tmp_path / "batch.json"
     batch_file.write_text(TrialBatch(trials=[specs[0], broken, specs[1]]).model_dump_json(by_alias=True))

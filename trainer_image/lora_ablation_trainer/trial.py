@@ -72,7 +72,13 @@ def _weights_label(spec: TrialSpec, dtype: torch.dtype) -> str | None:
 
 
 def run_on_base(
-    spec: TrialSpec, store: Store, base: Base, targets: adapters.Targets | None, data: TrialData, tmp: Path, clock: Clock
+    spec: TrialSpec,
+    store: Store,
+    base: Base,
+    targets: adapters.Targets | None,
+    data: TrialData,
+    tmp: Path,
+    clock: Clock,
 ) -> TrialResult | StageOneResult | None:
     """The trial on `base`'s model; the adapter comes off afterwards, whatever happened."""
     model = None
