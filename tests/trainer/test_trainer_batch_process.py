@@ -143,3 +143,19 @@ def test_a_killed_stage_two_resumes_and_counts_stage_one(tiny_models, choice_dat
     result = TrialResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert result.train.steps == 50 and result.train.resumed_from_step >= 15
     assert result.compute_seconds > first.compute_seconds and result.cpu_seconds > first.cpu_seconds
+
+
+def test_a_batch_trains_data_parallel(tiny_models, choice_data, tmp_path):
+    """The multi-GPU path with a batch: every rank runs every trial, rank 0 publishes, storage decides skips."""
+    specs = [trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
+                        name=name, latency={"enabled": False}, modules=modules,
+                        training={"maxSteps": 4, "gradientAccumulation": 2})  # fmt: skip
+             for name, modules in (("p", ["o_proj"]), ("q", ["fc2"]))]  # fmt: skip
+    batch_file = tmp_path / "batch.json"
+    batch_file.write_text(TrialBatch(trials=specs).model_dump_json(by_alias=True))
+    env = {"LORA_ABLATION_PROCESSES": "2", "OMP_NUM_THREADS": "1"}
+    code, output = _finish(_start(["--trials", str(batch_file)], env))
+    assert code == 0, output[-3000:]
+    results = [TrialResult.model_validate_json((tmp_path / n / "result.json").read_text()) for n in "pq"]
+    assert [r.train.steps for r in results] == [4, 4]
+    assert results[0].targeted_module_names != results[1].targeted_module_names
