@@ -74,7 +74,10 @@ def trial_spec(model_dir: Path, train: Path, eval_: Path, storage: str, **overri
         },
         "latency": {"promptTokens": 16, "outputTokens": 8, "warmup": 1, "repeats": 3, **overrides.pop("latency", {})},
         "storage": {"uri": storage, **overrides.pop("storage_options", {})},
+        "layers": overrides.pop("layers", "all"),
     }
+    if "stage_one" in overrides:
+        raw["stageOne"] = overrides.pop("stage_one")
     if raw["variant"] == "none":
         raw["modules"], raw["rank"], raw["alpha"] = [], 0, 0
     assert not overrides, overrides

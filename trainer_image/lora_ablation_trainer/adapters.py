@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,8 +12,9 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
+from lora_ablation import layers
 from lora_ablation.api.trial import TrialSpec
-from lora_ablation.modules.inventory import ModuleResolutionError, Resolution, resolve_module_set
+from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, Resolution, resolve_module_set
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.module_tree import tree_inventory
 from lora_ablation_trainer.vision import Vision, is_vision_language
@@ -30,17 +32,47 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
 
 
-def resolve_targets(spec: TrialSpec, model_dir: Path) -> Resolution:
-    """Resolve the module set on the real module tree (meta device) before any weight is loaded."""
+@dataclass
+class Targets(Resolution):
+    """A resolution narrowed to the trial's layer subset (search.layers); None: every layer."""
+
+    layers_to_transform: list[int] | None = None
+    layers_pattern: str | None = None
+
+
+def resolve_targets(spec: TrialSpec, model_dir: Path, inventory: ModelInventory | None = None) -> Targets:
+    """Resolve the module set on the real module tree (meta device) before any weight is loaded, then keep
+    the weights of the chosen layers."""
+    inventory = inventory or tree_inventory(model_dir)
     try:
-        resolution = resolve_module_set(tree_inventory(model_dir), spec.modules)
+        resolution = resolve_module_set(inventory, spec.modules)
     except ModuleResolutionError as error:
         raise PermanentTrialError(f"modules {spec.modules}: {error}") from None
-    if spec.target_modules is not None and sorted(spec.target_modules) != sorted(resolution.target_modules):
+    targets = _in_layers(spec.layers, resolution, inventory)
+    if spec.target_modules is not None and sorted(spec.target_modules) != sorted(targets.target_modules):
         log.warning(
-            "planner's module names differ from the model's; using the model's (%d names)", len(resolution.weights)
+            "planner's module names differ from the model's; using the model's (%d names)", len(targets.weights)
         )
-    return resolution
+    return targets
+
+
+def _in_layers(selection: str, resolution: Resolution, inventory: ModelInventory) -> Targets:
+    try:
+        picked = layers.indices(selection, inventory.layers)
+    except ValueError as error:
+        raise PermanentTrialError(f"search.layers: {error}") from None
+    if picked is None:
+        return Targets(resolution.module_set, resolution.by_entry)
+    prefix = inventory.layers_path + "."
+    keep = {f"{prefix}{index}" for index in picked}
+
+    def chosen(name: str) -> bool:  # "model.layers.3.self_attn.o_proj" -> "model.layers.3"
+        return name.startswith(prefix) and prefix + name[len(prefix) :].split(".", 1)[0] in keep
+
+    by_entry = {entry: [w for w in weights if chosen(w.name)] for entry, weights in resolution.by_entry.items()}
+    # PEFT's layers_pattern is the container's own name ("layers", "h"); the exact names already pick the
+    # layers, layers_to_transform records the choice in adapter_config.json.
+    return Targets(resolution.module_set, by_entry, picked, inventory.layers_path.rsplit(".", 1)[-1])
 
 
 def load_tokenizer(model_dir: Path):
@@ -99,6 +131,7 @@ def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device, quanti
 
 
 def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> LoraConfig:
+    picked = resolution.layers_to_transform if isinstance(resolution, Targets) else None
     conv1d = any(isinstance(model.get_submodule(name), Conv1D) for name in resolution.target_modules)
     return LoraConfig(
         r=spec.rank,
@@ -109,6 +142,8 @@ def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module)
         use_rslora=spec.variant == "rslora",
         use_dora=spec.variant == "dora",
         fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores weights transposed
+        layers_to_transform=picked,
+        layers_pattern=resolution.layers_pattern if picked is not None else None,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -1,7 +1,10 @@
 """`python -m lora_ablation_trainer --trial FILE` (or the JSON in $LORA_ABLATION_TRIAL): run one trial.
+`--trials FILE` (or $LORA_ABLATION_TRIALS): run a TrialBatch on one loaded base model; a trial that fails for
+good leaves failure.json and the others go on.
 `--preflight FILE` (or $LORA_ABLATION_PREFLIGHT): check an ablation's modules and data before any GPU is used.
 
-Exit codes: 0 done (or already done), 42 permanent error (do not retry), 75 transient error (retry).
+Exit codes: 0 done (or already done; for a batch: every trial done or failed for good), 42 permanent error
+(do not retry), 75 transient error (retry).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lora_ablation.api.base import format_validation_error
-from lora_ablation.api.trial import PreflightSpec, TrialSpec
-from lora_ablation.contract import PREFLIGHT_ENV, TERMINATION_LOG, TERMINATION_LOG_ENV, TRIAL_ENV
+from lora_ablation.api.trial import PreflightSpec, TrialBatch, TrialSpec
+from lora_ablation.contract import PREFLIGHT_ENV, TERMINATION_LOG, TERMINATION_LOG_ENV, TRIAL_ENV, TRIALS_ENV
 from lora_ablation_trainer.errors import EXIT_OK, EXIT_PERMANENT, TrialError
 
 log = logging.getLogger("lora_ablation_trainer")
@@ -49,6 +52,7 @@ def load_trial(path: str | None) -> TrialSpec:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_ablation_trainer", description=__doc__)
     parser.add_argument("--trial", help=f"TrialSpec JSON file (default: ${TRIAL_ENV})")
+    parser.add_argument("--trials", help=f"TrialBatch JSON file (default: ${TRIALS_ENV})")
     parser.add_argument("--preflight", help=f"PreflightSpec JSON file (default: ${PREFLIGHT_ENV})")
     parser.add_argument("--workdir", help="scratch space for downloads (default: the system temp dir)")
     args = parser.parse_args(argv)
@@ -59,16 +63,20 @@ def main(argv: list[str] | None = None) -> int:
 
             run_preflight(_load(PreflightSpec, args.preflight, PREFLIGHT_ENV, "--preflight"), workdir(args))
             return EXIT_OK
-        spec = load_trial(args.trial)
         from lora_ablation_trainer.distributed import run_maybe_distributed
 
+        if args.trials or (os.environ.get(TRIALS_ENV) and not args.trial):
+            run_maybe_distributed(_load(TrialBatch, args.trials, TRIALS_ENV, "--trials"), workdir(args))
+            return EXIT_OK
+        spec = load_trial(args.trial)
         result = run_maybe_distributed(spec, workdir(args))
     except TrialError as error:
         log.error("%s (exit %d)", error, error.exit_code)
         write_termination_message(f"{error} (exit {error.exit_code})")
         return error.exit_code
     if result is not None:
-        log.info("trial %s: %s %.4f", spec.name, result.eval.metric, result.eval.score)
+        score = result.eval if hasattr(result, "eval") else result  # a stage-one score has metric and score itself
+        log.info("trial %s: %s %.4f", spec.name, score.metric, score.score)
     return EXIT_OK
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lora_ablation.api.trial import TrialResult, TrialSpec
+from lora_ablation.api.trial import TrialBatch, TrialResult, TrialSpec
 from lora_ablation_trainer.errors import EXIT_TRANSIENT, TrialError
 from lora_ablation_trainer.run import run_trial
 from lora_ablation_trainer.train import Distributed
@@ -33,12 +33,20 @@ def wanted_processes() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def run_maybe_distributed(spec: TrialSpec, workdir: Path | None) -> TrialResult | None:
+def _run(work: TrialSpec | TrialBatch, workdir: Path | None, dist: Distributed | None = None):
+    if isinstance(work, TrialBatch):
+        from lora_ablation_trainer.batch import run_batch
+
+        return run_batch(work, workdir, dist)
+    return run_trial(work, workdir, dist)
+
+
+def run_maybe_distributed(spec: TrialSpec | TrialBatch, workdir: Path | None) -> TrialResult | None:
     if "WORLD_SIZE" in os.environ:
         return _run_as_rank(spec, workdir)
     processes = wanted_processes()
     if processes <= 1:
-        return run_trial(spec, workdir)
+        return _run(spec, workdir)
     return _launch(processes)
 
 
@@ -55,14 +63,14 @@ def _launch(processes: int) -> None:
     return None
 
 
-def _run_as_rank(spec: TrialSpec, workdir: Path | None) -> TrialResult | None:
+def _run_as_rank(spec: TrialSpec | TrialBatch, workdir: Path | None) -> TrialResult | None:
     dist = Distributed(rank=int(os.environ["RANK"]), world=int(os.environ["WORLD_SIZE"]))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.rank)))
     torch.distributed.init_process_group(backend=backend)
     try:
-        result = run_trial(spec, workdir, dist)
+        result = _run(spec, workdir, dist)
         torch.distributed.barrier()
         return result if dist.is_main else None
     except TrialError as error:

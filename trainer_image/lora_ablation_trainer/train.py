@@ -140,9 +140,12 @@ def train_adapter(
     checkpoints: Store | None,
     dist: Distributed | None = None,
     log_every: int = 10,
+    stop_at: int | None = None,
 ) -> TrainMetrics:
+    """Train to the end, or to step `stop_at` (stage one: checkpointed there, the schedule still spans every step)."""
     dist = dist or Distributed()
     steps = total_steps(training, len(features), dist.world)
+    stop = min(stop_at or steps, steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(training.warmup_ratio * steps), steps)
     state = (_load(checkpoints, model, optimizer, scheduler) if checkpoints else None) or TrainState()
     if state.resumed_from is not None:
@@ -156,7 +159,7 @@ def train_adapter(
         require_isolation(model, device)
     trimmed = keeps_scored_logits(model, device)  # logits only where a label is scored
     model.train()
-    while state.step < steps:
+    while state.step < stop:
         started = time.perf_counter()
         loss_sum, step_tokens = torch.zeros((), device=device), 0  # summed on the device: no sync per micro-step
         for k in range(micro_per_step):
@@ -186,7 +189,7 @@ def train_adapter(
         state.seconds += time.perf_counter() - started
         state.tokens += step_tokens * dist.world
         state.losses.append(step_loss)
-        if state.step % log_every == 0 or state.step == steps:
+        if state.step % log_every == 0 or state.step == stop:
             log.info(
                 "step %d/%d loss %.4f tokens/s %.0f",
                 state.step,
@@ -194,7 +197,8 @@ def train_adapter(
                 step_loss,
                 state.tokens / max(state.seconds, 1e-9),
             )
-        if checkpoints and dist.is_main and state.step % training.checkpoint_every_steps == 0 and state.step < steps:
+        periodic = state.step % training.checkpoint_every_steps == 0 and state.step < steps
+        if checkpoints and dist.is_main and (periodic or (stop_at is not None and state.step == stop)):
             _save(checkpoints, model, optimizer, scheduler, state)
     window = max(1, min(10, len(state.losses) // 5 or 1))
     return TrainMetrics(

@@ -77,6 +77,7 @@ class StageOneResult(OpenModel):
     loss_last: float | None = Field(None, description="Mean training loss over the last logged window.")
     compute_seconds: float = Field(0.0, ge=0, description="Device-seconds stage one used (see TrialResult).")
     gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds stage one used.")
+    cpu_seconds: float | None = Field(None, ge=0, description="CPU time stage one used (see TrialResult).")
     finished_at: str | None = Field(None, description="RFC 3339 time stage one finished.")
 
 

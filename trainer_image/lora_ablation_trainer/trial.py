@@ -1,0 +1,200 @@
+"""One trial on a loaded base model: attach its adapter, train (to the end, or to its stage-one step),
+evaluate, time, publish; then take the adapter off again. result.json (or stage-one.json) goes last."""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lora_ablation.api.stages import StageOneResult
+from lora_ablation.api.trial import TrialResult, TrialSpec
+from lora_ablation.store import Store
+from lora_ablation_trainer import adapters
+from lora_ablation_trainer.base import Base, TrialData
+from lora_ablation_trainer.data import encode
+from lora_ablation_trainer.effect import adapter_effect
+from lora_ablation_trainer.evaluate import evaluate
+from lora_ablation_trainer.latency import measure
+from lora_ablation_trainer.outputs import existing_stage_one, now, publish, write_stage_one
+from lora_ablation_trainer.packing import pack
+from lora_ablation_trainer.train import total_steps, train_adapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Clock:
+    """A trial's cost: wall-clock x devices (1 on CPU) and the process's CPU time, from its start."""
+
+    started_at: str = field(default_factory=now)
+    wall: float = field(default_factory=time.perf_counter)
+    cpu: float = field(default_factory=time.process_time)
+
+    def figures(self, device: torch.device) -> dict[str, float]:
+        seconds = time.perf_counter() - self.wall
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        return {
+            "gpu_seconds": round(seconds * gpus, 3),
+            "compute_seconds": round(seconds * max(gpus, 1), 3),
+            "cpu_seconds": round(time.process_time() - self.cpu, 3),
+        }
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    import peft
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "device": str(device),
+        "host": platform.node(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = str(torch.version.cuda)
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _weights_label(spec: TrialSpec, dtype: torch.dtype) -> str | None:
+    """'nf4 (compute bfloat16)' for a quantized base; None lets the timing read the dtype off the weights."""
+    if spec.base_model.quantization == "none":
+        return None
+    return f"{spec.base_model.quantization} (compute {str(dtype).replace('torch.', '')})"
+
+
+def run_on_base(
+    spec: TrialSpec,
+    store: Store,
+    base: Base,
+    targets: adapters.Targets | None,
+    data: TrialData,
+    tmp: Path,
+    clock: Clock,
+) -> TrialResult | StageOneResult | None:
+    """The trial on `base`'s model; the adapter comes off afterwards, whatever happened."""
+    model = None
+    try:
+        model = base.model()
+        if targets is not None:
+            model = adapters.attach_adapter(spec, targets, model)
+        return _train_and_report(spec, store, base, targets, data, model, tmp, clock)
+    finally:
+        base.release(model)
+
+
+def _train_and_report(spec, store, base, targets, data, model, tmp, clock):
+    tokenizer, vision, device, dist = base.tokenizer, base.vision, base.device, base.dist
+    max_length = spec.training.max_seq_length
+    train_metrics, steps = None, 0
+    if targets is not None:
+        features = [vision.encode(e, max_length) if vision else encode(e, tokenizer, max_length) for e in data.train]
+        if spec.training.packing:
+            features = pack(features, max_length)
+        steps = total_steps(spec.training, len(features), dist.world)
+        stop_at = math.ceil(spec.stage_one.fraction * steps) if spec.stage_one else None
+        train_metrics = train_adapter(
+            model,
+            features,
+            spec.training,
+            adapters.make_optimizer(model, spec),
+            tokenizer.pad_token_id,
+            device,
+            store if dist.is_main else None,
+            dist,
+            stop_at=stop_at,
+        )
+    if not dist.is_main:
+        return None  # rank 0 alone evaluates, times and publishes
+    if spec.stage_one is not None:
+        return _stage_one(spec, store, base, data, model, train_metrics, steps, clock)
+    trainable, total = adapters.count_params(model)
+    eval_metrics = evaluate(model, tokenizer, data.eval, spec.dataset.metric, max_length, device, vision)
+    log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
+    # Text prompts only: an image record's features come from the processor (the check is about the adapter).
+    checkable = targets is not None and vision is None
+    effect = adapter_effect(model, tokenizer, data.eval, max_length, device) if checkable else None
+    if effect is not None and effect.unchanged:
+        log.warning("the adapter leaves the outputs unchanged on %d eval prompts (max |logit change| %.3g)",
+                    effect.prompts, effect.max_logit_delta)  # fmt: skip
+    latency = (
+        measure(model, tokenizer, spec.latency, device, targets is not None, _weights_label(spec, base.dtype), vision)
+        if spec.latency.enabled
+        else None
+    )
+    adapter_bytes = 0
+    if targets is not None:
+        adapter_dir = tmp / "adapter"
+        model.save_pretrained(adapter_dir)
+        adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
+        store.upload_dir(adapter_dir, "adapter")
+    cost = clock.figures(device)
+    earlier = existing_stage_one(store, spec)  # a two-stage trial's first stage counts too
+    if earlier is not None:
+        cost["compute_seconds"] = round(cost["compute_seconds"] + earlier.compute_seconds, 3)
+        cost["gpu_seconds"] = round(cost["gpu_seconds"] + earlier.gpu_seconds, 3)
+        cost["cpu_seconds"] = round(cost["cpu_seconds"] + (earlier.cpu_seconds or 0.0), 3)
+    result = TrialResult(
+        ablation=spec.ablation,
+        namespace=spec.namespace,
+        trial=spec.name,
+        dataset=spec.dataset.name,
+        modules=spec.modules,
+        rank=spec.rank,
+        alpha=spec.alpha,
+        variant=spec.variant,
+        seed=None if spec.is_baseline else spec.training.seed,
+        layers=spec.layers,
+        targeted_module_names=sorted(model.targeted_module_names) if targets is not None else [],
+        targeted_parameter_names=sorted(getattr(model, "targeted_parameter_names", []) or []) if targets else [],
+        trainable_params=trainable if targets is not None else 0,
+        total_params=total,
+        adapter_bytes=adapter_bytes,
+        train=train_metrics,
+        eval=eval_metrics,
+        latency=latency,
+        adapter_effect=effect,
+        environment=environment(device),
+        started_at=clock.started_at,
+        finished_at=now(),
+        **cost,
+    )
+    publish(store, result)  # last: its presence means the trial is complete
+    store.delete_prefix("checkpoints/")
+    return result
+
+
+def _stage_one(spec, store, base, data, model, train_metrics, steps, clock) -> StageOneResult:
+    """Score at the stage-one checkpoint (already saved by the training loop); no latency, no adapter upload."""
+    limit = spec.stage_one.eval_samples or len(data.eval)  # data.eval already holds maxEvalSamples at most
+    max_length = spec.training.max_seq_length
+    metrics = evaluate(
+        model, base.tokenizer, data.eval[:limit], spec.dataset.metric, max_length, base.device, base.vision
+    )
+    log.info("stage one: step %d of %d, eval %s = %.4f on %d samples", train_metrics.steps, steps,
+             spec.dataset.metric, metrics.score, metrics.samples)  # fmt: skip
+    cost = clock.figures(base.device)
+    stage_one = StageOneResult(
+        trial=spec.name,
+        dataset=spec.dataset.name,
+        step=train_metrics.steps,
+        steps=steps,
+        metric=spec.dataset.metric,
+        score=metrics.score,
+        samples=metrics.samples,
+        loss_last=train_metrics.loss_last,
+        compute_seconds=cost["compute_seconds"],
+        gpu_seconds=cost["gpu_seconds"],
+        cpu_seconds=cost["cpu_seconds"],
+        finished_at=now(),
+    )
+    write_stage_one(store, stage_one)
+    return stage_one
