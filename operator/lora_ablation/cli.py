@@ -19,6 +19,7 @@ from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
 from lora_ablation.plan import PlannedTrial, plan_trials
+from lora_ablation.sharding import plan_lines as sharding_lines
 from lora_ablation.report import human_count, text_table
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
@@ -98,6 +99,11 @@ def _target_count(trial: PlannedTrial) -> str:
     return str(len(trial.spec.target_modules) + len(trial.spec.target_parameters or []))
 
 
+def _runs(plan, name: str) -> str | None:
+    decision = plan.sharding.get(name)
+    return f"{decision.describe()}: {decision.reason}" if decision else None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
     meta = ablation.metadata
@@ -125,6 +131,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
                     "estimatedMemoryBytes": memory.estimates[t.name].total if t.name in memory.estimates else None,
+                    "sharding": t.spec.sharding,
+                    "runs": _runs(plan, t.name),
                     "resultsUri": t.spec.storage.uri,
                 }
                 for t in plan.trials
@@ -155,6 +163,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"\n{len(plan.trials)} trials for {meta.namespace}/{meta.name}; {source_note}.")
     for line in memory.lines():
         print(line)
+    for line in sharding_lines(plan.trials, plan.sharding):
+        print(line)
     warnings = guardrails.for_plan(ablation.spec, plan)
     if warnings:
         print(f"\n{len(warnings)} guardrail warning(s) (advice from the seed studies; the plan stands):")
@@ -182,7 +192,7 @@ def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
     except (ModelConfigUnavailable, UnsupportedModel) as error:
         source_note = f"modules not resolved ({error})"
     try:
-        plan = plan_trials(meta.name, meta.namespace, spec, inventory)
+        plan = plan_trials(meta.name, meta.namespace, spec, inventory, config if inventory else None)
     except ModuleResolutionError as error:
         raise SpecError([f"spec.search.moduleSets: {error}"]) from None
     memory = plan_memory(plan, inventory, config, spec.execution) if inventory else MemoryReport({}, None, "", [])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from enum import Enum
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, ImageReference, LabelName, LabelValue, ObjectName, QualifiedName
 
@@ -76,7 +77,25 @@ class ResourcesSpec(ApiModel):
         return value
 
 
+class Sharding(str, Enum):
+    auto = "auto"
+    none = "none"
+    fsdp = "fsdp"
+
+
 class ExecutionSpec(ApiModel):
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.sharding) || self.sharding != 'fsdp' || (has(self.resources) && "
+                    "has(self.resources.gpus) && self.resources.gpus >= 2)",
+                    "message": "execution.sharding fsdp needs execution.resources.gpus >= 2",
+                }
+            ]
+        }
+    }
+
     image: ImageReference | None = Field(
         None, description="Trainer image; the operator's configured default when unset."
     )
@@ -108,3 +127,20 @@ class ExecutionSpec(ApiModel):
         description="PVC mounted read-only at /models holding pre-downloaded base models, so trials skip the download.",
     )
     suspend: bool = Field(False, description="Stop starting trials and suspend running ones; false resumes.")
+    sharding: Sharding = Field(
+        Sharding.auto,
+        description="How a trial with several GPUs (resources.gpus > 1) spreads over them: none trains data-parallel "
+        "(every GPU holds the whole model); fsdp shards weights, adapter, gradients and optimizer state across them "
+        "(PyTorch FSDP), for models that do not fit one GPU; auto picks fsdp only when the estimated peak memory of "
+        "a trial exceeds one GPU (resources.gpuMemory or the nodeSelector's GPU) and resources.gpus > 1. "
+        "It changes how a trial runs, not what it computes: trial names and results stay the same.",
+    )
+
+    @model_validator(mode="after")
+    def _sharding_needs_gpus(self) -> ExecutionSpec:
+        if self.sharding == Sharding.fsdp and self.resources.gpus < 2:
+            raise ValueError(
+                f"execution.sharding fsdp shards a trial across the GPUs of its pod and needs "
+                f"execution.resources.gpus >= 2 (now {self.resources.gpus}); raise gpus or set sharding to auto or none"
+            )
+        return self

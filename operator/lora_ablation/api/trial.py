@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
 from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, TrainingSpec
@@ -48,6 +48,20 @@ class TrialSpec(ApiModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training hyperparameters.")
     latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency protocol.")
     storage: TrialStorage = Field(description="Where the trial writes its outputs.")
+    sharding: str = Field(
+        "none",
+        description="How the trainer spreads the trial over several processes (GPUs): none trains data-parallel, "
+        "fsdp shards the model with PyTorch FSDP. The planner decides it (lora_ablation.sharding) from "
+        "execution.sharding and the memory estimate; it is not part of the trial's name.",
+        json_schema_extra={"enum": ["none", "fsdp"]},
+    )
+
+    @field_validator("sharding")
+    @classmethod
+    def _sharding(cls, value: str) -> str:
+        if value not in {"none", "fsdp"}:
+            raise ValueError("expected none or fsdp")
+        return value
 
     @property
     def is_baseline(self) -> bool:
