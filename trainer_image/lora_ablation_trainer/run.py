@@ -14,7 +14,7 @@ import torch
 
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
-from lora_ablation_trainer import adapters
+from lora_ablation_trainer import adapters, fsdp
 from lora_ablation_trainer.data import chat_template_problem, encode, load_examples
 from lora_ablation_trainer.effect import adapter_effect
 from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
@@ -141,12 +141,16 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
 
     device = adapters.pick_device()
     if dist.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.rank)
+        device = torch.device("cuda", dist.local_rank)
     dtype = adapters.pick_dtype(spec.base_model.dtype, device)
-    model = adapters.load_model(model_dir, dtype, device, spec.base_model.quantization)
+    sharded = dist.sharded and resolution is not None
+    # Under FSDP the whole model never goes to one GPU: built on the host, each layer's shard is moved by fully_shard.
+    model = adapters.load_model(model_dir, dtype, torch.device("cpu") if sharded else device, spec.base_model.quantization)
     train_metrics, targeted, targeted_params = None, [], []
     if resolution is not None:
         model = adapters.attach_adapter(spec, resolution, model)
+        if sharded:
+            model = fsdp.shard(model, device, dist.world)
         targeted = sorted(model.targeted_module_names)
         targeted_params = sorted(getattr(model, "targeted_parameter_names", []) or [])
         features = [
@@ -161,9 +165,17 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
             adapters.make_optimizer(model, spec),
             tokenizer.pad_token_id,
             device,
-            store if dist.is_main else None,
+            store,  # every rank reads a checkpoint to resume; rank 0 alone writes them
             dist,
         )
+    if sharded:  # rank 0 evaluates an unsharded copy (fsdp module docstring): gather the adapter, reload the base
+        trained = fsdp.gathered_peft_adapter(model)
+        del model
+        fsdp.release()
+        if not dist.is_main:
+            return None
+        model = adapters.load_model(model_dir, dtype, device, spec.base_model.quantization)
+        model = adapters.with_adapter_weights(spec, resolution, model, trained)
     if not dist.is_main:
         return None  # rank 0 alone evaluates, times and publishes
     trainable, total = adapters.count_params(model)
