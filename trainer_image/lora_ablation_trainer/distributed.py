@@ -22,8 +22,6 @@ import torch
 
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation_trainer.errors import EXIT_TRANSIENT, PermanentTrialError, TrialError
-from lora_ablation_trainer.run import run_trial
-from lora_ablation_trainer.train import Distributed
 
 log = logging.getLogger(__name__)
 EXIT_FILE_ENV = "LORA_ABLATION_EXIT_FILE"  # torchrun reports 1 for any failure; ranks leave the real code here
@@ -31,7 +29,7 @@ EXIT_FILE_ENV = "LORA_ABLATION_EXIT_FILE"  # torchrun reports 1 for any failure;
 
 class _ChildFailed(TrialError):
     def __init__(self, code: int):
-        super().__init__(f"a data-parallel worker failed with exit code {code}")
+        super().__init__(f"a worker process failed with exit code {code}")
         self.exit_code = code
 
 
@@ -56,7 +54,8 @@ def rendezvous(nodes: int) -> list[str]:
     missing = [name for name in ("PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT") if not os.environ.get(name)]
     if missing:
         raise PermanentTrialError(
-            f"PET_NNODES={nodes} asks for a multi-node trial, but {', '.join(missing)} is not set: the pods of a "
+            f"PET_NNODES={nodes} asks for a multi-node trial, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: the pods of a "
             "multi-node trial need PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT (JobSet or Kubeflow Trainer)"
         )
     env = os.environ
@@ -75,6 +74,8 @@ def run_maybe_distributed(spec: TrialSpec, workdir: Path | None) -> TrialResult 
     if processes <= 1 and nodes <= 1:
         if spec.sharding == "fsdp":
             log.warning("sharding fsdp with one process: the trial trains unsharded")
+        from lora_ablation_trainer.run import run_trial  # here: the launcher itself never loads transformers
+
         return run_trial(spec, workdir)
     return _launch(processes, rendezvous(nodes))
 
@@ -93,6 +94,9 @@ def _launch(processes: int, meet: list[str]) -> None:
 
 
 def _run_as_rank(spec: TrialSpec, workdir: Path | None) -> TrialResult | None:
+    from lora_ablation_trainer.run import run_trial
+    from lora_ablation_trainer.train import Distributed
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     dist = Distributed(rank=rank, world=world, local_rank=local, sharded=spec.sharding == "fsdp" and world > 1)
