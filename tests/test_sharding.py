@@ -38,7 +38,7 @@ def test_auto_shards_a_70b_model_that_does_not_fit_one_80gib_gpu():
     assert modes(plan) == {"base": "none", "o_proj r16 lora": "fsdp", "o_proj+fc2 r16 lora": "fsdp"}
     decision = plan.sharding[plan.trials[1].name]
     assert decision.describe() == "sharded (FSDP) on 8 GPUs"
-    assert decision.reason.startswith("needs about 153.9 GiB per GPU unsharded, more than one 80 GiB GPU; sharded about")
+    assert decision.reason.startswith("needs about 153.9 GiB per GPU unsharded, more than one 80 GiB GPU; sharded")
 
 
 def test_auto_keeps_data_parallel_when_the_trial_fits_one_gpu():
@@ -89,10 +89,10 @@ def test_the_sharded_estimate_splits_weights_and_adapter_state_but_not_activatio
 
 
 def test_a_trial_too_big_even_sharded_or_for_one_gpu_at_eval_is_warned_about():
-    spec, plan = planned(gpus=2)  # 70B: 131 GiB of weights over two 80 GiB GPUs
+    _, plan = planned(gpus=2)  # 70B: 131 GiB of weights over two 80 GiB GPUs
     decision = plan.sharding[plan.trials[1].name]
     assert decision.mode == "fsdp" and decision.warning.startswith("even sharded over 2 GPUs a trial needs about")
-    spec, plan = planned(gpus=8)  # trains sharded, but rank 0 evaluates unsharded
+    _, plan = planned(gpus=8)  # trains sharded, but rank 0 evaluates unsharded
     assert "evaluation and latency run unsharded on one GPU" in plan.sharding[plan.trials[1].name].warning
 
 

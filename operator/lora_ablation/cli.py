@@ -19,8 +19,8 @@ from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
 from lora_ablation.plan import PlannedTrial, plan_trials
-from lora_ablation.sharding import plan_lines as sharding_lines
 from lora_ablation.report import human_count, text_table
+from lora_ablation.sharding import plan_lines as sharding_lines
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
 

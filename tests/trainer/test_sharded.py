@@ -3,6 +3,7 @@ relaunches itself under torchrun with two CPU processes on gloo, as it does with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -51,20 +52,17 @@ def _finish(process: subprocess.Popen, timeout: float = 240) -> str:
 def _kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant (torchrun starts its workers in their own sessions), as the
     kubelet ends a container."""
+
     def descendants(parent: int) -> list[int]:
         children: list[int] = []
         for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
+            with contextlib.suppress(OSError):  # the task ended meanwhile
                 children += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
         return children + [d for child in children for d in descendants(child)]
 
     for victim in [pid, *descendants(pid)]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _adapter(folder: Path) -> dict[str, torch.Tensor]:
@@ -138,11 +136,8 @@ def test_two_nodes_meet_through_the_pet_variables_and_only_node_0_publishes(
     raw["storage"]["endpoint"] = endpoint
     spec = type(spec).model_validate(raw)
     port = str(free_port())
-    nodes = [
-        _start(spec, tmp_path, {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1",
-                                "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port})  # fmt: skip
-        for rank in (0, 1)
-    ]
+    pods = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port}
+    nodes = [_start(spec, tmp_path, {**pods, "PET_NODE_RANK": str(rank)}) for rank in (0, 1)]
     outputs = [_finish(node) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n---\n".join(o[-2500:] for o in outputs)
     assert "trial test-trial: accuracy" in outputs[0] and "trial test-trial" not in outputs[1]
@@ -152,5 +147,6 @@ def test_two_nodes_meet_through_the_pet_variables_and_only_node_0_publishes(
     assert keys == [f"two-nodes/t/{k}" for k in
                     ("adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
                      "result.json")]  # fmt: skip
-    result = TrialResult.model_validate_json(client.get_object(Bucket=bucket, Key="two-nodes/t/result.json")["Body"].read())
+    body = client.get_object(Bucket=bucket, Key="two-nodes/t/result.json")["Body"].read()
+    result = TrialResult.model_validate_json(body)
     assert result.train.steps == 8

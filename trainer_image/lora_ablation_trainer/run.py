@@ -145,7 +145,8 @@ def _run(spec: TrialSpec, store: Store, tmp: Path, dist: Distributed) -> TrialRe
     dtype = adapters.pick_dtype(spec.base_model.dtype, device)
     sharded = dist.sharded and resolution is not None
     # Under FSDP the whole model never goes to one GPU: built on the host, each layer's shard is moved by fully_shard.
-    model = adapters.load_model(model_dir, dtype, torch.device("cpu") if sharded else device, spec.base_model.quantization)
+    host = torch.device("cpu")
+    model = adapters.load_model(model_dir, dtype, host if sharded else device, spec.base_model.quantization)
     train_metrics, targeted, targeted_params = None, [], []
     if resolution is not None:
         model = adapters.attach_adapter(spec, resolution, model)

@@ -370,7 +370,8 @@ class LoraAblationSpec(ApiModel):
                 {
                     "rule": "!has(self.execution) || !has(self.execution.sharding) || self.execution.sharding != 'fsdp'"
                     " || !has(self.baseModel.quantization) || self.baseModel.quantization == 'none'",
-                    "message": "execution.sharding fsdp needs baseModel.quantization none: 4-bit weights are not sharded",
+                    "message": "execution.sharding fsdp needs baseModel.quantization none: 4-bit weights are not "
+                    "sharded",
                 },
                 {
                     "rule": "size(self.datasets) * (size(self.search.moduleSets)"
