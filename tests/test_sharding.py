@@ -30,7 +30,7 @@ def planned(gpus: int, gpu_memory: str | None = "80Gi", uri: str = LLAMA_70B, sh
 
 
 def modes(plan) -> dict[str, str]:
-    return {t.label: t.spec.sharding for t in plan.trials}
+    return {t.label: t.spec.sharding or "none" for t in plan.trials}
 
 
 def test_auto_shards_a_70b_model_that_does_not_fit_one_80gib_gpu():
@@ -67,6 +67,11 @@ def test_explicit_modes_win_over_the_estimate():
     _, plan = planned(gpus=2, uri="hf://meta-llama/Llama-3.1-8B-Instruct", sharding="fsdp")
     assert modes(plan) == {"base": "none", "o_proj r16 lora": "fsdp", "o_proj+fc2 r16 lora": "fsdp"}
     assert plan.sharding[plan.trials[1].name].reason.startswith("execution.sharding fsdp (needs about")
+
+
+def test_unsharded_trials_carry_no_sharding_field():  # their Job's trial JSON is what it was before sharding
+    _, plan = planned(gpus=8)
+    assert "sharding" not in plan.trials[0].spec.to_wire() and plan.trials[1].spec.to_wire()["sharding"] == "fsdp"
 
 
 def test_sharding_keeps_trial_names():

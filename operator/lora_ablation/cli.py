@@ -131,7 +131,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
                     "estimatedMemoryBytes": memory.estimates[t.name].total if t.name in memory.estimates else None,
-                    "sharding": t.spec.sharding,
+                    "sharding": t.spec.sharding or "none",
                     "runs": _runs(plan, t.name),
                     "resultsUri": t.spec.storage.uri,
                 }

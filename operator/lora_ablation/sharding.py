@@ -129,8 +129,8 @@ def assign_sharding(
     decisions: dict[str, Decision] = {}
     for trial in plan.trials:
         decision = decide(execution, trial.spec, estimates.get(trial.name), gpu_bytes, source, layer)
-        if decision.mode != trial.spec.sharding:
-            trial.spec = trial.spec.model_copy(update={"sharding": decision.mode})
+        if decision.mode != (trial.spec.sharding or "none"):  # absent unless fsdp (TrialSpec.sharding)
+            trial.spec = trial.spec.model_copy(update={"sharding": None if decision.mode == "none" else decision.mode})
         decisions[trial.name] = decision
     return decisions
 

@@ -48,18 +48,19 @@ class TrialSpec(ApiModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training hyperparameters.")
     latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency protocol.")
     storage: TrialStorage = Field(description="Where the trial writes its outputs.")
-    sharding: str = Field(
-        "none",
-        description="How the trainer spreads the trial over several processes (GPUs): none trains data-parallel, "
-        "fsdp shards the model with PyTorch FSDP. The planner decides it (lora_ablation.sharding) from "
-        "execution.sharding and the memory estimate; it is not part of the trial's name.",
+    sharding: str | None = Field(
+        None,
+        description="How the trainer spreads the trial over several processes (GPUs): fsdp shards the model with "
+        "PyTorch FSDP; none or absent trains data-parallel. The planner decides it (lora_ablation.sharding) from "
+        "execution.sharding and the memory estimate; it is not part of the trial's name. Absent unless fsdp, so "
+        "the trial JSON of unsharded trials stays what it was.",
         json_schema_extra={"enum": ["none", "fsdp"]},
     )
 
     @field_validator("sharding")
     @classmethod
-    def _sharding(cls, value: str) -> str:
-        if value not in {"none", "fsdp"}:
+    def _sharding(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"none", "fsdp"}:
             raise ValueError("expected none or fsdp")
         return value
 
