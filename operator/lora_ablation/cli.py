@@ -18,7 +18,7 @@ from lora_ablation.memory import GIB, MemoryReport, plan_memory
 from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
-from lora_ablation.plan import PlannedTrial, plan_trials
+from lora_ablation.plan import LayerSelectionError, PlannedTrial, plan_trials
 from lora_ablation.report import human_count, text_table
 from lora_ablation.sharding import plan_lines as sharding_lines
 
@@ -195,6 +195,8 @@ def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
         plan = plan_trials(meta.name, meta.namespace, spec, inventory, config if inventory else None)
     except ModuleResolutionError as error:
         raise SpecError([f"spec.search.moduleSets: {error}"]) from None
+    except LayerSelectionError as error:  # already names spec.search.layers[i]
+        raise SpecError([str(error)]) from None
     memory = plan_memory(plan, inventory, config, spec.execution) if inventory else MemoryReport({}, None, "", [])
     return plan, source_note, memory
 

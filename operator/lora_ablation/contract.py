@@ -2,6 +2,7 @@
 how a trial is handed over and what its exit code means."""
 
 TRIAL_ENV = "LORA_ABLATION_TRIAL"  # TrialSpec JSON for one trial
+TRIALS_ENV = "LORA_ABLATION_TRIALS"  # TrialBatch JSON: several trials in one pod (execution.trialsPerPod)
 PREFLIGHT_ENV = "LORA_ABLATION_PREFLIGHT"  # PreflightSpec JSON for the preflight check
 # Where the trainer writes why it failed (the kubelet copies it into the pod's terminated state, 4 KiB at most);
 # the environment variable overrides the path outside Kubernetes.
@@ -11,3 +12,8 @@ TERMINATION_LOG = "/dev/termination-log"
 EXIT_OK = 0
 EXIT_PERMANENT = 42  # bad trial config, module not in model, malformed or missing data: do not retry
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage or hub unreachable after retries: retry the pod
+
+# What a trial leaves in its storage folder (besides adapter/ and checkpoints/).
+RESULT = "result.json"  # written last: its presence means the trial is complete
+STAGE_ONE = "stage-one.json"  # a two-stage trial's score at its stage-one checkpoint
+FAILURE = "failure.json"  # a trial that failed for good inside a multi-trial pod

@@ -70,6 +70,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in {"exclusiveMinimum", "exclusiveMaximum"} and isinstance(value, bool):
+            out[key] = value  # already OpenAPI v3.0 (a schema converted once, e.g. inside an anyOf)
         elif key == "exclusiveMinimum":
             out["minimum"], out["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":

@@ -9,9 +9,17 @@ from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec, TrainingSpec
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
+from lora_ablation.layers import ALL as ALL_LAYERS
+from lora_ablation.layers import fraction as layer_fraction
+from lora_ablation.layers import indices as layer_indices
+from lora_ablation.layers import slug as layers_slug
 from lora_ablation.modules.groups import canonical_module_set, module_set_label
 from lora_ablation.modules.inventory import ModelInventory, Resolution, resolve_module_set
 from lora_ablation.naming import trial_name
+
+
+class LayerSelectionError(ValueError):
+    """A search.layers entry names layers the model does not have."""
 
 
 @dataclass
@@ -38,10 +46,12 @@ class Plan:
         return [t.name for t in self.trials]
 
 
-def config_label(modules: list[str], rank: int, variant: str) -> str:
+def config_label(modules: list[str], rank: int, variant: str, layers: str = ALL_LAYERS) -> str:
+    """'o_proj+fc2 r16 lora', with ' layers=lastHalf' when the configuration adapts a layer subset."""
     if variant == BASELINE_VARIANT:
         return "base"
-    return f"{module_set_label(modules)} r{rank} {variant}"
+    label = f"{module_set_label(modules)} r{rank} {variant}"
+    return label if layers == ALL_LAYERS else f"{label} layers={layers}"
 
 
 def trial_uri(storage_uri: str, namespace: str, ablation: str, trial: str) -> str:
@@ -56,7 +66,7 @@ def _training(spec: LoraAblationSpec, seed: int) -> TrainingSpec:
 
 
 def _identity(
-    spec: LoraAblationSpec, dataset_index: int, modules: list[str], rank: int, variant: str, seed: int
+    spec: LoraAblationSpec, dataset_index: int, modules: list[str], rank: int, variant: str, seed: int, layers: str
 ) -> dict:
     """Everything that changes what a trial computes; editing anything else keeps its name and result.
 
@@ -68,7 +78,7 @@ def _identity(
     model = spec.base_model.model_dump(mode="json", include={"uri", "revision", "dtype"})
     if spec.base_model.quantization != "none":  # only then: the names of unquantized trials stay as they were
         model["quantization"] = str(spec.base_model.quantization)
-    return {
+    identity = {
         "model": model,
         "dataset": spec.datasets[dataset_index].model_dump(mode="json"),
         "modules": list(canonical_module_set(modules)),
@@ -78,6 +88,9 @@ def _identity(
         "training": training,
         "latency": spec.latency.to_wire(),
     }
+    if layers != ALL_LAYERS:  # only then: trials adapting every layer keep the names they had before search.layers
+        identity["layers"] = layers
+    return identity
 
 
 def plan_trials(
@@ -97,24 +110,32 @@ def plan_trials(
     if inventory is not None:
         for index, module_set in enumerate(spec.search.module_sets):
             resolutions[index] = resolve_module_set(inventory, module_set)
+        for index, selection in enumerate(spec.search.layers):
+            try:
+                layer_indices(selection, inventory.layers)
+            except ValueError as error:
+                raise LayerSelectionError(f"spec.search.layers[{index}]: {error}") from None
 
     seeds = spec.seeds
     trials: list[PlannedTrial] = []
     for d_index, dataset in enumerate(spec.datasets):
-        combos: list[tuple[int | None, list[str], int, str, int]] = []
+        combos: list[tuple[int | None, list[str], int, str, int, str]] = []
         if spec.search.include_baseline:
-            combos.append((None, [], 0, BASELINE_VARIANT, spec.training.seed))
+            combos.append((None, [], 0, BASELINE_VARIANT, spec.training.seed, ALL_LAYERS))
         for s_index, module_set in enumerate(spec.search.module_sets):
             for rank in spec.search.ranks:
                 for variant in spec.search.variants:
-                    combos += [(s_index, list(module_set), rank, str(variant), seed) for seed in seeds]
-        for s_index, modules, rank, variant, seed in combos:
+                    for layers in spec.search.layers:
+                        combos += [(s_index, list(module_set), rank, str(variant), seed, layers) for seed in seeds]
+        for s_index, modules, rank, variant, seed, layers in combos:
             resolution = resolutions.get(s_index) if s_index is not None else None
-            label = config_label(modules, rank, variant)
+            label = config_label(modules, rank, variant, layers)
             config = ["base"] if variant == BASELINE_VARIANT else [module_set_label(modules), f"r{rank}", variant]
+            if layers != ALL_LAYERS:
+                config.append(layers_slug(layers))
             if len(seeds) > 1 and variant != BASELINE_VARIANT:
                 config.append(f"s{seed}")  # readable; with one seed the name stays what it always was
-            identity = {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant, seed)}
+            identity = {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant, seed, layers)}
             name = trial_name(ablation, dataset.name, config, identity)
             trial_spec = TrialSpec(
                 ablation=ablation,
@@ -128,6 +149,7 @@ def plan_trials(
                 rank=rank,
                 alpha=spec.search.alpha_over_rank * rank,
                 variant=variant,
+                layers=layers,
                 training=spec.training if variant == BASELINE_VARIANT else _training(spec, seed),
                 latency=spec.latency,
                 storage=TrialStorage(
@@ -139,7 +161,8 @@ def plan_trials(
             if variant == BASELINE_VARIANT:
                 params: int | None = 0
             elif resolution is not None:
-                params = resolution.lora_params(rank, variant)
+                share = layer_fraction(layers, inventory.layers if inventory else None) or 1.0
+                params = round(resolution.lora_params(rank, variant) * share)
             else:
                 params = None
             trials.append(PlannedTrial(trial_spec, label, params, None if variant == BASELINE_VARIANT else seed))

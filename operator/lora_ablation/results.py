@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from lora_ablation.api.base import format_location
+from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
+from lora_ablation.contract import FAILURE, STAGE_ONE
 from lora_ablation.store import ObjectTooLarge, Store
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,7 @@ RESULT_FILE = "result.json"
 # and the operator reading it is shared by every ablation in the cluster.
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 SUMMARY_FILE = "summary.json"
+MAX_SMALL_BYTES = 64 * 1024  # stage-one.json and failure.json are a few hundred bytes
 
 
 @dataclass
@@ -47,6 +50,32 @@ def read_result(store: Store, trial: str) -> ResultRead:
     if result.trial != trial:
         return ResultRead(None, f"{key} belongs to trial {result.trial!r}")
     return ResultRead(result)
+
+
+def read_stage_one(store: Store, trial: str) -> StageOneResult | None:
+    """A two-stage trial's stage-one.json, or None when absent or unusable (the trial then counts as not scored)."""
+    return _read_small(store, trial, STAGE_ONE, StageOneResult)
+
+
+def read_failure(store: Store, trial: str) -> TrialFailure | None:
+    """failure.json of a trial that failed inside a multi-trial pod, or None."""
+    return _read_small(store, trial, FAILURE, TrialFailure)
+
+
+def _read_small(store: Store, trial: str, name: str, model: type) -> object | None:
+    key = f"{trial}/{name}"
+    try:
+        raw = store.read_json(key, MAX_SMALL_BYTES)
+        found = model.model_validate(raw)
+    except FileNotFoundError:
+        return None
+    except (ObjectTooLarge, ValueError, RecursionError) as error:  # ValidationError is a ValueError
+        log.warning("ignoring %s: %s", key, str(error)[:200])
+        return None
+    if getattr(found, "trial", None) != trial:
+        log.warning("ignoring %s: it belongs to trial %r", key, getattr(found, "trial", None))
+        return None
+    return found
 
 
 def read_all_results(store: Store) -> list[TrialResult]:

@@ -18,7 +18,7 @@ from lora_ablation.summary_models import Cell, ConfigSummary, DatasetSummary, Su
 
 
 def result_label(result: TrialResult) -> str:
-    return config_label(result.modules, result.rank, result.variant)
+    return config_label(result.modules, result.rank, result.variant, result.layers)
 
 
 def _adapter_tpot(result: TrialResult) -> float | None:

@@ -79,6 +79,33 @@ class ConfigSummary(OpenModel):
     )
 
 
+class EliminatedConfig(OpenModel):
+    dataset: str = Field(description="Dataset the configuration was eliminated on.")
+    config: str = Field(description="Configuration label.")
+    stage_one_score: float = Field(description="Its stage-one score (the mean over seeds).")
+    cutoff: float = Field(description="The stage-one score a configuration needed to go on.")
+    step: int = Field(description="Optimizer steps it trained (of steps).")
+    steps: int = Field(description="Optimizer steps a whole trial takes.")
+    trials: list[str] = Field(default_factory=list, description="Its trials (one per seed).")
+
+
+class StageOneEntry(OpenModel):
+    dataset: str = Field(description="Dataset.")
+    config: str = Field(description="Configuration label.")
+    score: float = Field(description="Stage-one score (mean over seeds).")
+    survived: bool = Field(description="Went on to stage two.")
+
+
+class Compute(OpenModel):
+    gpu_hours: float = Field(0.0, description="Device-hours of every finished trial and stage-one run.")
+    stage_one_gpu_hours: float = Field(0.0, description="Of which stage-one runs (two-stage ablations).")
+    eliminated_gpu_hours: float = Field(0.0, description="Of which eliminated configurations' stage one.")
+    max_gpu_hours: float | None = Field(None, description="execution.maxGpuHours, when set.")
+    skipped_trials: list[str] = Field(
+        default_factory=list, max_length=5000, description="Trials never started: the budget was reached."
+    )
+
+
 class Summary(OpenModel):
     ablation: str = Field(description="LoraAblation name.")
     namespace: str = Field("default", description="Namespace.")
@@ -97,3 +124,12 @@ class Summary(OpenModel):
         None, description="Median coefficient of variation of the base model's TPOT over each trial's repeats, in %."
     )
     notes: list[str] = Field(default_factory=list, description="Caveats: missing results, mixed metrics.")
+    eliminated: list[EliminatedConfig] = Field(
+        default_factory=list,
+        description="Configurations stopped after stage one (search.earlyStopping), with their stage-one scores; "
+        "they are not in the leaderboard, which ranks completed configurations only.",
+    )
+    stage_one: list[StageOneEntry] = Field(
+        default_factory=list, description="Every configuration's stage-one score, survivors included."
+    )
+    compute: Compute = Field(default_factory=Compute, description="What the ablation cost in device-hours.")

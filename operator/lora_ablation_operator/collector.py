@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from lora_ablation.api.spec import LoraAblationSpec, StorageSpec
 from lora_ablation.api.trial import PreflightReport
 from lora_ablation.report import render_markdown
-from lora_ablation.results import RESULT_FILE, SUMMARY_FILE, ResultRead, read_result
+from lora_ablation.results import RESULT_FILE, SUMMARY_FILE, read_result
 from lora_ablation.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store, open_store
 from lora_ablation.summary_models import Summary
 from lora_ablation_operator.policy import Forbidden, storage_violations
@@ -32,18 +32,22 @@ class ResultCache:
 
     def __init__(self, recheck_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._recheck, self._clock = recheck_seconds, clock
-        self._reads: dict[tuple[str, str], tuple[str | None, ResultRead, float]] = {}
+        self._reads: dict[tuple[str, str, str, str], tuple[str | None, Any, float]] = {}
 
-    def collect(self, uid: str, store: Store, trials: list[str]) -> dict[str, ResultRead]:
+    def collect(self, uid: str, store: Store, trials: list[str], file: str = RESULT_FILE,
+                reader: Callable[[Store, str], Any] = read_result, scope: str = "") -> dict[str, Any]:  # fmt: skip
+        """`file` of each trial as `reader` reads it (result.json by default; stage-one.json, failure.json).
+        `scope` names what the read belongs to (a unit and whether its Job finished): a new scope reads afresh,
+        so a file absent while a trial's first stage ran is looked for again when its second stage finishes."""
         out = {}
         now = self._clock()
         for trial in trials:
-            key = (uid, trial)
+            key = (uid, trial, file, scope)
             cached = self._reads.get(key)
             if cached is None or now - cached[2] >= self._recheck:
-                version = _version(store, f"{trial}/{RESULT_FILE}")
+                version = _version(store, f"{trial}/{file}")
                 if cached is None or version != cached[0]:
-                    cached = (version, read_result(store, trial), now)
+                    cached = (version, reader(store, trial), now)
                 self._reads[key] = (cached[0], cached[1], now)
             out[trial] = self._reads[key][1]
         return out

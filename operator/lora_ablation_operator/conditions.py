@@ -30,12 +30,15 @@ MEMORY_ESTIMATE = "MemoryEstimate"  # event: a configuration is estimated not to
 TRIAL_STUCK = "TrialStuck"  # a pod cannot start (image pull, missing Secret, unschedulable)
 GUARDRAILS = "GuardrailsTriggered"  # Warnings: the message lists each rule, its field and its source
 NO_WARNINGS = "NoWarnings"
+BUDGET_EXHAUSTED = "BudgetExhausted"  # execution.maxGpuHours reached: nothing more starts; what finished is summarised
 
 # Trial states (status.trialStatuses[].state)
 PENDING, RUNNING, STUCK, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED = (
     "Pending", "Running", "Stuck", "Succeeded", "Failed", "ResultsMissing", "Suspended",
 )  # fmt: skip
-TERMINAL = frozenset({SUCCEEDED, FAILED, RESULTS_MISSING})
+ELIMINATED = "Eliminated"  # stopped after stage one (search.earlyStopping); its stage-one score stays in the summary
+SKIPPED = "Skipped"  # never started: execution.maxGpuHours would have been exceeded
+TERMINAL = frozenset({SUCCEEDED, FAILED, RESULTS_MISSING, ELIMINATED})
 
 
 def condition(

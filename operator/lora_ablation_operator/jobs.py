@@ -1,4 +1,5 @@
-"""Pure builders for the Jobs an ablation runs: one per trial, and the CPU preflight. No API calls here."""
+"""Pure builders for the Jobs an ablation runs: one per unit (a trial, or several in one pod), and the CPU
+preflight. No API calls here."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.trial import PreflightSpec, TrialStorage
-from lora_ablation.contract import EXIT_PERMANENT, PREFLIGHT_ENV, TRIAL_ENV
+from lora_ablation.contract import EXIT_PERMANENT, PREFLIGHT_ENV
 from lora_ablation.naming import bounded_name, label_value
 from lora_ablation.plan import PlannedTrial
+from lora_ablation.schedule import ROUND_ONE, Unit
 from lora_ablation_operator.settings import Settings
 
 GROUP = "lora.ablation.dev"
@@ -16,6 +18,8 @@ ABLATION_LABEL = f"{GROUP}/ablation"
 TRIAL_LABEL = f"{GROUP}/trial"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 CONFIG_ANNOTATION = f"{GROUP}/config"
+TRIALS_ANNOTATION = f"{GROUP}/trials"  # a multi-trial Job's trials, comma-separated
+STAGE_ANNOTATION = f"{GROUP}/stage"  # stage-one or stage-two in a two-stage ablation
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 PVC_ROOT = "/mnt/pvc"
@@ -167,24 +171,38 @@ def _job(name: str, namespace: str, job_labels: dict[str, str], pod: dict[str, A
 
 def trial_job(ablation: str, namespace: str, spec: LoraAblationSpec, trial: PlannedTrial, settings: Settings,
               suspend: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The Job of one trial run whole (no batching, no stages)."""
+    return unit_job(ablation, namespace, spec, Unit(trial.name, ROUND_ONE, trial.spec.dataset.name, (trial,)),
+                    settings, suspend)  # fmt: skip
+
+
+def unit_job(ablation: str, namespace: str, spec: LoraAblationSpec, unit: Unit, settings: Settings,
+             suspend: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The Job of one unit: one trial, or several run one after another in one pod (execution.trialsPerPod)."""
     resources = spec.execution.resources
     limits: dict[str, Any] = {"cpu": resources.cpu, "memory": resources.memory}
     if resources.gpus:
         limits[resources.gpu_resource_name] = resources.gpus
     if resources.ephemeral_storage:
         limits["ephemeral-storage"] = resources.ephemeral_storage
-    # The trainer re-resolves modules on the real model, so the (possibly long) name list stays out of the env.
-    payload = trial.spec.model_copy(update={"target_modules": None, "target_parameters": None})
-    container = _container(spec, settings, TRIAL_ENV, payload.model_dump_json(by_alias=True, exclude_none=True), limits)
-    job_labels = labels(ablation, "trial", settings, trial.name)
+    env_name, payload = unit.payload(spec, strip_targets=True)
+    container = _container(spec, settings, env_name, payload, limits)
+    job_labels = labels(ablation, "trial", settings, unit.name)
     queued = bool(spec.execution.queue_name)
     if queued:
         job_labels[QUEUE_LABEL] = spec.execution.queue_name
-    annotations = {CONFIG_ANNOTATION: trial.label, f"{GROUP}/dataset": trial.spec.dataset.name}
-    if trial.seed is not None:  # the trainer reads the seed from the trial payload; this is for people
-        annotations[f"{GROUP}/seed"] = str(trial.seed)
+    first = unit.trials[0]
+    annotations = {f"{GROUP}/dataset": unit.dataset}
+    if len(unit.trials) == 1:
+        annotations[CONFIG_ANNOTATION] = first.label
+    else:  # for people (kubectl describe): the operator derives a unit's trials from the plan
+        annotations[TRIALS_ANNOTATION] = ",".join(unit.trial_names)
+    if unit.stage_one or unit.round != ROUND_ONE:
+        annotations[STAGE_ANNOTATION] = "stage-one" if unit.stage_one else "stage-two"
+    if len(unit.trials) == 1 and first.seed is not None:  # the trainer reads the seed from the payload
+        annotations[f"{GROUP}/seed"] = str(first.seed)
     # Kueue admits a queued Job by unsuspending it, so queued Jobs are always created suspended.
-    return _job(trial.name, namespace, job_labels, _pod_spec(spec, settings, container), spec, annotations,
+    return _job(unit.name, namespace, job_labels, _pod_spec(spec, settings, container), spec, annotations,
                 suspend or queued)  # fmt: skip
 
 

@@ -4,19 +4,28 @@ timers and Job events, and running it twice on the same input gives the same ans
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
+from lora_ablation.api.stages import StageOneResult, TrialFailure
+from lora_ablation.budget import Costs
+from lora_ablation.budget import costs as budget_costs
+from lora_ablation.budget import describe as describe_budget
 from lora_ablation.plan import Plan
 from lora_ablation.results import ResultRead
+from lora_ablation.schedule import ROUND_TWO, Schedule
+from lora_ablation.schedule import schedule as build_schedule
 from lora_ablation.summary import leaderboard, summarize
 from lora_ablation.summary_models import Summary
+from lora_ablation.summary_stages import with_stages
 from lora_ablation_operator import conditions as c
-from lora_ablation_operator.jobs import preflight_job, preflight_name, trial_job
+from lora_ablation_operator.jobs import preflight_job, preflight_name, unit_job
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
+from lora_ablation_operator.trial_states import committed, judge, trial_cost, within_budget
 
 
 @dataclass
@@ -38,6 +47,9 @@ class Observed:
     # Trial states at the previous pass, as the process remembers them; None after a restart, when the status's
     # (capped) trialStatuses stand in. Events go out on changes from these, so a restart repeats none.
     previous_states: dict[str, str] | None = None
+    stage_ones: dict[str, StageOneResult] = field(default_factory=dict)  # two-stage trials' stage-one scores
+    failures: dict[str, TrialFailure] = field(default_factory=dict)  # trials that failed inside a multi-trial pod
+    schedule: Schedule | None = None  # units and the elimination; computed here when None
 
 
 @dataclass
@@ -188,42 +200,55 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
 
 
 def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings, decision: Decision) -> None:
-    planned = {t.name for t in plan.trials}
+    finished = [n for n, r in observed.results.items() if r is not None and r.result is not None]
+    schedule = observed.schedule or build_schedule(observed.name, plan, spec, observed.stage_ones, finished)
+    observed = dataclasses.replace(observed, schedule=schedule)
+    unit_names = {u.name for u in schedule.units}
     trial_jobs = {n: j for n, j in observed.jobs.items() if is_trial_job(j)}
-    # Trials removed from the spec by an edit: stop their Jobs (their results stay in storage).
-    decision.delete += sorted(n for n, j in trial_jobs.items() if n not in planned and not _terminal_job(j))
+    # Trials removed from the spec by an edit (or regrouped): stop their Jobs (results stay in storage).
+    decision.delete += sorted(n for n, j in trial_jobs.items() if n not in unit_names and not _terminal_job(j))
     previous = observed.previous_states
     # After a restart the status's capped list stands in: a trial past the cap may have been reported already.
     unknown_reported = previous is None and bool(observed.status.get("trialStatusesTruncated"))
     if previous is None:
         previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
-    states: dict[str, tuple[str, str | None]] = {
-        t.name: _trial_state(trial_jobs.get(t.name), observed.results.get(t.name), observed, t.name)
-        for t in plan.trials
-    }
+    judged = judge(plan.trials, schedule, trial_jobs, observed)
+    states, active = judged.states, judged.active
     failures = sum(1 for s, _ in states.values() if s in {c.FAILED, c.RESULTS_MISSING})
     too_many = failures > spec.execution.max_failed_trials
     suspended = spec.execution.suspend
-    active = [n for n, (s, _) in states.items() if s in {c.RUNNING, c.STUCK, c.TRIAL_SUSPENDED}]
+    suspended_units = [n for n in active if (trial_jobs[n].get("spec") or {}).get("suspend")]
+    costs = budget_costs({n: r.result for n, r in observed.results.items() if r is not None and r.result},
+                         observed.stage_ones)  # fmt: skip
     if too_many:
         decision.delete += sorted(active)  # stop what is still running: the ablation has failed
     elif suspended:
-        decision.suspend += sorted(n for n in active if states[n][0] != c.TRIAL_SUSPENDED)
+        decision.suspend += sorted(n for n in active if n not in suspended_units)
     else:
         queued = bool(spec.execution.queue_name)  # Kueue owns suspend on queued Jobs
-        decision.resume += sorted(n for n in active if states[n][0] == c.TRIAL_SUSPENDED and not queued)
+        decision.resume += sorted(n for n in suspended_units if not queued)
         # After a refusal nothing more is created this pass: the next Job would most likely be refused alike.
         capacity = 0 if observed.rejected else spec.execution.parallelism - len(active)
-        for trial in plan.trials:
+        running_cost = committed(schedule, active, states, costs)
+        for unit in judged.startable:
             if capacity <= 0:
                 break
-            if states[trial.name][0] == c.PENDING:
-                decision.create.append(trial_job(observed.name, observed.namespace, spec, trial, settings))
-                decision.events.append(
-                    ("Normal", "TrialStarted", f"{trial.name}: {trial.spec.dataset.name} {trial.label}")
-                )
-                states[trial.name] = (c.RUNNING, None)
-                capacity -= 1
+            fits, cost = within_budget(spec.execution.max_gpu_hours, unit, states, costs, running_cost)
+            if not fits:
+                why = describe_budget(spec.execution.max_gpu_hours or 0, costs, running_cost)
+                for trial in unit.trials:
+                    if states[trial.name][0] == c.PENDING:
+                        states[trial.name] = (c.SKIPPED, why)
+                continue
+            decision.create.append(unit_job(observed.name, observed.namespace, spec, unit, settings))
+            what = unit.trials[0].label if len(unit.trials) == 1 else f"{len(unit.trials)} trials"
+            stage = " (stage one)" if unit.stage_one else " (stage two)" if unit.round == ROUND_TWO else ""
+            decision.events.append(("Normal", "TrialStarted", f"{unit.name}: {unit.dataset} {what}{stage}"))
+            for trial in unit.trials:
+                if states[trial.name][0] == c.PENDING:
+                    states[trial.name] = (c.RUNNING, None)
+            running_cost += cost
+            capacity -= 1
     for trial in plan.trials:
         state, message = states[trial.name]
         if unknown_reported and trial.name not in previous:
@@ -232,10 +257,12 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
             result = observed.results[trial.name].result
             decision.events.append(("Normal", "TrialSucceeded",
                                     f"{trial.name}: {result.eval.metric} {result.eval.score:.4f}"))  # fmt: skip
+        elif previous.get(trial.name) != state and state == c.ELIMINATED:
+            decision.events.append(("Normal", "TrialEliminated", f"{trial.name}: {message}"))
         elif previous.get(trial.name) != state and state in {c.FAILED, c.RESULTS_MISSING, c.STUCK}:
             reason = {c.FAILED: "TrialFailed", c.RESULTS_MISSING: c.RESULTS_MISSING, c.STUCK: c.TRIAL_STUCK}[state]
             decision.events.append(("Warning", reason, f"{trial.name}: {message}"))
-    _status(observed, spec, plan, states, too_many, settings, decision)
+    _status(observed, spec, plan, states, too_many, settings, decision, costs)
     decision.trial_states = {name: state for name, (state, _) in states.items()}
 
 
@@ -244,21 +271,29 @@ def _terminal_job(job: dict[str, Any]) -> bool:
 
 
 def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict[str, tuple[str, str | None]],
-            too_many: bool, settings: Settings, decision: Decision) -> None:  # fmt: skip
+            too_many: bool, settings: Settings, decision: Decision, costs: Costs) -> None:  # fmt: skip
     counts = {"total": len(plan.trials), "pending": 0, "running": 0, "stuck": 0, "succeeded": 0, "failed": 0,
-              "resultsMissing": 0}  # fmt: skip
+              "resultsMissing": 0, "eliminated": 0, "skipped": 0}  # fmt: skip
     key = {c.PENDING: "pending", c.TRIAL_SUSPENDED: "pending", c.RUNNING: "running", c.STUCK: "running",
-           c.SUCCEEDED: "succeeded", c.FAILED: "failed", c.RESULTS_MISSING: "resultsMissing"}  # fmt: skip
+           c.SUCCEEDED: "succeeded", c.FAILED: "failed", c.RESULTS_MISSING: "resultsMissing",
+           c.ELIMINATED: "eliminated", c.SKIPPED: "skipped"}  # fmt: skip
     for state, _ in states.values():
         counts[key[state]] += 1
         counts["stuck"] += state == c.STUCK
-    finished_trials = counts["succeeded"] + counts["failed"] + counts["resultsMissing"]
-    all_done = finished_trials == len(plan.trials)
+    finished_trials = counts["succeeded"] + counts["failed"] + counts["resultsMissing"] + counts["eliminated"]
+    # Skipped trials end the ablation only once nothing runs: a finishing trial may leave room in the budget.
+    all_done = finished_trials + (counts["skipped"] if not counts["running"] else 0) == len(plan.trials)
     results = [observed.results[n].result for n, (s, _) in states.items() if s == c.SUCCEEDED]
+    schedule = observed.schedule
+    assert schedule is not None
+    unrun = {n for n, (s, _) in states.items() if s in {c.ELIMINATED, c.SKIPPED}}
     summary = summarize(
         results, observed.name, observed.namespace, spec.selection.tolerance, spec.selection.latency_budget_ms,
-        planned=[(t.spec.dataset.name, t.label) for t in plan.trials],
+        planned=[(t.spec.dataset.name, t.label) for t in plan.trials if t.name not in unrun],
     )  # fmt: skip
+    summary = with_stages(summary, plan, schedule.elimination, observed.stage_ones, costs,
+                          skipped=[n for n, (s, _) in states.items() if s == c.SKIPPED],
+                          max_gpu_hours=spec.execution.max_gpu_hours)  # fmt: skip
     trial_statuses = []
     for trial in plan.trials:
         state, message = states[trial.name]
@@ -266,8 +301,15 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
                                  "rank": trial.spec.rank, "variant": trial.spec.variant, "state": state}  # fmt: skip
         if trial.seed is not None and len(spec.seeds) > 1:
             entry["seed"] = trial.seed
-        if state != c.PENDING:
-            entry["job"] = trial.name
+        unit = schedule.current[trial.name]
+        if unit.name in observed.jobs:
+            entry["job"] = unit.name
+        if trial.spec.layers != "all":
+            entry["layers"] = trial.spec.layers
+        if trial.name in observed.stage_ones:
+            entry["stageOneScore"] = observed.stage_ones[trial.name].score
+        if (cost := trial_cost(observed, trial.name)) is not None:
+            entry["gpuSeconds"] = cost
         read = observed.results.get(trial.name)
         if state == c.SUCCEEDED and read and read.result:
             entry["score"] = read.result.eval.score
@@ -285,9 +327,15 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         limit = spec.execution.max_failed_trials
         message = f"{failures} trials failed (maxFailedTrials {limit}); running trials were stopped"
         ready = (False, c.TOO_MANY_FAILURES, message)
+    elif all_done and counts["skipped"]:
+        first = next(m for s, m in states.values() if s == c.SKIPPED)
+        ready = (True, c.BUDGET_EXHAUSTED, f"{done_text}, {counts['skipped']} skipped ({first}); accuracy-first "
+                 f"{rec.accuracy_first}, balanced {rec.balanced}")  # fmt: skip
     elif all_done:
         reason = c.COMPLETED_WITH_FAILURES if failures else c.COMPLETED
-        ready = (True, reason, f"{done_text}; accuracy-first {rec.accuracy_first}, balanced {rec.balanced}")
+        eliminated = f", {counts['eliminated']} eliminated after stage one" if counts["eliminated"] else ""
+        ready = (True, reason, f"{done_text}{eliminated}; accuracy-first {rec.accuracy_first}, "
+                 f"balanced {rec.balanced}")  # fmt: skip
     elif observed.rejected:
         job, why = next(iter(sorted(observed.rejected.items())))
         ready = (False, c.JOB_REJECTED, f"Job {job} rejected by the API server: {why}")
@@ -319,6 +367,7 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         "paretoFront": summary.pareto_front,
         "recommendation": rec.to_wire() if results else None,
         "resultsUri": f"{spec.storage.uri.rstrip('/')}/{observed.namespace}/{observed.name}",
+        "gpuHours": round(costs.hours, 4),
     }  # fmt: skip
     if _changed(conds, c.READY, ready[1]) and (finished or ready[1] == c.JOB_REJECTED):
         decision.events.append(("Normal" if ready[0] else "Warning", ready[1], ready[2]))

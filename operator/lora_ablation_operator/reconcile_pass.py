@@ -16,8 +16,8 @@ import kopf
 from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
 from lora_ablation_operator.events import aggregate
+from lora_ablation_operator.gather import Gathered, gather
 from lora_ablation_operator.observe import (
-    completed_trials,
     is_preflight_job,
     job_finished,
     next_stuck_check,
@@ -65,21 +65,23 @@ def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.Resul
     jobs = snapshot.jobs
     active = any(not (job_finished(j, "Complete") or job_finished(j, "Failed")) for j in jobs.values())
     stuck = stuck_jobs(snapshot.pods, now, settings.unschedulable_after) if active else {}
-    results: dict[str, Any] = {}
+    gathered = Gathered()
     problems, storage_problem = None, None
     if planned.spec is not None:
         try:
             store = collector.ablation_store(planned.spec, meta["namespace"], meta["name"], settings)
-            results = results_cache.collect(meta.get("uid") or "", store, completed_trials(jobs))
+            if planned.plan is not None:
+                gathered = gather(planned, jobs, store, results_cache, meta.get("uid") or "", meta["name"])
             if any(job_finished(j, "Failed") for j in jobs.values() if is_preflight_job(j)):
                 problems = collector.preflight_problems(store)
         except StorageError as error:
             metrics.STORAGE_ERRORS.inc()
             storage_problem = collector.describe(error)
     return Observed(meta["name"], meta["namespace"], meta.get("generation"), dict(snapshot.body.get("spec") or {}),
-                    snapshot.status, jobs, results, problems, now, planned, storage_problem, stuck=stuck,
-                    terminations=termination_messages(snapshot.pods),
-                    previous_states=snapshot.previous_states)  # fmt: skip
+                    snapshot.status, jobs, gathered.results, problems, now, planned, storage_problem, stuck=stuck,
+                    terminations=termination_messages(snapshot.pods), previous_states=snapshot.previous_states,
+                    stage_ones=gathered.stage_ones, failures=gathered.failures,
+                    schedule=gathered.schedule)  # fmt: skip
 
 
 def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.ResultCache,

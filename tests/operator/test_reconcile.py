@@ -115,7 +115,7 @@ def test_trials_respect_parallelism_and_plan_order():
     names = [j["metadata"]["name"] for j in decision.create]
     assert len(names) == 2 and names[0].startswith("demo-med-base-") and "o-proj" in names[1]
     assert decision.status["trials"] == {"total": 4, "pending": 2, "running": 2, "stuck": 0, "succeeded": 0,
-                                         "failed": 0, "resultsMissing": 0}  # fmt: skip
+                                         "failed": 0, "resultsMissing": 0, "eliminated": 0, "skipped": 0}  # fmt: skip
     # One finishes: exactly one more starts.
     done = finished(decision.create[0], "Complete")
     later = reconcile(observed(raw, jobs=[pre, done, decision.create[1]],

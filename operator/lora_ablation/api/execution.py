@@ -128,6 +128,22 @@ class ExecutionSpec(ApiModel):
         description="PVC mounted read-only at /models holding pre-downloaded base models, so trials skip the download.",
     )
     suspend: bool = Field(False, description="Stop starting trials and suspend running ones; false resumes.")
+    trials_per_pod: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Run up to this many trials (same dataset) one after another in one Job, so the image is "
+        "pulled and the base model downloaded and loaded once for all of them. Each trial keeps its own result, "
+        "state and checkpoints; a restarted pod skips the trials it already finished.",
+    )
+    max_gpu_hours: float | None = Field(
+        None,
+        gt=0,
+        le=1e6,
+        description="Stop starting trials once the ablation's GPU-hours (finished trials, stage-one runs and "
+        "the running trials' expected cost) would exceed this; what finished is summarised (reason "
+        "BudgetExhausted). A trial on CPU only counts its wall-clock hours as one device.",
+    )
     sharding: Sharding = Field(
         Sharding.auto,
         description="How a trial with several GPUs (resources.gpus > 1) spreads over them: none trains data-parallel "

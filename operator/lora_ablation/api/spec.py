@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import DNS1123_LABEL, ApiModel, ObjectName, SecretKey
 from lora_ablation.api.execution import ExecutionSpec
-from lora_ablation.modules.groups import canonical_module_set, validate_module_name
+from lora_ablation.api.search import MAX_SEEDS, LayerSubset, ModuleSet, SearchSpec, Variant
+
+__all__ = ["MAX_SEEDS", "LayerSubset", "ModuleSet", "SearchSpec", "Variant"]  # re-exported: spec is their old home
 
 _CLAIM = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"  # a PersistentVolumeClaim name (DNS-1123 subdomain)
 MODEL_URI = re.compile(rf"^(hf://[^/\s]+(/[^/\s]+)?|s3://[^/\s]+(/\S*)?|pvc://{_CLAIM}(/\S*)?|file://\S+)$")
@@ -29,7 +30,6 @@ ENDPOINT = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 # unbounded grid (64 datasets x 64 module sets x 16 ranks x 4 variants is 262,208) would stall it. The operator's
 # own setting (the chart's maxTrials) can lower this.
 MAX_TRIALS = 5000
-MAX_SEEDS = 32  # a seed interval narrows as 1/sqrt(n): past 32 seeds it barely moves, and the grid multiplies
 STORAGE_URI = re.compile(rf"^(s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9](/{_SEGMENT})*/?|file://\S+)$")
 
 
@@ -45,13 +45,6 @@ class Metric(str, Enum):
     rouge_lsum = "rougeLsum"
     json_kv_match = "json_kv_match"
     eval_loss = "eval_loss"
-
-
-class Variant(str, Enum):
-    lora = "lora"
-    rslora = "rslora"
-    dora = "dora"
-    loraplus = "loraplus"
 
 
 class Quantization(str, Enum):
@@ -154,97 +147,6 @@ class DatasetSpec(ApiModel):
         if not DATA_URI.match(value):
             raise ValueError("expected s3://bucket/key.jsonl, pvc://claim/path, file://path or an absolute path")
         return value
-
-
-ModuleSet = Annotated[
-    list[str],
-    Field(min_length=1, max_length=32, json_schema_extra={"x-kubernetes-list-type": "atomic"}),
-]
-
-
-class SearchSpec(ApiModel):
-    module_sets: list[ModuleSet] = Field(
-        description="Module sets to compare. Each entry is a list of logical groups (qkv, o_proj, fc1, fc2, "
-        "attn, mlp, all) or raw module names (q_proj, attn.c_proj) resolved against the model.",
-        min_length=1,
-        max_length=64,
-        json_schema_extra={"x-kubernetes-list-type": "atomic"},
-    )
-    ranks: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        [16],
-        description="LoRA ranks r to try; every module set is trained at every rank.",
-        min_length=1,
-        max_length=16,
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-    alpha_over_rank: float = Field(
-        2.0, gt=0, le=1024, description="lora_alpha = alphaOverRank x r, so the update scale is constant across ranks."
-    )
-    variants: list[Variant] = Field(
-        [Variant.lora],
-        description="Adapter variants: lora, rslora (rank-stabilised scaling), dora (weight-decomposed) or "
-        "loraplus (larger learning rate for B).",
-        min_length=1,
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-    include_baseline: bool = Field(
-        True, description="Also evaluate and time the base model with no adapter, once per dataset."
-    )
-    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] | None = Field(
-        None,
-        description="Train every configuration once per seed (data order, adapter initialisation, dropout), "
-        "e.g. [1, 2, 3]; the summary then reports a mean and a 95% interval per configuration and ranks "
-        "configurations whose intervals overlap as tied. Unset: one run with training.seed. Overrides "
-        "training.seed when set.",
-        min_length=1,
-        max_length=MAX_SEEDS,
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-
-    @field_validator("module_sets")
-    @classmethod
-    def _module_sets(cls, sets: list[list[str]]) -> list[list[str]]:
-        problems: list[str] = []
-        seen: dict[tuple[str, ...], int] = {}
-        for index, module_set in enumerate(sets):
-            for name in module_set:
-                problem = validate_module_name(name)
-                if problem:
-                    problems.append(f"moduleSets[{index}]: {problem}")
-            if len(set(module_set)) != len(module_set):
-                problems.append(f"moduleSets[{index}]: lists a module twice ({module_set})")
-            if "all" in module_set and len(module_set) > 1:
-                problems.append(f"moduleSets[{index}]: 'all' already covers every group; list it alone")
-            key = canonical_module_set(module_set)
-            if key in seen and not problems:
-                problems.append(
-                    f"moduleSets[{index}]: same modules as moduleSets[{seen[key]}] ({'+'.join(key)}); remove one"
-                )
-            seen.setdefault(key, index)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return sets
-
-    @field_validator("ranks")
-    @classmethod
-    def _ranks(cls, ranks: list[int]) -> list[int]:
-        if len(set(ranks)) != len(ranks):
-            raise ValueError(f"ranks repeat a value ({ranks})")
-        return ranks
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
-        if seeds is not None and len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds repeat a value ({seeds}): a repeated seed repeats the same run")
-        return seeds
-
-    @field_validator("variants")
-    @classmethod
-    def _variants(cls, variants: list[Variant]) -> list[Variant]:
-        if len(set(variants)) != len(variants):
-            raise ValueError(f"variants repeat a value ({[str(v) for v in variants]})")
-        return variants
 
 
 class TrainingSpec(ApiModel):
@@ -378,10 +280,11 @@ class LoraAblationSpec(ApiModel):
                     " * (has(self.search.ranks) ? size(self.search.ranks) : 1)"
                     " * (has(self.search.variants) ? size(self.search.variants) : 1)"
                     " * (has(self.search.seeds) ? size(self.search.seeds) : 1)"
+                    " * (has(self.search.layers) ? size(self.search.layers) : 1)"
                     " + (has(self.search.includeBaseline) && !self.search.includeBaseline ? 0 : 1))"
                     f" <= {MAX_TRIALS}",
-                    "message": "the grid (datasets x (moduleSets x ranks x variants x seeds + baseline)) exceeds "
-                    f"{MAX_TRIALS} trials: narrow it or split the study",
+                    "message": "the grid (datasets x (moduleSets x ranks x variants x seeds x layers + baseline)) "
+                    f"exceeds {MAX_TRIALS} trials: narrow it or split the study",
                 },
             ]
         }
@@ -419,7 +322,7 @@ class LoraAblationSpec(ApiModel):
     def trial_count(self) -> int:
         """How many trials the plan will hold, without planning them."""
         per_dataset = len(self.search.module_sets) * len(self.search.ranks) * len(self.search.variants)
-        per_dataset *= len(self.seeds)
+        per_dataset *= len(self.seeds) * len(self.search.layers)
         return len(self.datasets) * (per_dataset + int(self.search.include_baseline))
 
     @model_validator(mode="after")
@@ -435,8 +338,8 @@ class LoraAblationSpec(ApiModel):
             )
         if self.trial_count > MAX_TRIALS:
             raise ValueError(
-                f"the grid asks for {self.trial_count} trials (datasets x (moduleSets x ranks x variants x seeds + "
-                "baseline)); "
+                f"the grid asks for {self.trial_count} trials (datasets x (moduleSets x ranks x variants x seeds x "
+                "layers + baseline)); "
                 f"at most {MAX_TRIALS}: narrow it or split the study"
             )
         return self

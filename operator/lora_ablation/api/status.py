@@ -30,6 +30,8 @@ class TrialCounts(OpenModel):
     succeeded: int = Field(0, description="Trials with a valid result.")
     failed: int = Field(0, description="Trials whose Job failed.")
     results_missing: int = Field(0, description="Trials whose Job succeeded without leaving a valid result.")
+    eliminated: int = Field(0, description="Trials stopped after stage one (search.earlyStopping).")
+    skipped: int = Field(0, description="Trials never started because execution.maxGpuHours was reached.")
 
 
 class TrialStatus(OpenModel):
@@ -43,12 +45,26 @@ class TrialStatus(OpenModel):
     seed: int | None = Field(None, description="Training seed, when search.seeds lists several.")
     job: str | None = Field(None, description="Name of the trial's Job once created.")
     state: str = Field(
-        description="Pending, Running, Stuck (a pod cannot start: see message), Succeeded, Failed, ResultsMissing or "
-        "Suspended.",
+        description="Pending, Running, Stuck (a pod cannot start: see message), Succeeded, Failed, ResultsMissing, "
+        "Suspended, Eliminated (stopped after stage one; its stage-one score is kept) or Skipped (never started: "
+        "the GPU-hour budget was reached).",
         json_schema_extra={
-            "enum": ["Pending", "Running", "Stuck", "Succeeded", "Failed", "ResultsMissing", "Suspended"]
+            "enum": [
+                "Pending",
+                "Running",
+                "Stuck",
+                "Succeeded",
+                "Failed",
+                "ResultsMissing",
+                "Suspended",
+                "Eliminated",
+                "Skipped",
+            ]
         },
     )
+    layers: str | None = Field(None, description="Layer subset, when search.layers lists several.")
+    stage_one_score: float | None = Field(None, description="Score at the stage-one checkpoint (two-stage runs).")
+    gpu_seconds: float | None = Field(None, description="Device-seconds the trial used so far (both stages).")
     score: float | None = Field(None, description="Eval score (higher is better).")
     tpot_p95_ms: float | None = Field(None, description="Adapter time per output token, p95, in milliseconds.")
     message: str | None = Field(None, description="Why the trial is in this state (failure reason, exit code).")
@@ -113,6 +129,10 @@ class LoraAblationStatus(OpenModel):
     )
     recommendation: Recommendation | None = Field(None, description="The answer: accuracy-first and balanced picks.")
     results_uri: str | None = Field(None, description="Storage prefix holding every result and summary.json.")
+    gpu_hours: float | None = Field(
+        None,
+        description="Device-hours the ablation's trials used so far (GPU-hours; CPU-only trials count one device).",
+    )
     warnings: list[str] | None = Field(
         None,
         max_length=20,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
-from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, TrainingSpec
+from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, LayerSubset, TrainingSpec
+from lora_ablation.api.stages import StageOneSpec
 
 RESULT_SCHEMA_VERSION = 1
 # Bounds on what a trial image may write: results are read by the shared operator, so a hostile or broken
@@ -45,9 +46,17 @@ class TrialSpec(ApiModel):
         description="lora, rslora, dora, loraplus, or none for the baseline.",
         json_schema_extra={"enum": ["lora", "rslora", "dora", "loraplus", BASELINE_VARIANT]},
     )
+    layers: LayerSubset = Field(
+        "all", description="Layer subset that gets adapters (search.layers); all for every layer."
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training hyperparameters.")
     latency: LatencySpec = Field(default_factory=LatencySpec, description="Latency protocol.")
     storage: TrialStorage = Field(description="Where the trial writes its outputs.")
+    stage_one: StageOneSpec | None = Field(
+        None,
+        description="Set for a two-stage trial's first stage: train to the fraction, checkpoint, evaluate, write "
+        "stage-one.json and stop. Unset: train to the end (resuming from any checkpoint) and publish result.json.",
+    )
     sharding: str | None = Field(
         None,
         description="How the trainer spreads the trial over several processes (GPUs): fsdp shards the model with "
@@ -74,6 +83,25 @@ class TrialSpec(ApiModel):
             raise ValueError("a baseline trial (variant none) has no modules and rank 0")
         if not self.is_baseline and (not self.modules or self.rank < 1):
             raise ValueError(f"a {self.variant} trial needs at least one module and rank >= 1")
+        if self.is_baseline and (self.stage_one is not None or self.layers != "all"):
+            raise ValueError("a baseline trial trains nothing: it has no stage one and no layer subset")
+        return self
+
+
+class TrialBatch(ApiModel):
+    """Several trials for one pod (execution.trialsPerPod): the base model is fetched and loaded once."""
+
+    trials: list[TrialSpec] = Field(min_length=1, max_length=32, description="Trials, run in this order.")
+
+    @model_validator(mode="after")
+    def _one_base_model(self) -> TrialBatch:
+        first = self.trials[0].base_model
+        for index, trial in enumerate(self.trials):
+            if trial.base_model != first:
+                raise ValueError(f"trials[{index}].baseModel: every trial of a batch must share one base model")
+        names = [t.name for t in self.trials]
+        if len(set(names)) != len(names):
+            raise ValueError("trials: a trial is listed twice")
         return self
 
 
@@ -147,7 +175,8 @@ class LatencyMetrics(OpenModel):
     base: LatencyStats = Field(description="Base model, no adapter, same process.")
     adapter: LatencyStats | None = Field(None, description="With the unmerged adapter; absent for the baseline.")
     merged: LatencyStats | None = Field(
-        None, description="With the adapter merged into a copy of the weights (merge_and_unload): the serving path "
+        None,
+        description="With the adapter merged into a copy of the weights (merge_and_unload): the serving path "
         "without adapter overhead. Absent for the baseline or when a second copy did not fit.",
     )
     tpot_overhead_pct: float | None = Field(None, description="(adapter TPOT p95 / base TPOT p95 - 1) x 100.")
@@ -187,6 +216,7 @@ class TrialResult(OpenModel):
     seed: int | None = Field(
         None, description="Training seed (search.seeds); absent for the baseline and for results of older trainers."
     )
+    layers: str = Field("all", max_length=320, description="Layer subset that got adapters (search.layers).")
     targeted_module_names: list[str] = Field(
         default_factory=list, max_length=MAX_NAMES, description="Modules PEFT actually wrapped."
     )
@@ -208,6 +238,13 @@ class TrialResult(OpenModel):
     started_at: str | None = Field(None, description="RFC 3339 start time.")
     finished_at: str | None = Field(None, description="RFC 3339 finish time.")
     gpu_seconds: float | None = Field(None, description="Wall-clock seconds x GPUs used.")
+    compute_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Device-seconds: wall-clock seconds x GPUs used, or x 1 on a CPU-only run (what "
+        "execution.maxGpuHours counts); stage one included for a two-stage trial.",
+    )
+    cpu_seconds: float | None = Field(None, ge=0, description="CPU time of the trial (user + system, every thread).")
 
     @model_validator(mode="after")
     def _magnitudes(self) -> TrialResult:

@@ -1,0 +1,90 @@
+"""Two-stage elimination (search.earlyStopping) and what a trial leaves behind besides result.json:
+stage-one.json (its score at the stage-one checkpoint) and failure.json (why it failed inside a pod that
+runs several trials)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import Field, model_validator
+
+from lora_ablation.api.base import ApiModel, OpenModel
+
+
+class EliminationRule(str, Enum):
+    above_median = "aboveMedian"
+    top_k = "topK"
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Every configuration trains for a first fraction of its steps and is evaluated there; per dataset, the
+    losing configurations stop (state Eliminated) and the others resume from their checkpoint, so no step is
+    trained twice. The baseline trains nothing and is never eliminated."""
+
+    stage_one_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Fraction of each trial's optimizer steps trained before the stage-one evaluation (rounded up "
+        "to a whole step; the learning-rate schedule still spans every step, so survivors continue unchanged).",
+    )
+    rule: EliminationRule = Field(
+        EliminationRule.above_median,
+        description="Which configurations survive per dataset, ranked by stage-one score (the mean over seeds): "
+        "aboveMedian keeps those scoring at least the median; topK keeps the best `keep`. Ties at the boundary "
+        "survive, and so does every configuration when fewer than minConfigurations ran.",
+    )
+    keep: int | None = Field(None, ge=1, le=1024, description="How many configurations topK keeps per dataset.")
+    min_configurations: int = Field(
+        3,
+        ge=2,
+        le=1024,
+        description="Eliminate only on datasets where at least this many configurations reached stage one.",
+    )
+    eval_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate stage one on at most this many eval records (the dataset's first ones); unset: "
+        "the dataset's maxEvalSamples. Fewer records make stage one cheaper and its ranking noisier.",
+    )
+
+    @model_validator(mode="after")
+    def _keep(self) -> EarlyStoppingSpec:
+        if self.rule == EliminationRule.top_k and self.keep is None:
+            raise ValueError("search.earlyStopping.keep: rule topK needs keep (how many configurations survive)")
+        if self.rule != EliminationRule.top_k and self.keep is not None:
+            raise ValueError("search.earlyStopping.keep: only rule topK uses keep; remove it or set rule: topK")
+        return self
+
+
+class StageOneSpec(ApiModel):
+    """Set on a trial's first stage: train to the checkpoint, evaluate, write stage-one.json, stop."""
+
+    fraction: float = Field(gt=0, lt=1, description="Fraction of the trial's steps to train now.")
+    eval_samples: int | None = Field(None, ge=1, description="Eval records for the stage-one score.")
+
+
+class StageOneResult(OpenModel):
+    """stage-one.json: a trial's score at its stage-one checkpoint (the checkpoint is in checkpoints/)."""
+
+    trial: str = Field(description="Trial name.")
+    dataset: str = Field(description="Dataset name.")
+    step: int = Field(ge=0, description="Optimizer steps trained (and checkpointed) in stage one.")
+    steps: int = Field(ge=1, description="Optimizer steps the whole trial takes.")
+    metric: str = Field(description="Metric name from the dataset spec.")
+    score: float = Field(description="Stage-one eval score (higher is better).")
+    samples: int = Field(ge=0, description="Eval records scored.")
+    loss_last: float | None = Field(None, description="Mean training loss over the last logged window.")
+    compute_seconds: float = Field(0.0, ge=0, description="Device-seconds stage one used (see TrialResult).")
+    gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds stage one used.")
+    finished_at: str | None = Field(None, description="RFC 3339 time stage one finished.")
+
+
+class TrialFailure(OpenModel):
+    """failure.json: a trial that failed for good inside a pod running several trials (the pod goes on with
+    the others, so the Job's own state cannot say which trial failed)."""
+
+    trial: str = Field(description="Trial name.")
+    message: str = Field(max_length=4000, description="Why it failed, as a one-trial Job's termination message.")
+    exit_code: int = Field(description="The exit code a one-trial Job would have ended with.")
+    finished_at: str | None = Field(None, description="RFC 3339 time of the failure.")

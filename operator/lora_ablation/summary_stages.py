@@ -1,0 +1,48 @@
+"""What two-stage elimination and the budget add to a summary: the eliminated configurations with their stage-one
+scores (apart from the completed ones the leaderboard ranks), and what the ablation cost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from lora_ablation.api.stages import StageOneResult
+from lora_ablation.budget import Costs
+from lora_ablation.plan import Plan
+from lora_ablation.schedule import Elimination
+from lora_ablation.summary_models import Compute, EliminatedConfig, StageOneEntry, Summary
+
+
+def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_ones: Mapping[str, StageOneResult],
+                costs: Costs, skipped: Iterable[str] = (), max_gpu_hours: float | None = None) -> Summary:  # fmt: skip
+    by_config: dict[tuple[str, str], list[str]] = {}
+    for trial in plan.trials:
+        if trial.name in elimination.eliminated:
+            by_config.setdefault((trial.spec.dataset.name, trial.label), []).append(trial.name)
+    eliminated = []
+    for (dataset, label), trials in by_config.items():
+        first = stage_ones[trials[0]]
+        eliminated.append(EliminatedConfig(
+            dataset=dataset, config=label, stage_one_score=round(elimination.scores[dataset][label], 6),
+            cutoff=round(elimination.cutoffs[dataset], 6), step=first.step, steps=first.steps, trials=trials,
+        ))  # fmt: skip
+    eliminated.sort(key=lambda e: (e.dataset, -e.stage_one_score))
+    survived = {(t.spec.dataset.name, t.label) for t in plan.trials if t.name in elimination.survivors}
+    entries = [
+        StageOneEntry(dataset=dataset, config=label, score=round(score, 6), survived=(dataset, label) in survived)
+        for dataset, scores in elimination.scores.items()
+        for label, score in sorted(scores.items(), key=lambda kv: -kv[1])
+    ]
+    one = sum(s.compute_seconds for s in stage_ones.values())
+    gone = sum(stage_ones[n].compute_seconds for n in elimination.eliminated if n in stage_ones)
+    compute = Compute(
+        gpu_hours=round(costs.hours, 6), stage_one_gpu_hours=round(one / 3600, 6),
+        eliminated_gpu_hours=round(gone / 3600, 6), max_gpu_hours=max_gpu_hours, skipped_trials=sorted(skipped),
+    )  # fmt: skip
+    notes = list(summary.notes)
+    if eliminated:
+        notes.append(f"{len(eliminated)} configuration(s) eliminated after stage one (see eliminated); the "
+                     "leaderboard ranks the completed ones")  # fmt: skip
+    if compute.skipped_trials:
+        notes.append(f"{len(compute.skipped_trials)} trial(s) never started: execution.maxGpuHours was reached")
+    return summary.model_copy(update={"eliminated": eliminated, "stage_one": entries, "compute": compute,
+                                      "notes": notes})  # fmt: skip
