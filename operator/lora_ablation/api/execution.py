@@ -44,8 +44,11 @@ class Toleration(ApiModel):
 
 
 class ResourcesSpec(ApiModel):
-    gpus: int = Field(1, ge=0, description="GPUs per trial; more than one trains data-parallel or sharded inside the pod "
-        "(execution.sharding).",)
+    gpus: int = Field(
+        1,
+        ge=0,
+        description="GPUs per trial; more than one trains data-parallel or sharded inside the pod (execution.sharding).",
+    )
     gpu_resource_name: QualifiedName = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
     gpu_memory: str | None = Field(
         None,
