@@ -47,7 +47,7 @@ class ResourcesSpec(ApiModel):
     gpus: int = Field(
         1,
         ge=0,
-        description="GPUs per trial; more than one trains data-parallel or sharded inside the pod (execution.sharding).",
+        description="GPUs per trial; more than one trains data-parallel or sharded in the pod (execution.sharding).",
     )
     gpu_resource_name: QualifiedName = Field("nvidia.com/gpu", description="Extended resource name of the GPU.")
     gpu_memory: str | None = Field(
