@@ -4,7 +4,7 @@
 - data parallel (sharding none): every GPU holds the whole model and trains on its share of each step;
 - FSDP (sharding fsdp): weights, adapter, gradients and optimizer state are split across the GPUs; each
   decoder layer is gathered only while it computes. Chosen by `auto` only when the memory estimate says
-  the trial does not fit one GPU, since data parallel is faster whenever it fits (no per-layer gathers).
+  the trial does not fit one GPU: data parallel exchanges only gradients, FSDP also gathers every layer.
 
 Pure: the same spec and model config give the same decisions. It changes how a trial runs, not what it
 computes, so it is never part of a trial's name (plan.RUN_ONLY_TRAINING is the same idea).
