@@ -126,6 +126,25 @@ def test_sharded_trial_killed_resumes_and_trains_the_adapter_one_process_would(t
     assert _loads_and_changes_outputs(tiny_models["llama"], out / "adapter") > 1e-3
 
 
+def test_every_data_parallel_rank_resumes_from_the_checkpoint(tiny_models, choice_data, tmp_path):
+    """Rank 0 alone writes checkpoints, but all ranks must read them: a rank starting over would run more steps
+    than rank 0 and wait forever in a collective that rank 0 never joins."""
+    out = tmp_path / "dp"
+    spec = _spec(tiny_models, choice_data, f"file://{out}", "none", maxSteps=12, checkpointEverySteps=4)
+    checkpoint = out / "checkpoints" / "latest.pt"
+    process = _start(spec, tmp_path, {"LORA_ABLATION_PROCESSES": "2"})
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert checkpoint.exists(), _finish(process)[-3000:]
+    _kill_tree(process.pid)
+    process.communicate()
+    output = _finish(_start(spec, tmp_path, {"LORA_ABLATION_PROCESSES": "2"}), timeout=180)
+    result = TrialResult.model_validate_json((out / "result.json").read_text())
+    resumed = result.train.resumed_from_step
+    assert resumed in (4, 8) and output.count(f"resuming from checkpoint at step {resumed} of 12") == 2, output[-3000:]
+
+
 def test_two_nodes_meet_through_the_pet_variables_and_only_node_0_publishes(
     tiny_models, choice_data, s3_bucket, tmp_path
 ):
