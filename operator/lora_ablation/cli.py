@@ -11,7 +11,6 @@ from typing import Any
 
 from lora_ablation import guardrails, suggest
 from lora_ablation.api.base import SpecError
-from lora_ablation.api.execution import ExecutionSpec
 from lora_ablation.crdgen import render_crd
 from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
 from lora_ablation.manifest import load_ablation, read_manifest
@@ -19,9 +18,11 @@ from lora_ablation.memory import GIB, MemoryReport, plan_memory
 from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
+from lora_ablation.placement import multi_node_line, multi_node_placement
 from lora_ablation.plan import LayerSelectionError, PlannedTrial, plan_trials
 from lora_ablation.report import human_count, text_table
 from lora_ablation.schedule import describe as describe_schedule
+from lora_ablation.sharding import plan_lines as sharding_lines
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
 
@@ -100,28 +101,9 @@ def _target_count(trial: PlannedTrial) -> str:
     return str(len(trial.spec.target_modules) + len(trial.spec.target_parameters or []))
 
 
-def multi_node_placement(execution: ExecutionSpec) -> dict[str, Any] | None:
-    """How each trial runs when it spans nodes (execution.nodes > 1), and why; None for a one-pod trial."""
-    if execution.nodes <= 1:
-        return None
-    engine = execution.multi_node.engine if execution.multi_node and execution.multi_node.engine else None
-    gpus = execution.resources.gpus
-    return {
-        "nodes": execution.nodes,
-        "gpusPerNode": gpus,
-        "engine": engine or "JobSet",
-        "engineFrom": "execution.multiNode.engine" if engine else "the operator's default (chart multiNode.engine)",
-        "why": f"execution.nodes is {execution.nodes}: torchrun spans {execution.nodes} pods of {max(1, gpus)} "
-        f"process(es) each ({execution.nodes * max(1, gpus)} in all), started and restarted together",
-    }
-
-
-def multi_node_line(execution: ExecutionSpec) -> str | None:
-    placement = multi_node_placement(execution)
-    if placement is None:
-        return None
-    return (f"Each trial runs on {placement['nodes']} nodes x {placement['gpusPerNode']} GPUs via "
-            f"{placement['engine']} ({placement['engineFrom']}): {placement['why']}.")  # fmt: skip
+def _runs(plan, name: str) -> str | None:
+    decision = plan.sharding.get(name)
+    return f"{decision.describe()}: {decision.reason}" if decision else None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -152,6 +134,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "targetParameters": t.spec.target_parameters,
                     "estimatedParams": t.estimated_params,
                     "estimatedMemoryBytes": memory.estimates[t.name].total if t.name in memory.estimates else None,
+                    "sharding": t.spec.sharding or "none",
+                    "runs": _runs(plan, t.name),
                     "resultsUri": t.spec.storage.uri,
                 }
                 for t in plan.trials
@@ -188,6 +172,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(line)
     for line in memory.lines():
         print(line)
+    for line in sharding_lines(plan.trials, plan.sharding):
+        print(line)
     warnings = guardrails.for_plan(ablation.spec, plan)
     if warnings:
         print(f"\n{len(warnings)} guardrail warning(s) (advice from the seed studies; the plan stands):")
@@ -215,7 +201,7 @@ def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
     except (ModelConfigUnavailable, UnsupportedModel) as error:
         source_note = f"modules not resolved ({error})"
     try:
-        plan = plan_trials(meta.name, meta.namespace, spec, inventory)
+        plan = plan_trials(meta.name, meta.namespace, spec, inventory, config if inventory else None)
     except ModuleResolutionError as error:
         raise SpecError([f"spec.search.moduleSets: {error}"]) from None
     except LayerSelectionError as error:  # already names spec.search.layers[i]

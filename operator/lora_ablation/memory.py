@@ -225,7 +225,7 @@ def plan_memory(plan: Plan, inventory: ModelInventory, config: Mapping[str, Any]
         if estimate is None:
             continue
         estimates[trial.name] = estimate
-        if gpu_bytes and trial.label not in warnings:
+        if gpu_bytes and trial.label not in warnings and trial.spec.sharding != "fsdp":  # fsdp: lora_ablation.sharding
             warning = fit_warning(trial.label, estimate, gpu_bytes, source, trial.spec)
             if warning:
                 warnings[trial.label] = warning

@@ -3,7 +3,9 @@ plan, same names, on any machine; the operator, the local runner and `lora-ablat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec, TrainingSpec
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
@@ -37,6 +39,7 @@ class Plan:
     trials: list[PlannedTrial]
     inventory_source: str | None  # 'catalog', 'module tree' or None (model not inspected)
     notes: list[str]
+    sharding: dict[str, Any] = field(default_factory=dict)  # trial name -> lora_ablation.sharding.Decision
 
     @property
     def names(self) -> list[str]:
@@ -90,7 +93,13 @@ def _identity(
     return identity
 
 
-def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory: ModelInventory | None = None) -> Plan:
+def plan_trials(
+    ablation: str,
+    namespace: str,
+    spec: LoraAblationSpec,
+    inventory: ModelInventory | None = None,
+    model_config: Mapping[str, Any] | None = None,
+) -> Plan:
     """Datasets x module sets x ranks x variants x seeds, each dataset preceded by its no-adapter baseline
     (one per dataset: the base model is not trained, so a seed changes nothing it computes).
 
@@ -162,4 +171,8 @@ def plan_trials(ablation: str, namespace: str, spec: LoraAblationSpec, inventory
     notes = (
         list(inventory.notes) if inventory else ["model not inspected: modules unresolved, parameters not estimated"]
     )
-    return Plan(trials, inventory.source if inventory else None, notes)
+    plan = Plan(trials, inventory.source if inventory else None, notes)
+    from lora_ablation.sharding import assign_sharding  # lazy: sharding reads memory, which imports this module
+
+    plan.sharding = assign_sharding(spec, plan, inventory, model_config)  # how each trial runs (TrialSpec.sharding)
+    return plan

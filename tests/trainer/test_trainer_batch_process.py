@@ -149,8 +149,8 @@ def test_a_batch_trains_data_parallel(tiny_models, choice_data, tmp_path):
     """The multi-GPU path with a batch: every rank runs every trial, rank 0 publishes, storage decides skips."""
     specs = [trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
                         name=name, latency={"enabled": False}, modules=modules,
-                        training={"maxSteps": 4, "gradientAccumulation": 2})  # fmt: skip
-             for name, modules in (("p", ["o_proj"]), ("q", ["fc2"]))]  # fmt: skip
+                        training={"maxSteps": 4, "gradientAccumulation": 2})
+             for name, modules in (("p", ["o_proj"]), ("q", ["fc2"]))]
     batch_file = tmp_path / "batch.json"
     batch_file.write_text(TrialBatch(trials=specs).model_dump_json(by_alias=True))
     env = {"LORA_ABLATION_PROCESSES": "2", "OMP_NUM_THREADS": "1"}

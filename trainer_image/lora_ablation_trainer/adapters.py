@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
 from peft.optimizers import create_loraplus_optimizer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
@@ -164,6 +164,15 @@ def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Modu
     wrapped = sorted(peft_model.targeted_module_names)
     if wrapped != sorted(resolution.target_modules):
         raise PermanentTrialError(f"PEFT wrapped {len(wrapped)} modules, expected {len(resolution.target_modules)}")
+    return peft_model
+
+
+def with_adapter_weights(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module, weights: dict) -> PeftModel:
+    """The trial's adapter on a freshly loaded base, holding trained weights (PEFT's own state-dict format)."""
+    peft_model = attach_adapter(spec, resolution, model)
+    loaded = set_peft_model_state_dict(peft_model, weights)
+    if loaded.unexpected_keys:
+        raise PermanentTrialError(f"the trained adapter does not fit the model: {loaded.unexpected_keys[:3]}")
     return peft_model
 
 

@@ -58,7 +58,7 @@ class Base:
         self.vision = adapters.load_vision(self.model_dir)  # a VLM's processor renders and encodes records
         device = adapters.pick_device()
         if self.dist.world > 1 and device.type == "cuda":
-            device = torch.device("cuda", self.dist.rank)
+            device = torch.device("cuda", self.dist.local_rank)  # the GPU on this node, not the global rank
         self.device = device
         self.dtype = adapters.pick_dtype(self.spec.base_model.dtype, device)
 
@@ -120,6 +120,12 @@ class Base:
             self._model = adapters.load_model(self.model_dir, self.dtype, self.device, quantization)
             self._fingerprint = _fingerprint(self._model) if self.shared else []
         return self._model
+
+    def host_model(self) -> torch.nn.Module:
+        """A private copy on the host, for a sharded trial: fully_shard moves each layer's shard to its GPU (the
+        whole model never goes to one) and changes the modules in place, so it cannot be the shared base."""
+        host = torch.device("cpu")
+        return adapters.load_model(self.model_dir, self.dtype, host, self.spec.base_model.quantization)
 
     def release(self, model: torch.nn.Module | None) -> None:
         """Take the trial's adapter off (unload, no merge), so the next trial of the pod starts from the base."""

@@ -17,6 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 from lora_ablation.api.spec import TrainingSpec
 from lora_ablation.api.trial import TrainMetrics
 from lora_ablation.store import Store
+from lora_ablation_trainer import fsdp
 from lora_ablation_trainer.data import collate, iterate_micro_batches
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.loss import completion_loss, keeps_scored_logits
@@ -28,10 +29,13 @@ CHECKPOINT = "checkpoints/latest.pt"
 
 @dataclass
 class Distributed:
-    """Where this process sits in a data-parallel group (world 1 without torchrun)."""
+    """Where this process sits in a process group (world 1 without torchrun): data parallel, or FSDP when
+    `sharded`. `rank` is global (rank 0 alone publishes), `local_rank` picks the GPU on this node."""
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
+    sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -55,12 +59,20 @@ def total_steps(training: TrainingSpec, n_features: int, world: int) -> int:
     return max(1, math.ceil((training.epochs or 1.0) * micro_per_epoch / per_step))
 
 
-def _save(store: Store, model, optimizer, scheduler, state: TrainState) -> None:
+def _save(store: Store, model, optimizer, scheduler, state: TrainState, dist: Distributed) -> None:
+    """Rank 0 writes; under FSDP every rank first takes part in gathering the full adapter and optimizer state."""
+    if dist.sharded:  # keyed by parameter name, whole tensors: readable whatever the number of processes
+        adapter, optimizer_state = fsdp.full_adapter(model), fsdp.full_optimizer(model, optimizer)
+    elif dist.is_main:
+        adapter, optimizer_state = get_peft_model_state_dict(model), optimizer.state_dict()
+    if not dist.is_main:
+        return
     buffer = io.BytesIO()
     torch.save(
         {
-            "adapter": get_peft_model_state_dict(model),
-            "optimizer": optimizer.state_dict(),
+            "sharding": "fsdp" if dist.sharded else "none",
+            "adapter": adapter,
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "state": state.__dict__,
             "rng": torch.get_rng_state(),
@@ -70,12 +82,20 @@ def _save(store: Store, model, optimizer, scheduler, state: TrainState) -> None:
     store.write_bytes(CHECKPOINT, buffer.getvalue())  # one object: a half-written checkpoint is never read
 
 
-def _load(store: Store, model, optimizer, scheduler) -> TrainState | None:
+def _load(store: Store, model, optimizer, scheduler, dist: Distributed) -> TrainState | None:
+    """Every rank reads the checkpoint, so all resume from the same step with the same adapter."""
     if not store.exists(CHECKPOINT):
         return None
     payload = torch.load(io.BytesIO(store.read_bytes(CHECKPOINT)), map_location="cpu", weights_only=False)
-    set_peft_model_state_dict(model, payload["adapter"])
-    optimizer.load_state_dict(payload["optimizer"])
+    written = payload.get("sharding", "none")
+    if written != ("fsdp" if dist.sharded else "none"):  # the layouts differ; the trial's sharding was changed
+        log.warning("ignoring a checkpoint written with sharding %s; the trial starts over", written)
+        return None
+    if dist.sharded:
+        fsdp.load_full(model, optimizer, payload["adapter"], payload["optimizer"])
+    else:
+        set_peft_model_state_dict(model, payload["adapter"])
+        optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
     state = TrainState(**payload["state"])
@@ -90,8 +110,9 @@ def _peak_memory(device: torch.device) -> int:
 
 
 def _sync_gradients(model, dist: Distributed) -> None:
-    """Average gradients across ranks once per optimizer step (plain all-reduce; no DDP wrapper needed)."""
-    if dist.world == 1:
+    """Average gradients across ranks once per optimizer step (plain all-reduce; no DDP wrapper needed).
+    FSDP has reduce-scattered them already."""
+    if dist.world == 1 or dist.sharded:
         return
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.grad is not None:
@@ -104,7 +125,7 @@ def _step_figures(loss_sum: torch.Tensor, norm: torch.Tensor, dist: Distributed)
     if dist.world > 1:
         torch.distributed.all_reduce(loss_sum)
         loss_sum /= dist.world
-    loss, grad_norm = torch.stack([loss_sum, norm.to(loss_sum)]).tolist()
+    loss, grad_norm = torch.stack([loss_sum, fsdp.local_norm(norm).to(loss_sum)]).tolist()
     return loss, grad_norm
 
 
@@ -147,7 +168,7 @@ def train_adapter(
     steps = total_steps(training, len(features), dist.world)
     stop = min(stop_at or steps, steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(training.warmup_ratio * steps), steps)
-    state = (_load(checkpoints, model, optimizer, scheduler) if checkpoints else None) or TrainState()
+    state = (_load(checkpoints, model, optimizer, scheduler, dist) if checkpoints else None) or TrainState()
     if state.resumed_from is not None:
         log.info("resuming from checkpoint at step %d of %d", state.step, steps)
     micro_per_step = training.gradient_accumulation * dist.world
@@ -166,6 +187,7 @@ def train_adapter(
             _, indices = next(batches)
             if k % dist.world != dist.rank:
                 continue
+            fsdp.gradient_sync(model, k >= micro_per_step - dist.world)  # this rank's last micro-batch of the step
             chosen = [features[i] for i in indices]
             step_tokens += sum(len(f["input_ids"]) for f in chosen)  # real tokens, not padding
             batch = {key: value.to(device) for key, value in collate(chosen, pad_id).items()}
@@ -198,8 +220,8 @@ def train_adapter(
                 state.tokens / max(state.seconds, 1e-9),
             )
         periodic = state.step % training.checkpoint_every_steps == 0 and state.step < steps
-        if checkpoints and dist.is_main and (periodic or (stop_at is not None and state.step == stop)):
-            _save(checkpoints, model, optimizer, scheduler, state)
+        if checkpoints and (periodic or (stop_at is not None and state.step == stop)):
+            _save(checkpoints, model, optimizer, scheduler, state, dist)  # every rank: FSDP gathers; rank 0 writes
     window = max(1, min(10, len(state.losses) // 5 or 1))
     return TrainMetrics(
         steps=state.step,

@@ -15,7 +15,7 @@ import torch
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.store import Store
-from lora_ablation_trainer import adapters
+from lora_ablation_trainer import adapters, fsdp
 from lora_ablation_trainer.base import Base, TrialData
 from lora_ablation_trainer.data import encode
 from lora_ablation_trainer.effect import adapter_effect
@@ -80,18 +80,35 @@ def run_on_base(
     tmp: Path,
     clock: Clock,
 ) -> TrialResult | StageOneResult | None:
-    """The trial on `base`'s model; the adapter comes off afterwards, whatever happened."""
+    """The trial on `base`'s model; the adapter comes off afterwards, whatever happened.
+
+    Sharded (FSDP), the trial trains on a private host copy sharded across the ranks; then rank 0 gathers the
+    adapter and evaluates, times and publishes it on the unsharded base, like any other trial."""
     model = None
+    sharded = base.dist.sharded and targets is not None
     try:
-        model = base.model()
+        model = base.host_model() if sharded else base.model()
         if targets is not None:
             model = adapters.attach_adapter(spec, targets, model)
-        return _train_and_report(spec, store, base, targets, data, model, tmp, clock)
+            if sharded:
+                model = fsdp.shard(model, base.device, base.dist.world)
+        train_metrics, steps = _train(spec, store, base, targets, data, model)
+        if sharded:
+            trained = fsdp.gathered_peft_adapter(model)
+            model = None
+            fsdp.release()
+            if base.dist.is_main:
+                model = adapters.with_adapter_weights(spec, targets, base.model(), trained)
+        if not base.dist.is_main:
+            return None  # rank 0 alone evaluates, times and publishes
+        if spec.stage_one is not None:
+            return _stage_one(spec, store, base, data, model, train_metrics, steps, clock)
+        return _report(spec, store, base, targets, data, model, train_metrics, tmp, clock)
     finally:
         base.release(model)
 
 
-def _train_and_report(spec, store, base, targets, data, model, tmp, clock):
+def _train(spec, store, base, targets, data, model):
     tokenizer, vision, device, dist = base.tokenizer, base.vision, base.device, base.dist
     max_length = spec.training.max_seq_length
     train_metrics, steps = None, 0
@@ -108,14 +125,16 @@ def _train_and_report(spec, store, base, targets, data, model, tmp, clock):
             adapters.make_optimizer(model, spec),
             tokenizer.pad_token_id,
             device,
-            store if dist.is_main else None,
+            store,  # every rank reads a checkpoint to resume; rank 0 alone writes them
             dist,
             stop_at=stop_at,
         )
-    if not dist.is_main:
-        return None  # rank 0 alone evaluates, times and publishes
-    if spec.stage_one is not None:
-        return _stage_one(spec, store, base, data, model, train_metrics, steps, clock)
+    return train_metrics, steps
+
+
+def _report(spec, store, base, targets, data, model, train_metrics, tmp, clock):
+    tokenizer, vision, device = base.tokenizer, base.vision, base.device
+    max_length = spec.training.max_seq_length
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, data.eval, spec.dataset.metric, max_length, device, vision)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from enum import Enum
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -97,6 +98,12 @@ class MultiNodeSpec(ApiModel):
         return value
 
 
+class Sharding(str, Enum):
+    auto = "auto"
+    none = "none"
+    fsdp = "fsdp"
+
+
 class ExecutionSpec(ApiModel):
     model_config = {
         "json_schema_extra": {
@@ -105,7 +112,12 @@ class ExecutionSpec(ApiModel):
                     "rule": "!has(self.trialsPerPod) || self.trialsPerPod <= 1 || !has(self.nodes) || self.nodes <= 1",
                     "message": "execution.trialsPerPod: several trials per pod run on one node; set it to 1 with "
                     "execution.nodes > 1",
-                }
+                },
+                {
+                    "rule": "!has(self.sharding) || self.sharding != 'fsdp' || (has(self.resources) && "
+                    "has(self.resources.gpus) && self.resources.gpus >= 2)",
+                    "message": "execution.sharding fsdp needs execution.resources.gpus >= 2",
+                },
             ]
         }
     }
@@ -168,6 +180,14 @@ class ExecutionSpec(ApiModel):
     multi_node: MultiNodeSpec | None = Field(
         None, description="How trials of more than one node run (execution.nodes > 1)."
     )
+    sharding: Sharding = Field(
+        Sharding.auto,
+        description="How a trial with several GPUs (resources.gpus > 1) spreads over them: none trains data-parallel "
+        "(every GPU holds the whole model); fsdp shards weights, adapter, gradients and optimizer state across them "
+        "(PyTorch FSDP), for models that do not fit one GPU; auto picks fsdp only when the estimated peak memory of "
+        "a trial exceeds one GPU (resources.gpuMemory or the nodeSelector's GPU) and resources.gpus > 1. "
+        "It changes how a trial runs, not what it computes: trial names and results stay the same.",
+    )
 
     @model_validator(mode="after")
     def _batches_on_one_node(self) -> ExecutionSpec:
@@ -175,5 +195,14 @@ class ExecutionSpec(ApiModel):
             raise ValueError(
                 "execution.trialsPerPod: several trials per pod run on one node; with execution.nodes "
                 f"{self.nodes} set trialsPerPod to 1"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sharding_needs_gpus(self) -> ExecutionSpec:
+        if self.sharding == Sharding.fsdp and self.resources.gpus < 2:
+            raise ValueError(
+                f"execution.sharding fsdp shards a trial across the GPUs of its pod and needs "
+                f"execution.resources.gpus >= 2 (now {self.resources.gpus}); raise gpus or set sharding to auto or none"
             )
         return self

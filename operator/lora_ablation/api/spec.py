@@ -270,6 +270,12 @@ class LoraAblationSpec(ApiModel):
                     "message": "execution.modelCacheClaim cannot be used with a file:// base model",
                 },
                 {
+                    "rule": "!has(self.execution) || !has(self.execution.sharding) || self.execution.sharding != 'fsdp'"
+                    " || !has(self.baseModel.quantization) || self.baseModel.quantization == 'none'",
+                    "message": "execution.sharding fsdp needs baseModel.quantization none: 4-bit weights are not "
+                    "sharded",
+                },
+                {
                     "rule": "size(self.datasets) * (size(self.search.moduleSets)"
                     " * (has(self.search.ranks) ? size(self.search.ranks) : 1)"
                     " * (has(self.search.variants) ? size(self.search.variants) : 1)"
@@ -325,6 +331,11 @@ class LoraAblationSpec(ApiModel):
             raise ValueError("selection.latencyBudgetMs needs latency.enabled: true")
         if self.execution.model_cache_claim and self.base_model.uri.startswith("file://"):
             raise ValueError("execution.modelCacheClaim cannot be used with a file:// base model")
+        if self.execution.sharding == "fsdp" and self.base_model.quantization != "none":
+            raise ValueError(  # the trainer shards full-precision weights only (4-bit storage under FSDP is untested)
+                "execution.sharding fsdp needs baseModel.quantization none: 4-bit weights are not sharded; "
+                "use sharding none (nf4 usually fits one GPU) or unquantized weights"
+            )
         if self.trial_count > MAX_TRIALS:
             raise ValueError(
                 f"the grid asks for {self.trial_count} trials (datasets x (moduleSets x ranks x variants x seeds x "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
 from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, LayerSubset, TrainingSpec
@@ -57,6 +57,21 @@ class TrialSpec(ApiModel):
         description="Set for a two-stage trial's first stage: train to the fraction, checkpoint, evaluate, write "
         "stage-one.json and stop. Unset: train to the end (resuming from any checkpoint) and publish result.json.",
     )
+    sharding: str | None = Field(
+        None,
+        description="How the trainer spreads the trial over several processes (GPUs): fsdp shards the model with "
+        "PyTorch FSDP; none or absent trains data-parallel. The planner decides it (lora_ablation.sharding) from "
+        "execution.sharding and the memory estimate; it is not part of the trial's name. Absent unless fsdp, so "
+        "the trial JSON of unsharded trials stays what it was.",
+        json_schema_extra={"enum": ["none", "fsdp"]},
+    )
+
+    @field_validator("sharding")
+    @classmethod
+    def _sharding(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"none", "fsdp"}:
+            raise ValueError("expected none or fsdp")
+        return value
 
     @property
     def is_baseline(self) -> bool:
