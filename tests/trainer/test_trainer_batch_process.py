@@ -57,7 +57,10 @@ def test_a_killed_batch_resumes_without_retraining_finished_trials(tiny_models, 
                           training={"maxSteps": steps, "checkpointEverySteps": 5})  # fmt: skip
         raw = spec.model_dump(by_alias=True)
         raw["baseModel"]["uri"] = f"s3://{bucket}/models/llama/"
-        raw["dataset"]["train"], raw["dataset"]["eval"] = f"s3://{bucket}/data/train.jsonl", f"s3://{bucket}/data/eval.jsonl"
+        raw["dataset"]["train"], raw["dataset"]["eval"] = (
+            f"s3://{bucket}/data/train.jsonl",
+            f"s3://{bucket}/data/eval.jsonl",
+        )
         trials.append(raw)
     batch = TrialBatch.model_validate({"trials": trials})
     batch_file = tmp_path / "batch.json"
@@ -88,6 +91,7 @@ def test_a_killed_batch_resumes_without_retraining_finished_trials(tiny_models, 
 def test_a_failing_trial_leaves_failure_json_and_the_process_exits_0(tiny_models, choice_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
+
     def ok(name: str):
         return trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
                           name=name, latency={"enabled": False}, training={"maxSteps": 2})  # fmt: skip
@@ -147,10 +151,13 @@ def test_a_killed_stage_two_resumes_and_counts_stage_one(tiny_models, choice_dat
 
 def test_a_batch_trains_data_parallel(tiny_models, choice_data, tmp_path):
     """The multi-GPU path with a batch: every rank runs every trial, rank 0 publishes, storage decides skips."""
-    specs = [trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
-                        name=name, latency={"enabled": False}, modules=modules,
-                        training={"maxSteps": 4, "gradientAccumulation": 2})
-             for name, modules in (("p", ["o_proj"]), ("q", ["fc2"]))]
+
+    def spec(name: str, modules: list[str]):
+        return trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
+                          name=name, latency={"enabled": False}, modules=modules,
+                          training={"maxSteps": 4, "gradientAccumulation": 2})  # fmt: skip
+
+    specs = [spec("p", ["o_proj"]), spec("q", ["fc2"])]
     batch_file = tmp_path / "batch.json"
     batch_file.write_text(TrialBatch(trials=specs).model_dump_json(by_alias=True))
     env = {"LORA_ABLATION_PROCESSES": "2", "OMP_NUM_THREADS": "1"}
