@@ -38,10 +38,6 @@ MODULES = (["o_proj"], ["qkv"], ["fc2"], ["o_proj", "fc2"], ["qkv", "o_proj"], [
 def _specs(model: Path, train: Path, eval_: Path, out: Path, trials: int, steps: int) -> list:
     training = {"maxSteps": steps, "checkpointEverySteps": 1000}
     return [
-<<<<<<< HEAD
-        trial_spec(model, train, eval_, f"file://{out}/t{i}", name=f"t{i}", modules=MODULES[i % len(MODULES)],
-                   latency={"enabled": False}, training={"maxSteps": steps, "checkpointEverySteps": 1000})
-=======
         trial_spec(
             model,
             train,
@@ -52,7 +48,6 @@ def _specs(model: Path, train: Path, eval_: Path, out: Path, trials: int, steps:
             latency={"enabled": False},
             training=training,
         )
->>>>>>> wt-t15
         for i in range(trials)
     ]
 
