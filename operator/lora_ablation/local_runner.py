@@ -121,14 +121,18 @@ class LocalRunner:
             read = read_result(self.store, trial.name)
             if read.result is not None:
                 self.results[trial.name] = read.result
-            elif stage_one and (found := read_stage_one(self.store, trial.name)) is not None:
+            # A finished trial's stage-one score still counts: the cutoff is over every configuration's.
+            if stage_one and not trial.spec.is_baseline and (found := read_stage_one(self.store, trial.name)):
                 self.stage_ones[trial.name] = found
 
     def _finish(self, unit: Unit, code: int, seconds: float) -> None:
         self._read(unit.trials, unit.stage_one)
         tail = (self.logs / f"{unit.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        said = {o.trial.name for o in self.outcomes}
         for trial in unit.trials:
             name = trial.name
+            if name in said:  # cached before this run: the unit skipped it
+                continue
             if name in self.results:
                 ev = self.results[name].eval
                 self._record(Outcome(trial, "succeeded", seconds, f"{ev.metric} {ev.score:.4f}"))
@@ -190,7 +194,9 @@ class LocalRunner:
             if trial.name in self.results:
                 ev = self.results[trial.name].eval
                 self._record(Outcome(trial, "cached", message=f"{ev.metric} {ev.score:.4f}"))
-        pending = len(self.plan.trials) - len(self.results)
+        self.schedule = schedule(self.ablation.metadata.name, self.plan, self.spec, self.stage_ones, self.results,
+                                 first=self.first)  # fmt: skip
+        pending = len(self.plan.trials) - len(self.results) - len(self.schedule.elimination.eliminated)
         device = f"GPUs {','.join(self.gpus)}" if self.gpus else "CPU"
         self._say(f"{self.ablation.metadata.name}: {pending} of {len(self.plan.trials)} trials to run, "
                   f"{self.parallel} at a time on {device}; logs in {self.logs}")  # fmt: skip
@@ -263,6 +269,9 @@ def run_ablation(
     spec, meta = ablation.spec, ablation.metadata
     store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region).child(meta.namespace, meta.name)
     runner = LocalRunner(ablation, plan, store, parallel, logs, out)
+    if spec.execution.nodes > 1:  # the same results either way; only where the processes run differs
+        print(f"note: execution.nodes {spec.execution.nodes} is for a cluster; here every trial runs on this "
+              "machine", file=out)  # fmt: skip
     runner.run()
     results = [runner.results[t.name] for t in plan.trials if t.name in runner.results]
     elimination = runner.schedule.elimination if runner.schedule else Elimination()

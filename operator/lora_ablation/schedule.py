@@ -141,11 +141,11 @@ def eliminate(
         if cutoff is not None:
             out.cutoffs[dataset] = cutoff
         for trial in trials:
-            if trial.name not in stage_ones or trial.name in finished:
+            if trial.name not in stage_ones:
                 continue
-            if trial.label in kept:
+            if trial.label in kept:  # finished survivors too: round two's grouping must not change as they finish
                 out.survivors.add(trial.name)
-            else:
+            elif trial.name not in finished:
                 rule = spec.search.early_stopping.rule
                 out.eliminated[trial.name] = (
                     f"eliminated after stage one: {trial.label} scored {scores[trial.label]:.4f} on {dataset}, "
