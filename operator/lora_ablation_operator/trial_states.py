@@ -71,8 +71,9 @@ def judge(plan_trials: list[PlannedTrial], schedule: Schedule, jobs: dict[str, d
     for unit in schedule.units:
         job = jobs.get(unit.name)
         if job is None:
-            waiting = unit.stage_one and observed.stage_ones  # scored in stage one: waits for the decision
-            if any(states[t.name][0] == c.PENDING and not (waiting and t.name in waiting) for t in unit.trials):
+            # A trial scored in stage one waits for its dataset's decision, not for this unit's Job.
+            scored = observed.stage_ones if unit.stage_one else {}
+            if any(states[t.name][0] == c.PENDING and t.name not in scored for t in unit.trials):
                 startable.append(unit)
         elif not (job_finished(job, "Complete") or job_finished(job, "Failed")):
             active.append(unit.name)
