@@ -121,3 +121,17 @@ def test_budget_counts_finished_work_and_refuses_what_would_exceed_it():
     spent = costs(done, one)
     assert spent.spent == 2400 and spent.trial == 1800 and spent.stage_one == 600
     assert affordable(1.0, spent, 0, 1200) and not affordable(1.0, spent, 600, 1200) and affordable(None, spent, 9e9, 1)
+
+
+def test_tied_stage_one_scores_are_ranked_by_eval_loss():
+    spec, plan = planned(earlyStopping={"rule": "topK", "keep": 2})
+    trained = [t for t in plan.trials if not t.spec.is_baseline]
+    stage_ones = {
+        t.name: StageOneResult(trial=t.name, dataset="med", step=1, steps=4, metric="exact_match", score=0.0,
+                               samples=5, eval_loss=loss)
+        for t, loss in zip(trained, [2.0, 1.5, 1.9, 1.2, 3.0], strict=True)
+    }  # fmt: skip
+    out = eliminate(plan, spec, stage_ones)
+    assert sorted(t.label for t in trained if t.name in out.survivors) == ["fc1 r16 lora", "fc2 r16 lora"]
+    message = out.eliminated[trained[0].name]
+    assert "scored 0.0000" in message and "with eval loss 2.0000 against 1.5000" in message

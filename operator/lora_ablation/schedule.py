@@ -5,6 +5,7 @@ units under the same names, so a restarted operator finds the Jobs it created an
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,17 +98,20 @@ class Elimination:
     decided: set[str] = field(default_factory=set)  # datasets whose decision is made
 
 
-def _kept(scores: dict[str, float], spec: LoraAblationSpec) -> tuple[set[str], float | None]:
+Key = tuple[float, float]  # (stage-one score, -eval loss): higher is better
+
+
+def _kept(keys: dict[str, Key], spec: LoraAblationSpec) -> tuple[set[str], Key | None]:
+    """The configurations that go on, and the key a configuration needed. aboveMedian keeps the upper half
+    (ceil(n/2): the median configuration itself with an odd n), topK the best k; ties at the cutoff survive."""
     early = spec.search.early_stopping
     assert early is not None
-    if len(scores) < early.min_configurations:
-        return set(scores), None
-    ordered = sorted(scores.values(), reverse=True)
-    if early.rule == EliminationRule.top_k:
-        cutoff = ordered[min(early.keep or 1, len(ordered)) - 1]
-    else:
-        cutoff = statistics.median(ordered)
-    return {label for label, score in scores.items() if score >= cutoff}, cutoff  # ties at the cutoff survive
+    if len(keys) < early.min_configurations:
+        return set(keys), None
+    ordered = sorted(keys.values(), reverse=True)
+    keep = early.keep or 1 if early.rule == EliminationRule.top_k else math.ceil(len(ordered) / 2)
+    cutoff = ordered[min(keep, len(ordered)) - 1]
+    return {label for label, key in keys.items() if key >= cutoff}, cutoff
 
 
 def eliminate(
@@ -131,15 +135,18 @@ def eliminate(
     for dataset, trials in by_dataset.items():
         if any(t.name not in stage_ones and t.name not in finished and t.name not in dropped for t in trials):
             continue
-        per_config: dict[str, list[float]] = {}
+        per_config: dict[str, list[StageOneResult]] = {}
         for trial in trials:
             if trial.name in stage_ones:
-                per_config.setdefault(trial.label, []).append(stage_ones[trial.name].score)
-        scores = {label: statistics.fmean(values) for label, values in per_config.items()}
-        kept, cutoff = _kept(scores, spec)
+                per_config.setdefault(trial.label, []).append(stage_ones[trial.name])
+        # Early in training a generation metric is often tied (0 exact matches everywhere): the eval loss, which
+        # moves from the first step, breaks such ties.
+        keys = {label: _key(runs) for label, runs in per_config.items()}
+        scores = {label: key[0] for label, key in keys.items()}
+        kept, cutoff = _kept(keys, spec)
         out.scores[dataset], out.decided = scores, out.decided | {dataset}
         if cutoff is not None:
-            out.cutoffs[dataset] = cutoff
+            out.cutoffs[dataset] = cutoff[0]
         for trial in trials:
             if trial.name not in stage_ones:
                 continue
@@ -147,11 +154,19 @@ def eliminate(
                 out.survivors.add(trial.name)
             elif trial.name not in finished:
                 rule = spec.search.early_stopping.rule
+                assert cutoff is not None
+                tie = keys[trial.label][0] == cutoff[0]
+                loss = f" with eval loss {-keys[trial.label][1]:.4f} against {-cutoff[1]:.4f}" if tie else ""
                 out.eliminated[trial.name] = (
                     f"eliminated after stage one: {trial.label} scored {scores[trial.label]:.4f} on {dataset}, "
-                    f"below the {rule} cutoff {cutoff:.4f}"
+                    f"below the {rule} cutoff {cutoff[0]:.4f}{loss}"
                 )
     return out
+
+
+def _key(runs: list[StageOneResult]) -> Key:
+    losses = [r.eval_loss for r in runs if r.eval_loss is not None]
+    return statistics.fmean(r.score for r in runs), -(statistics.fmean(losses) if len(losses) == len(runs) else 0.0)
 
 
 def round_two_units(ablation: str, plan: Plan, spec: LoraAblationSpec, elimination: Elimination) -> list[Unit]:

@@ -101,7 +101,7 @@ def test_losing_configurations_are_eliminated_and_survivors_resume_in_stage_two_
     assert [payload(j)[1]["name"] for j in decision.create] == trained[2:]
     assert all("stageOne" not in payload(j)[1] for j in decision.create)  # stage two trains to the end
     eliminated = [e for e in decision.events if e[1] == "TrialEliminated"]
-    assert len(eliminated) == 2 and "scored 0.1000" in eliminated[0][2] and "cutoff 0.2500" in eliminated[0][2]
+    assert len(eliminated) == 2 and "scored 0.1000" in eliminated[0][2] and "cutoff 0.3000" in eliminated[0][2]
     assert decision.status["trials"]["eliminated"] == 2
     entry = next(t for t in decision.status["trialStatuses"] if t["name"] == trained[0])
     assert entry["stageOneScore"] == 0.1 and entry["gpuSeconds"] == 30.0

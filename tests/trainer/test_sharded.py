@@ -169,3 +169,36 @@ def test_two_nodes_meet_through_the_pet_variables_and_only_node_0_publishes(
     body = client.get_object(Bucket=bucket, Key="two-nodes/t/result.json")["Body"].read()
     result = TrialResult.model_validate_json(body)
     assert result.train.steps == 8
+
+
+def test_a_batch_shards_each_trial_on_its_own_copy_and_evaluates_on_the_shared_base(tiny_models, choice_data,
+                                                                                    tmp_path):  # fmt: skip
+    """Two trials in one pod, sharded over 2 processes: each trains what one process trains alone (fully_shard
+    changes the modules it wraps, so each trial needs its own host copy; rank 0 evaluates on the shared base)."""
+    from lora_ablation.api.trial import TrialBatch
+    from lora_ablation_trainer.run import run_trial
+
+    specs = []
+    for name, modules in (("p", ["o_proj"]), ("q", ["fc2"])):
+        spec = _spec(tiny_models, choice_data, f"file://{tmp_path / name}", "fsdp")
+        raw = spec.model_dump(by_alias=True)
+        raw.update(name=name, modules=modules, targetModules=None)
+        raw["latency"]["enabled"] = False
+        specs.append(type(spec).model_validate(raw))
+    batch_file = tmp_path / "batch.json"
+    batch_file.write_text(TrialBatch(trials=specs).model_dump_json(by_alias=True))
+    command = [sys.executable, "-m", "lora_ablation_trainer", "--trials", str(batch_file)]
+    process = subprocess.Popen(command, env={**os.environ, **TWO_CPU, "LORA_ABLATION_PROCESSES": "2"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    output = _finish(process)
+    assert process.returncode == 0 and output.count("sharded with FSDP over 2 processes") >= 2, output[-3000:]
+    for spec in specs:
+        raw = spec.model_dump(by_alias=True)
+        reference = tmp_path / f"{spec.name}-one-process"
+        raw["training"]["gradientAccumulation"], raw["storage"]["uri"] = 4, f"file://{reference}"
+        raw["sharding"] = "none"
+        run_trial(type(spec).model_validate(raw))
+        sharded, plain = _adapter(tmp_path / spec.name / "adapter"), _adapter(reference / "adapter")
+        assert sorted(sharded) == sorted(plain) and len(sharded) == 4  # one module, A and B, two layers
+        assert max(float((sharded[k] - plain[k]).abs().max()) for k in sharded) < 1e-5
+        assert TrialResult.model_validate_json((tmp_path / spec.name / "result.json").read_text()).trial == spec.name

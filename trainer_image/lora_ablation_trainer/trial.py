@@ -209,6 +209,7 @@ def _stage_one(spec, store, base, data, model, train_metrics, steps, clock) -> S
         metric=spec.dataset.metric,
         score=metrics.score,
         samples=metrics.samples,
+        eval_loss=metrics.eval_loss,
         loss_last=train_metrics.loss_last,
         compute_seconds=cost["compute_seconds"],
         gpu_seconds=cost["gpu_seconds"],

@@ -30,9 +30,10 @@ class EarlyStoppingSpec(ApiModel):
     )
     rule: EliminationRule = Field(
         EliminationRule.above_median,
-        description="Which configurations survive per dataset, ranked by stage-one score (the mean over seeds): "
-        "aboveMedian keeps those scoring at least the median; topK keeps the best `keep`. Ties at the boundary "
-        "survive, and so does every configuration when fewer than minConfigurations ran.",
+        description="Which configurations survive per dataset, ranked by stage-one score (the mean over seeds; "
+        "equal scores are ranked by their eval loss, lower first): aboveMedian keeps the upper half (the median "
+        "configuration included), topK the best `keep`. Ties at the boundary survive, and so does every "
+        "configuration when fewer than minConfigurations ran.",
     )
     keep: int | None = Field(None, ge=1, le=1024, description="How many configurations topK keeps per dataset.")
     min_configurations: int = Field(
@@ -74,6 +75,9 @@ class StageOneResult(OpenModel):
     metric: str = Field(description="Metric name from the dataset spec.")
     score: float = Field(description="Stage-one eval score (higher is better).")
     samples: int = Field(ge=0, description="Eval records scored.")
+    eval_loss: float | None = Field(
+        None, description="Mean token cross-entropy on those records: breaks ties between stage-one scores."
+    )
     loss_last: float | None = Field(None, description="Mean training loss over the last logged window.")
     compute_seconds: float = Field(0.0, ge=0, description="Device-seconds stage one used (see TrialResult).")
     gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds stage one used.")
