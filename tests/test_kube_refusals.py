@@ -258,7 +258,8 @@ def test_status_patches_are_validated_and_pruned_to_the_schema(api, custom):
 def test_the_crds_cel_rules_are_all_evaluated_and_refuse_with_their_messages(api, custom):
     schema = api.emulator.crd_schema(GROUP, VERSION, PLURAL)
     in_yaml = (ROOT / CRD_YAML).read_text().count("x-kubernetes-validations:")
-    assert len(schema.rules) == 5 and in_yaml == 3 and not schema.skipped  # 3 lists: root, spec (3 rules), training
+    # 4 lists: root, training, execution (2 rules), spec (4 rules)
+    assert len(schema.rules) == 8 and in_yaml == 4 and not schema.skipped
     before = {rule.rule: rule.evaluated for rule in schema.rules}
     file_model = {"uri": "file://models/tiny"}
     cases = [
@@ -270,12 +271,20 @@ def test_the_crds_cel_rules_are_all_evaluated_and_refuse_with_their_messages(api
          "spec", "execution.modelCacheClaim cannot be used with a file:// base model"),
         (ablation("grid", datasets=[{"name": f"d{i}", "train": "s3://b/t", "eval": "s3://b/e"} for i in range(40)],
                   search={"moduleSets": [["o_proj"]] * 64, "ranks": [8, 16]}),
-         "spec", "the grid (datasets x (moduleSets x ranks x variants x seeds + baseline)) exceeds 5000 trials: "
-         "narrow it or split the study"),
+         "spec", "the grid (datasets x (moduleSets x ranks x variants x seeds x layers + baseline)) exceeds 5000 "
+         "trials: narrow it or split the study"),
+        (ablation("batched", execution={"trialsPerPod": 4, "nodes": 2}),
+         "spec.execution", "execution.trialsPerPod: several trials per pod run on one node; set it to 1 with "
+         "execution.nodes > 1"),
+        (ablation("sharded", execution={"sharding": "fsdp", "resources": {"gpus": 1}}),
+         "spec.execution", "execution.sharding fsdp needs execution.resources.gpus >= 2"),
+        (ablation("fourbit", baseModel={"uri": "hf://org/model", "quantization": "nf4"},
+                  execution={"sharding": "fsdp", "resources": {"gpus": 4}}),
+         "spec", "execution.sharding fsdp needs baseModel.quantization none: 4-bit weights are not sharded"),
         (ablation("seeded", datasets=[{"name": f"d{i}", "train": "s3://b/t", "eval": "s3://b/e"} for i in range(40)],
                   search={"moduleSets": [[m] for m in ("qkv", "o_proj", "fc1", "fc2")], "seeds": list(range(32))}),
-         "spec", "the grid (datasets x (moduleSets x ranks x variants x seeds + baseline)) exceeds 5000 trials: "
-         "narrow it or split the study"),
+         "spec", "the grid (datasets x (moduleSets x ranks x variants x seeds x layers + baseline)) exceeds 5000 "
+         "trials: narrow it or split the study"),
     ]  # fmt: skip
     for manifest, field, message in cases:
         status = refusal(create_ablation, custom, manifest)
