@@ -9,7 +9,7 @@ what the running units are expected to spend and what it is expected to spend st
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from lora_ablation.api.stages import StageOneResult
@@ -35,9 +35,8 @@ class Costs:
     def hours(self) -> float:
         return self.spent / 3600
 
-    def estimate(self, unit: Unit, done: Iterable[str]) -> float:
+    def estimate(self, unit: Unit, done: Collection[str]) -> float:
         """Expected device-seconds of what `unit` still has to run (0 where nothing finished yet to tell)."""
-        done = set(done)
         total = 0.0
         for trial in unit.trials:
             if trial.name in done:

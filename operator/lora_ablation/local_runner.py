@@ -171,7 +171,7 @@ class LocalRunner:
         self.schedule = schedule(self.ablation.metadata.name, self.plan, self.spec, self.stage_ones,
                                  self.results, self.dropped, self.first)  # fmt: skip
         costs = budget_costs(self.results, self.stage_ones)
-        done = [*self.results, *self.dropped]
+        done = {*self.results, *self.dropped}
         committed = sum(costs.estimate(u, done) for u in running)
         for unit in self.schedule.units:
             if unit.name in started or not any(self._needs(unit, t) for t in unit.trials):

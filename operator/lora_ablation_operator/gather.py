@@ -59,10 +59,13 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
     spec, plan = planned.spec, planned.plan
     first = list(planned.units) or round_one_units(name, plan, spec)
     out = Gathered()
-    # A trial's own finished Job from before a regrouping (trialsPerPod edited) still holds its result.
-    planned_names = {t.name for t in plan.trials}
-    out.results.update(cache.collect(uid, store, [n for n in completed_trials(jobs) if n in planned_names]))
     _read(first, jobs, store, cache, uid, out)
+    # A trial's own finished Job from before a regrouping (trialsPerPod edited) still holds its result; a Job that is
+    # a unit now was read above.
+    units = {u.name for u in first}
+    regrouped = [n for n in completed_trials(jobs) if n not in units and n not in out.results]
+    planned = {t.name for t in plan.trials}
+    out.results.update(cache.collect(uid, store, [n for n in regrouped if n in planned]))
     finished = {n for n, r in out.results.items() if r is not None and r.result is not None}
     dropped = set(out.failures) | {
         trial

@@ -10,7 +10,7 @@ from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import StageOneResult, TrialFailure
-from lora_ablation.budget import Costs
+from lora_ablation.budget import Costs, affordable
 from lora_ablation.budget import costs as budget_costs
 from lora_ablation.budget import describe as describe_budget
 from lora_ablation.plan import Plan
@@ -26,7 +26,7 @@ from lora_ablation_operator.multinode import unit_workload
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
-from lora_ablation_operator.trial_states import committed, judge, trial_cost, within_budget
+from lora_ablation_operator.trial_states import DONE, committed, judge, trial_cost
 
 
 @dataclass
@@ -65,25 +65,6 @@ class Decision:
     all_trial_statuses: list[dict[str, Any]] = field(default_factory=list)  # uncapped, for storage
     trial_states: dict[str, str] | None = None  # every planned trial's state (None before trials are judged)
     finished: bool = False
-
-
-def _trial_state(job: dict[str, Any] | None, read: ResultRead | None, observed: Observed,
-                 name: str) -> tuple[str, str | None]:  # fmt: skip
-    if job is None:
-        rejected = observed.rejected.get(name)
-        return c.PENDING, (f"Job rejected by the API server: {rejected}" if rejected else None)
-    if job_finished(job, "Failed"):
-        said = observed.terminations.get(name)  # what the trainer wrote to its termination log, e.g. the step
-        return c.FAILED, failure_message(job) + (f"; trainer: {said}" if said else "")
-    if job_finished(job, "Complete"):
-        if read is not None and read.result is not None:
-            return c.SUCCEEDED, None
-        return c.RESULTS_MISSING, (read.problem if read else None) or "the Job succeeded but left no result.json"
-    if (job.get("spec") or {}).get("suspend"):
-        return c.TRIAL_SUSPENDED, None
-    if name in observed.stuck:
-        return c.STUCK, observed.stuck[name]
-    return c.RUNNING, None
 
 
 def _invalid(observed: Observed, message: str, reason: str) -> Decision:
@@ -230,13 +211,15 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
         decision.resume += sorted(n for n in suspended_units if not queued)
         # After a refusal nothing more is created this pass: the next Job would most likely be refused alike.
         capacity = 0 if observed.rejected else spec.execution.parallelism - len(active)
-        running_cost = committed(schedule, active, states, costs)
+        limit = spec.execution.max_gpu_hours
+        done = {n for n, (s, _) in states.items() if s in DONE} if limit is not None else set()
+        running_cost = committed(schedule, active, done, costs) if limit is not None else 0.0
         for unit in judged.startable:
             if capacity <= 0:
                 break
-            fits, cost = within_budget(spec.execution.max_gpu_hours, unit, states, costs, running_cost)
-            if not fits:
-                why = describe_budget(spec.execution.max_gpu_hours or 0, costs, running_cost)
+            cost = costs.estimate(unit, done) if limit is not None else 0.0
+            if not affordable(limit, costs, running_cost, cost):
+                why = describe_budget(limit or 0, costs, running_cost)
                 for trial in unit.trials:
                     if states[trial.name][0] == c.PENDING:
                         states[trial.name] = (c.SKIPPED, why)

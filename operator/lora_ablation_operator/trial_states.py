@@ -3,10 +3,11 @@ unit it is in now (one trial, or several in one pod; round one or a survivor's r
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from lora_ablation.budget import Costs, affordable, result_cost
+from lora_ablation.budget import Costs, result_cost
 from lora_ablation.plan import PlannedTrial
 from lora_ablation.schedule import Schedule, Unit
 from lora_ablation_operator import conditions as c
@@ -80,20 +81,10 @@ def judge(plan_trials: list[PlannedTrial], schedule: Schedule, jobs: dict[str, d
     return Judged(states, startable, active)
 
 
-def committed(schedule: Schedule, active: list[str], states: dict[str, tuple[str, str | None]],
-              costs: Costs) -> float:  # fmt: skip
-    """What the running units are expected to spend still (their trials without a result)."""
+def committed(schedule: Schedule, active: list[str], done: Collection[str], costs: Costs) -> float:
+    """What the running units are expected to spend still (their trials not done)."""
     by_name = {u.name: u for u in schedule.units}
-    done = [n for n, (s, _) in states.items() if s in DONE]
     return sum(costs.estimate(by_name[name], done) for name in active if name in by_name)
-
-
-def within_budget(limit: float | None, unit: Unit, states: dict[str, tuple[str, str | None]], costs: Costs,
-                  running_cost: float) -> tuple[bool, float]:  # fmt: skip
-    """(may it start, its expected cost)."""
-    done = [n for n, (s, _) in states.items() if s in DONE]
-    cost = costs.estimate(unit, done)
-    return affordable(limit, costs, running_cost, cost), cost
 
 
 def trial_cost(observed: Any, name: str) -> float | None:

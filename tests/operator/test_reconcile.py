@@ -6,7 +6,6 @@ import copy
 
 import pytest
 
-from conftest import minimal_manifest
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.results import ResultRead
 from lora_ablation_operator import conditions as c
@@ -15,26 +14,7 @@ from lora_ablation_operator.observe import completed_trials
 from lora_ablation_operator.policy import Policy
 from lora_ablation_operator.reconcile import Observed, reconcile
 from lora_ablation_operator.settings import Settings
-
-SETTINGS = Settings(trainer_image="trainer:test", policy=Policy.open())  # policy: tests/operator/test_policy.py
-NOW = "2026-11-23T12:00:00Z"
-
-
-def spec(**overrides) -> dict:
-    raw = minimal_manifest(**overrides)["spec"]
-    raw.setdefault("execution", {}).setdefault("parallelism", 2)
-    return raw
-
-
-def observed(raw_spec, jobs=(), results=None, status=None, preflight_problems=None, generation=1, **seen) -> Observed:
-    return Observed("demo", "ns", generation, raw_spec, status or {}, {j["metadata"]["name"]: j for j in jobs},
-                    results or {}, preflight_problems, NOW, **seen)  # fmt: skip
-
-
-def finished(job: dict, kind: str, reason: str = "", message: str = "") -> dict:
-    job = copy.deepcopy(job)
-    job["status"] = {"conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]}
-    return job
+from support.reconcile_cases import NOW, SETTINGS, cond, finished, observed, run_preflight, spec
 
 
 def result_for(name: str, score: float) -> ResultRead:
@@ -42,16 +22,6 @@ def result_for(name: str, score: float) -> ResultRead:
         "ablation": "demo", "trial": name, "dataset": "med", "modules": ["o_proj"], "rank": 16, "variant": "lora",
         "eval": {"metric": "accuracy", "score": score, "samples": 10},
     }))  # fmt: skip
-
-
-def cond(decision, type_):
-    return next(x for x in decision.status["conditions"] if x["type"] == type_)
-
-
-def run_preflight(raw) -> tuple[dict, list]:
-    first = reconcile(observed(raw), SETTINGS)
-    (job,) = first.create
-    return finished(job, "Complete"), first
 
 
 def test_invalid_spec_creates_nothing_and_names_the_field():

@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import json
 
-from conftest import minimal_manifest
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.contract import TRIAL_ENV, TRIALS_ENV
 from lora_ablation.results import ResultRead
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import STAGE_ANNOTATION, TRIALS_ANNOTATION
-from lora_ablation_operator.policy import Policy
-from lora_ablation_operator.reconcile import Observed, reconcile
-from lora_ablation_operator.settings import Settings
-
-SETTINGS = Settings(trainer_image="trainer:test", policy=Policy.open())
-NOW = "2026-11-23T12:00:00Z"
-
-
-def spec(**overrides) -> dict:
-    return minimal_manifest(**overrides)["spec"]
-
-
-def observed(raw_spec, jobs=(), results=None, status=None, **seen) -> Observed:
-    return Observed("demo", "ns", 1, raw_spec, status or {}, {j["metadata"]["name"]: j for j in jobs},
-                    results or {}, None, NOW, **seen)  # fmt: skip
-
-
-def finished(job: dict, kind: str) -> dict:
-    return {**job, "status": {"conditions": [{"type": kind, "status": "True"}]}}
-
-
-def cond(decision, type_):
-    return next(x for x in decision.status["conditions"] if x["type"] == type_)
-
-
-def run_preflight(raw) -> tuple[dict, object]:
-    first = reconcile(observed(raw), SETTINGS)
-    (job,) = first.create
-    return finished(job, "Complete"), first
+from lora_ablation_operator.reconcile import reconcile
+from support.reconcile_cases import SETTINGS, cond, finished, observed, run_preflight, spec
 
 SETS = [["o_proj"], ["fc2"], ["qkv"], ["fc1"]]
 TWO_STAGE = {"moduleSets": SETS, "earlyStopping": {"stageOneFraction": 0.25}}

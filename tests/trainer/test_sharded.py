@@ -65,6 +65,17 @@ def _kill_tree(pid: int) -> None:
             os.kill(victim, signal.SIGKILL)
 
 
+def _killed_after_a_checkpoint(spec, tmp_path: Path, checkpoint: Path) -> None:
+    """Start the trial on 2 processes and SIGKILL everything once it has written a checkpoint."""
+    process = _start(spec, tmp_path, {"LORA_ABLATION_PROCESSES": "2"})
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert checkpoint.exists(), _finish(process)[-3000:]
+    _kill_tree(process.pid)  # every rank and torchrun die mid-run
+    process.communicate()
+
+
 def _adapter(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -90,13 +101,7 @@ def test_sharded_trial_killed_resumes_and_trains_the_adapter_one_process_would(t
     out = tmp_path / "fsdp"
     spec = _spec(tiny_models, choice_data, f"file://{out}", "fsdp", maxSteps=12, checkpointEverySteps=4)
     checkpoint = out / "checkpoints" / "latest.pt"
-    process = _start(spec, tmp_path, {"LORA_ABLATION_PROCESSES": "2"})
-    deadline = time.monotonic() + 180
-    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    assert checkpoint.exists(), _finish(process)[-3000:]
-    _kill_tree(process.pid)  # both ranks and torchrun die mid-run
-    process.communicate()
+    _killed_after_a_checkpoint(spec, tmp_path, checkpoint)
     saved = torch.load(io.BytesIO(checkpoint.read_bytes()), map_location="cpu", weights_only=False)
     killed_at = saved["state"]["step"]
     assert saved["sharding"] == "fsdp" and killed_at in (4, 8)
@@ -132,13 +137,7 @@ def test_every_data_parallel_rank_resumes_from_the_checkpoint(tiny_models, choic
     out = tmp_path / "dp"
     spec = _spec(tiny_models, choice_data, f"file://{out}", "none", maxSteps=12, checkpointEverySteps=4)
     checkpoint = out / "checkpoints" / "latest.pt"
-    process = _start(spec, tmp_path, {"LORA_ABLATION_PROCESSES": "2"})
-    deadline = time.monotonic() + 180
-    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    assert checkpoint.exists(), _finish(process)[-3000:]
-    _kill_tree(process.pid)
-    process.communicate()
+    _killed_after_a_checkpoint(spec, tmp_path, checkpoint)
     output = _finish(_start(spec, tmp_path, {"LORA_ABLATION_PROCESSES": "2"}), timeout=180)
     result = TrialResult.model_validate_json((out / "result.json").read_text())
     resumed = result.train.resumed_from_step
