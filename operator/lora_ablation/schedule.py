@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lora_ablation.api.spec import LoraAblationSpec
-from lora_ablation.api.stages import EliminationRule, StageOneResult, StageOneSpec
+from lora_ablation.api.stages import EliminationDecision, EliminationRule, StageOneResult, StageOneSpec
 from lora_ablation.api.trial import TrialBatch, TrialSpec
 from lora_ablation.contract import TRIAL_ENV, TRIALS_ENV
 from lora_ablation.naming import bounded_name
@@ -96,6 +96,7 @@ class Elimination:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> config label -> stage-one mean
     cutoffs: dict[str, float] = field(default_factory=dict)  # dataset -> the score a configuration needed
     decided: set[str] = field(default_factory=set)  # datasets whose decision is made
+    new: dict[str, EliminationDecision] = field(default_factory=dict)  # decided by this call: record them once
 
 
 Key = tuple[float, float]  # (stage-one score, -eval loss): higher is better
@@ -120,19 +121,28 @@ def eliminate(
     stage_ones: Mapping[str, StageOneResult],
     finished: Iterable[str] = (),
     dropped: Iterable[str] = (),
+    recorded: Mapping[str, EliminationDecision] | None = None,
 ) -> Elimination:
     """Per dataset, once every trained trial has a stage-one score, has finished, or was dropped (its stage one
     failed): configurations ranked by their stage-one score (the mean over seeds) keep or lose all their seeds
-    together by search.earlyStopping.rule. The baseline trains nothing and never takes part."""
+    together by search.earlyStopping.rule. The baseline trains nothing and never takes part.
+
+    A dataset's decision in `recorded` stands as it was made (an edit, a deleted Job or a restart never reopens
+    it); a trial it did not know (a configuration added later) is held against its cutoff. Decisions made here
+    are in `.new`, for the caller to record. Without earlyStopping every trial scored in stage one goes on."""
     out = Elimination()
-    if spec.search.early_stopping is None:
+    trained = [t for t in plan.trials if not t.spec.is_baseline]
+    if spec.search.early_stopping is None:  # removed mid-run: eliminated trials resume from their checkpoints
+        out.survivors = {t.name for t in trained if t.name in stage_ones}
         return out
-    finished, dropped = set(finished), set(dropped)
+    finished, dropped, recorded = set(finished), set(dropped), recorded or {}
     by_dataset: dict[str, list[PlannedTrial]] = {}
-    for trial in plan.trials:
-        if not trial.spec.is_baseline:
-            by_dataset.setdefault(trial.spec.dataset.name, []).append(trial)
+    for trial in trained:
+        by_dataset.setdefault(trial.spec.dataset.name, []).append(trial)
     for dataset, trials in by_dataset.items():
+        if dataset in recorded:
+            _apply_recorded(recorded[dataset], trials, stage_ones, finished, spec, out)
+            continue
         if any(t.name not in stage_ones and t.name not in finished and t.name not in dropped for t in trials):
             continue
         per_config: dict[str, list[StageOneResult]] = {}
@@ -142,9 +152,8 @@ def eliminate(
         # Early in training a generation metric is often tied (0 exact matches everywhere): the eval loss, which
         # moves from the first step, breaks such ties.
         keys = {label: _key(runs) for label, runs in per_config.items()}
-        scores = {label: key[0] for label, key in keys.items()}
         kept, cutoff = _kept(keys, spec)
-        out.scores[dataset], out.decided = scores, out.decided | {dataset}
+        out.scores[dataset], out.decided = {label: key[0] for label, key in keys.items()}, out.decided | {dataset}
         if cutoff is not None:
             out.cutoffs[dataset] = cutoff[0]
         for trial in trials:
@@ -153,15 +162,49 @@ def eliminate(
             if trial.label in kept:  # finished survivors too: round two's grouping must not change as they finish
                 out.survivors.add(trial.name)
             elif trial.name not in finished:
-                rule = spec.search.early_stopping.rule
-                assert cutoff is not None
-                tie = keys[trial.label][0] == cutoff[0]
-                loss = f" with eval loss {-keys[trial.label][1]:.4f} against {-cutoff[1]:.4f}" if tie else ""
-                out.eliminated[trial.name] = (
-                    f"eliminated after stage one: {trial.label} scored {scores[trial.label]:.4f} on {dataset}, "
-                    f"below the {rule} cutoff {cutoff[0]:.4f}{loss}"
-                )
+                out.eliminated[trial.name] = _why(trial, keys[trial.label], cutoff, dataset, spec)
+        out.new[dataset] = EliminationDecision(
+            dataset=dataset, survivors=sorted(n for n in out.survivors if n in {t.name for t in trials}),
+            eliminated={n: w for n, w in out.eliminated.items() if n in {t.name for t in trials}},
+            scores=out.scores[dataset], cutoff=cutoff,
+        )  # fmt: skip
     return out
+
+
+def _why(trial: PlannedTrial, key: Key, cutoff: Key | None, dataset: str, spec: LoraAblationSpec) -> str:
+    assert cutoff is not None and spec.search.early_stopping is not None
+    loss = f" with eval loss {-key[1]:.4f} against {-cutoff[1]:.4f}" if key[0] == cutoff[0] else ""
+    return (
+        f"eliminated after stage one: {trial.label} scored {key[0]:.4f} on {dataset}, below the "
+        f"{spec.search.early_stopping.rule} cutoff {cutoff[0]:.4f}{loss}"
+    )
+
+
+def _apply_recorded(decision: EliminationDecision, trials: list[PlannedTrial], stage_ones: Mapping[str, StageOneResult],
+                    finished: set[str], spec: LoraAblationSpec, out: Elimination) -> None:  # fmt: skip
+    out.decided.add(decision.dataset)
+    out.scores[decision.dataset] = dict(decision.scores)
+    cutoff = tuple(decision.cutoff) if decision.cutoff is not None else None
+    if cutoff is not None:
+        out.cutoffs[decision.dataset] = cutoff[0]
+    survivors, eliminated = set(decision.survivors), decision.eliminated
+    late: dict[str, list[StageOneResult]] = {}
+    for trial in trials:
+        if trial.name in survivors:
+            out.survivors.add(trial.name)
+        elif trial.name in eliminated:
+            if trial.name not in finished:
+                out.eliminated[trial.name] = eliminated[trial.name]
+        elif trial.name in stage_ones:  # not known to the decision: judged by its cutoff, seeds together
+            late.setdefault(trial.label, []).append(stage_ones[trial.name])
+    for trial in trials:
+        if trial.name in survivors or trial.name in eliminated or trial.label not in late:
+            continue
+        key = _key(late[trial.label])
+        if cutoff is None or key >= cutoff:
+            out.survivors.add(trial.name)
+        elif trial.name not in finished:
+            out.eliminated[trial.name] = _why(trial, key, cutoff, decision.dataset, spec)
 
 
 def _key(runs: list[StageOneResult]) -> Key:
@@ -191,14 +234,31 @@ def schedule(
     finished: Iterable[str] = (),
     dropped: Iterable[str] = (),
     first: list[Unit] | None = None,
+    *,
+    recorded: Mapping[str, EliminationDecision] | None = None,
+    kept: Sequence[Unit] = (),
 ) -> Schedule:
-    """`first`: round one's units when the caller cached them (they depend on the plan alone)."""
-    first = first if first is not None else round_one_units(ablation, plan, spec)
-    elimination = eliminate(plan, spec, stage_ones, finished, dropped)
-    second = round_two_units(ablation, plan, spec, elimination)
-    current = {t.name: unit for unit in first for t in unit.trials}
-    current.update({t.name: unit for unit in second for t in unit.trials})
-    return Schedule(first + second, current, elimination)
+    """Every unit the ablation has now. `kept`: the units of the workloads that exist (finished ones first), which
+    stay as they are; only trials with nothing to show (no result, failure or stage-one score) and no workload are
+    grouped anew, so an edit of trialsPerPod regroups only trials that have not started. `first`: round one's
+    units when the caller cached them for a plan with nothing kept or settled (they depend on the plan alone)."""
+    finished, dropped = set(finished), set(dropped)
+    elimination = eliminate(plan, spec, stage_ones, finished, dropped, recorded)
+    size = spec.execution.trials_per_pod
+    early = spec.search.early_stopping is not None
+    kept_one = [u for u in kept if u.round == ROUND_ONE]
+    kept_two = [u for u in kept if u.round == ROUND_TWO]
+    settled = finished | dropped
+    if first is None or kept or settled or stage_ones:
+        covered = {n for u in kept_one for n in u.trial_names} | settled | set(stage_ones)
+        first = _units(ablation, [t for t in plan.trials if t.name not in covered], size, ROUND_ONE, early)
+    covered = {n for u in kept_two for n in u.trial_names} | settled
+    survivors = [t for t in plan.trials if t.name in elimination.survivors and t.name not in covered]
+    second = _units(ablation, survivors, size, ROUND_TWO, False)
+    current: dict[str, Unit] = {}
+    for unit in [*kept_one, *first, *kept_two, *second]:  # later rounds and running workloads win
+        current.update({t.name: unit for t in unit.trials})
+    return Schedule([*kept_one, *first, *kept_two, *second], current, elimination)
 
 
 def describe(ablation: str, plan: Plan, spec: LoraAblationSpec) -> list[str]:

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from lora_ablation.api.spec import LoraAblationSpec, StorageSpec
+from lora_ablation.api.stages import EliminationDecision
 from lora_ablation.api.trial import PreflightReport
+from lora_ablation.record import Listing, list_record
 from lora_ablation.report import render_markdown
 from lora_ablation.results import RESULT_FILE, SUMMARY_FILE, read_result
 from lora_ablation.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store, open_store
@@ -21,6 +23,7 @@ from lora_ablation.summary_models import Summary
 from lora_ablation_operator.policy import Forbidden, storage_violations
 from lora_ablation_operator.settings import Settings
 
+NOTED = "noted"  # the cache scope of what this process wrote itself
 PREFLIGHT_FILE = "preflight/preflight.json"
 MAX_PREFLIGHT_BYTES = 1024 * 1024
 
@@ -33,6 +36,7 @@ class ResultCache:
     def __init__(self, recheck_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._recheck, self._clock = recheck_seconds, clock
         self._reads: dict[tuple[str, str, str, str], tuple[str | None, Any, float]] = {}
+        self._listings: dict[str, Listing] = {}
 
     def collect(self, uid: str, store: Store, trials: list[str], file: str = RESULT_FILE,
                 reader: Callable[[Store, str], Any] = read_result, scope: str = "") -> dict[str, Any]:  # fmt: skip
@@ -44,6 +48,9 @@ class ResultCache:
         for trial in trials:
             key = (uid, trial, file, scope)
             cached = self._reads.get(key)
+            if cached is not None and cached[2] == float("inf"):  # noted: this process wrote it
+                out[trial] = cached[1]
+                continue
             if cached is None or now - cached[2] >= self._recheck:
                 version = _version(store, f"{trial}/{file}")
                 if cached is None or version != cached[0]:
@@ -52,9 +59,31 @@ class ResultCache:
             out[trial] = self._reads[key][1]
         return out
 
+    def listing(self, uid: str, store: Store) -> Listing:
+        """The ablation's record as one listing found it, the first time this process looks (a restart lists
+        again); then kept current by what this process reads and writes (note, note_decision)."""
+        if uid not in self._listings:
+            self._listings[uid] = list_record(store)
+        return self._listings[uid]
+
+    def note(self, uid: str, trial: str, file: str, value: Any) -> None:
+        """What this process wrote itself (a recorded failure): known without reading it back."""
+        self._reads[(uid, trial, file, NOTED)] = (None, value, float("inf"))
+        if uid in self._listings:
+            self._listings[uid].add(trial, file)
+
+    def noted(self, uid: str, trial: str, file: str) -> Any:
+        cached = self._reads.get((uid, trial, file, NOTED))
+        return cached[1] if cached else None
+
+    def note_decision(self, uid: str, decision: EliminationDecision) -> None:
+        if uid in self._listings:
+            self._listings[uid].eliminations[decision.dataset] = decision
+
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reads if k[0] == uid]:
             del self._reads[key]
+        self._listings.pop(uid, None)
 
     def __len__(self) -> int:
         return len(self._reads)

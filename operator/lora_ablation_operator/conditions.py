@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lora_ablation.api.trial_state import TERMINAL as TRIAL_TERMINAL
+from lora_ablation.api.trial_state import TrialState
+
 # Types
 READY = "Ready"  # True once the ablation finished and its summary is in status and storage
 PROGRESSING = "Progressing"  # True while preflight or trials are running
@@ -32,13 +35,13 @@ GUARDRAILS = "GuardrailsTriggered"  # Warnings: the message lists each rule, its
 NO_WARNINGS = "NoWarnings"
 BUDGET_EXHAUSTED = "BudgetExhausted"  # execution.maxGpuHours reached: nothing more starts; what finished is summarised
 
-# Trial states (status.trialStatuses[].state)
-PENDING, RUNNING, STUCK, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED = (
-    "Pending", "Running", "Stuck", "Succeeded", "Failed", "ResultsMissing", "Suspended",
+# Trial states (status.trialStatuses[].state): lora_ablation.api.trial_state owns them; plain strings here
+PENDING, RUNNING, STUCK, SUCCEEDED, FAILED, RESULTS_MISSING, TRIAL_SUSPENDED, ELIMINATED, SKIPPED = (
+    TrialState.pending.value, TrialState.running.value, TrialState.stuck.value, TrialState.succeeded.value,
+    TrialState.failed.value, TrialState.results_missing.value, TrialState.suspended.value,
+    TrialState.eliminated.value, TrialState.skipped.value,
 )  # fmt: skip
-ELIMINATED = "Eliminated"  # stopped after stage one (search.earlyStopping); its stage-one score stays in the summary
-SKIPPED = "Skipped"  # never started: execution.maxGpuHours would have been exceeded
-TERMINAL = frozenset({SUCCEEDED, FAILED, RESULTS_MISSING, ELIMINATED})
+TERMINAL = frozenset(state.value for state in TRIAL_TERMINAL)
 
 
 def condition(

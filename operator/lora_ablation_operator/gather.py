@@ -1,21 +1,27 @@
-"""What one pass reads from storage for the trials: result.json, and for two-stage or multi-trial units also
-stage-one.json and failure.json. Only where something can be there: a unit whose Job finished, or one running
-several trials (each publishes while the pod goes on). Reads go through the ResultCache, so a file is read once
-and then only its version is checked."""
+"""What one pass knows about each trial, read from storage (the record), not inferred from which workloads exist:
+the files one listing of the prefix found when this process first looked (everything that happened before a
+restart), the files of units whose workload finished or runs several trials (each publishes while the pod goes
+on), what this process recorded itself, and the recorded eliminations. Reads go through the ResultCache, so a
+file is read once and then only its version is checked."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_ablation.api.stages import StageOneResult, TrialFailure
-from lora_ablation.contract import FAILURE, STAGE_ONE
+from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
+from lora_ablation.contract import FAILURE, RESULT, STAGE_ONE
+from lora_ablation.naming import bounded_name
+from lora_ablation.plan import PlannedTrial
 from lora_ablation.results import ResultRead, read_failure, read_stage_one
-from lora_ablation.schedule import ROUND_TWO, Schedule, Unit, round_one_units, schedule
+from lora_ablation.schedule import ROUND_TWO, Schedule, Unit, schedule
 from lora_ablation.store import Store
+from lora_ablation_operator import workload
 from lora_ablation_operator.collector import ResultCache
-from lora_ablation_operator.observe import completed_trials, job_finished
 from lora_ablation_operator.planning import Planned
+
+LISTED = "listed"  # the cache scope of files the listing found
 
 
 @dataclass
@@ -23,57 +29,64 @@ class Gathered:
     results: dict[str, ResultRead] = field(default_factory=dict)
     stage_ones: dict[str, StageOneResult] = field(default_factory=dict)
     failures: dict[str, TrialFailure] = field(default_factory=dict)
+    eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # recorded, by dataset
     schedule: Schedule | None = None
 
 
-def terminal(job: dict[str, Any] | None) -> bool:
-    return job is not None and bool(job_finished(job, "Complete") or job_finished(job, "Failed"))
+def _merge(out: Gathered, results: dict[str, Any], stage_ones: dict[str, Any], failures: dict[str, Any]) -> None:
+    for name, read in results.items():
+        if name not in out.results or read.result is not None:  # a result from any scope stands
+            out.results[name] = read
+    out.stage_ones.update({n: s for n, s in stage_ones.items() if s is not None})
+    out.failures.update({n: f for n, f in failures.items() if f is not None})
 
 
-def _readable(unit: Unit, jobs: dict[str, dict[str, Any]]) -> bool:
-    job = jobs.get(unit.name)
-    return job is not None and (terminal(job) or len(unit.trials) > 1)
-
-
-def _read(units: list[Unit], jobs: dict[str, dict[str, Any]], store: Store, cache: ResultCache, uid: str,
+def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: str, files: Iterable[str],
           out: Gathered) -> None:  # fmt: skip
-    for unit in units:
-        if not _readable(unit, jobs):
-            continue
-        names = unit.trial_names
-        scope = f"{unit.name}:{terminal(jobs.get(unit.name))}"
-        for name, read in cache.collect(uid, store, names, scope=scope).items():
-            if name not in out.results or read.result is not None:  # a result from any scope stands
-                out.results[name] = read
-        if unit.stage_one:
-            found = cache.collect(uid, store, names, STAGE_ONE, read_stage_one, scope)
-            out.stage_ones.update({n: s for n, s in found.items() if s is not None})
-        if len(names) > 1:
-            found = cache.collect(uid, store, names, FAILURE, read_failure, scope)
-            out.failures.update({n: f for n, f in found.items() if f is not None})
+    files = set(files)
+    results = cache.collect(uid, store, names, scope=scope) if RESULT in files else {}
+    stage_ones = cache.collect(uid, store, names, STAGE_ONE, read_stage_one, scope) if STAGE_ONE in files else {}
+    failures = cache.collect(uid, store, names, FAILURE, read_failure, scope) if FAILURE in files else {}
+    _merge(out, results, stage_ones, failures)
+
+
+def kept_units(jobs: dict[str, dict[str, Any]], planned: dict[str, PlannedTrial]) -> list[Unit]:
+    """The units of the workloads that exist and run a planned trial: finished ones first, so a trial's
+    unfinished workload is its current one."""
+    named: dict[str, tuple[str, ...]] = {}
+    if any(workload.annotations(j) == {} and n not in planned for n, j in jobs.items()):
+        # Workloads of older operators list no trials: a lone stage-two unit is named after its trial.
+        named = {bounded_name([t, "stage2"], {"trial": t, "round": ROUND_TWO}): (t,) for t in planned}
+    units = [(workload.finished(j), u) for n, j in jobs.items() if (u := workload.unit_of(n, j, planned, named))]
+    return [u for _, u in sorted(units, key=lambda pair: not pair[0])]
 
 
 def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cache: ResultCache, uid: str,
-           name: str) -> Gathered:  # fmt: skip
+           name: str, vanished: Iterable[str] = ()) -> Gathered:  # fmt: skip
+    """`vanished`: trials that had a workload at the last pass and have none now: looked for in storage before
+    their unit is created again (a Job that finished and was deleted between two passes)."""
     assert planned.spec is not None and planned.plan is not None
     spec, plan = planned.spec, planned.plan
-    first = list(planned.units) or round_one_units(name, plan, spec)
+    by_name = {t.name: t for t in plan.trials}
     out = Gathered()
-    _read(first, jobs, store, cache, uid, out)
-    # A trial's own finished Job from before a regrouping (trialsPerPod edited) still holds its result; a Job that is
-    # a unit now was read above.
-    units = {u.name for u in first}
-    regrouped = [n for n in completed_trials(jobs) if n not in units and n not in out.results]
-    planned = {t.name for t in plan.trials}
-    out.results.update(cache.collect(uid, store, [n for n in regrouped if n in planned]))
-    finished = {n for n, r in out.results.items() if r is not None and r.result is not None}
-    dropped = set(out.failures) | {
-        trial
-        for unit in first
-        if unit.stage_one and terminal(jobs.get(unit.name))
-        for trial in unit.trial_names
-        if trial not in out.stage_ones and trial not in finished
-    }
-    out.schedule = schedule(name, plan, spec, out.stage_ones, finished, dropped, first)
-    _read([u for u in out.schedule.units if u.round == ROUND_TWO], jobs, store, cache, uid, out)
+    listing = cache.listing(uid, store)
+    out.eliminations = dict(listing.eliminations)
+    for file in (RESULT, STAGE_ONE, FAILURE):
+        listed = [n for n in by_name if listing.has(n, file)]
+        if listed:
+            _read(cache, uid, store, listed, LISTED, [file], out)
+    for trial in by_name:
+        if (recorded := cache.noted(uid, trial, FAILURE)) is not None:
+            out.failures.setdefault(trial, recorded)
+    kept = kept_units(jobs, by_name)
+    for unit in kept:
+        job = jobs[unit.name]
+        if workload.finished(job) or len(unit.trials) > 1:
+            scope = f"{unit.name}:{workload.finished(job)}"
+            _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out)
+    if lost := [n for n in vanished if n in by_name and n not in out.results and n not in out.failures]:
+        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out)
+    finished = {n for n, r in out.results.items() if r.result is not None}
+    out.schedule = schedule(name, plan, spec, out.stage_ones, finished, set(out.failures),
+                            recorded=out.eliminations, kept=kept)  # fmt: skip
     return out

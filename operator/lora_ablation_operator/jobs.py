@@ -190,8 +190,9 @@ def unit_pod(ablation: str, spec: LoraAblationSpec, unit: Unit, settings: Settin
     annotations = {f"{GROUP}/dataset": unit.dataset}
     if len(unit.trials) == 1:
         annotations[CONFIG_ANNOTATION] = first.label
-    else:  # for people (kubectl describe): the operator derives a unit's trials from the plan
-        annotations[TRIALS_ANNOTATION] = ",".join(unit.trial_names)
+    # Which trials the workload runs: an edit regroups only trials without one (trialsPerPod), and it is how the
+    # operator knows a running unit after a restart whatever the spec says now.
+    annotations[TRIALS_ANNOTATION] = ",".join(unit.trial_names)
     if unit.stage_one or unit.round != ROUND_ONE:
         annotations[STAGE_ANNOTATION] = "stage-one" if unit.stage_one else "stage-two"
     if len(unit.trials) == 1 and first.seed is not None:  # the trainer reads the seed from the payload

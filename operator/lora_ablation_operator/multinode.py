@@ -25,6 +25,7 @@ from lora_ablation_operator.jobs import (
     unit_job,
     unit_pod,
 )
+from lora_ablation_operator.observe import UNIT_ANNOTATIONS
 from lora_ablation_operator.settings import Settings
 
 REPLICATED_JOB = "node"  # as Kubeflow Trainer's torch runtime names it, so both engines give the same pod names
@@ -219,6 +220,7 @@ def compact_multi_node(obj: dict[str, Any]) -> dict[str, Any]:
         "metadata": {
             "name": labels.get(TRIAL_LABEL) or name,
             "labels": {k: labels[k] for k in (TRIAL_LABEL, COMPONENT_LABEL) if k in labels},
+            "annotations": {k: str(v) for k, v in _dict(meta.get("annotations")).items() if k in UNIT_ANNOTATIONS},
         },
         "target": {"kind": kind, "name": name},
         "spec": {"suspend": spec.get("suspend"), **({"backoffLimit": restarts} if isinstance(restarts, int) else {})},

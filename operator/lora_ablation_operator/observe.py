@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from lora_ablation_operator.jobs import COMPONENT_LABEL, TRIAL_LABEL
+from lora_ablation_operator.jobs import COMPONENT_LABEL, STAGE_ANNOTATION, TRIAL_LABEL, TRIALS_ANNOTATION
 
 # Container waiting reasons that do not clear by waiting: the image, its pull secret or the pod's config is wrong.
 STUCK_WAITING = frozenset({
@@ -16,6 +16,7 @@ STUCK_WAITING = frozenset({
 # The trial label first (set on every trial pod by the operator): a multi-node trial's pods belong to child Jobs
 # the JobSet controller names, but the operator knows the trial by its name; then what the Job controller sets.
 JOB_NAME_LABELS = (TRIAL_LABEL, "batch.kubernetes.io/job-name", "job-name")
+UNIT_ANNOTATIONS = (TRIALS_ANNOTATION, STAGE_ANNOTATION)  # which trials a workload runs, which stage
 MAX_TERMINATION_MESSAGE = 1024  # the kubelet keeps at most 4096 bytes; status messages are cut at 512 anyway
 
 
@@ -116,6 +117,7 @@ def compact_job(job: dict[str, Any]) -> dict[str, Any]:
         "metadata": {
             "name": meta.get("name"),
             "labels": {k: labels[k] for k in (TRIAL_LABEL, COMPONENT_LABEL) if k in labels},
+            "annotations": {k: str(v) for k, v in _dict(meta.get("annotations")).items() if k in UNIT_ANNOTATIONS},
         },
         "spec": {k: spec[k] for k in ("suspend", "backoffLimit") if k in spec},
         "status": {

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
-from lora_ablation.api.stages import StageOneResult, TrialFailure
+from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
 from lora_ablation.budget import Costs, affordable
 from lora_ablation.budget import costs as budget_costs
 from lora_ablation.budget import describe as describe_budget
@@ -21,12 +21,13 @@ from lora_ablation.summary import leaderboard, summarize
 from lora_ablation.summary_models import Summary
 from lora_ablation.summary_stages import with_stages
 from lora_ablation_operator import conditions as c
+from lora_ablation_operator.gather import kept_units
 from lora_ablation_operator.jobs import preflight_job, preflight_name
 from lora_ablation_operator.multinode import unit_workload
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
-from lora_ablation_operator.trial_states import DONE, committed, judge, trial_cost
+from lora_ablation_operator.trial_states import DONE, committed, judge_all, trial_cost
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Observed:
     stage_ones: dict[str, StageOneResult] = field(default_factory=dict)  # two-stage trials' stage-one scores
     failures: dict[str, TrialFailure] = field(default_factory=dict)  # trials that failed inside a multi-trial pod
     schedule: Schedule | None = None  # units and the elimination; computed here when None
+    eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # recorded decisions, by dataset
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Decision:
     summary: Summary | None = None
     all_trial_statuses: list[dict[str, Any]] = field(default_factory=list)  # uncapped, for storage
     trial_states: dict[str, str] | None = None  # every planned trial's state (None before trials are judged)
+    # What to record in storage before any Job is created: runs that ended without a file, and decisions.
+    failures: list[TrialFailure] = field(default_factory=list)
+    eliminations: list[EliminationDecision] = field(default_factory=list)
     finished: bool = False
 
 
@@ -182,8 +187,12 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
 
 
 def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings, decision: Decision) -> None:
-    finished = [n for n, r in observed.results.items() if r is not None and r.result is not None]
-    schedule = observed.schedule or build_schedule(observed.name, plan, spec, observed.stage_ones, finished)
+    schedule = observed.schedule
+    if schedule is None:
+        finished = [n for n, r in observed.results.items() if r is not None and r.result is not None]
+        kept = kept_units(observed.jobs, {t.name: t for t in plan.trials})
+        schedule = build_schedule(observed.name, plan, spec, observed.stage_ones, finished, set(observed.failures),
+                                  recorded=observed.eliminations, kept=kept)  # fmt: skip
     observed = dataclasses.replace(observed, schedule=schedule)
     unit_names = {u.name for u in schedule.units}
     trial_jobs = {n: j for n, j in observed.jobs.items() if is_trial_job(j)}
@@ -194,8 +203,10 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
     unknown_reported = previous is None and bool(observed.status.get("trialStatusesTruncated"))
     if previous is None:
         previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
-    judged = judge(plan.trials, schedule, trial_jobs, observed)
+    judged = judge_all(plan.trials, schedule, trial_jobs, observed)
     states, active = judged.states, judged.active
+    decision.failures = judged.records
+    decision.eliminations = sorted(schedule.elimination.new.values(), key=lambda d: d.dataset)
     failures = sum(1 for s, _ in states.values() if s in {c.FAILED, c.RESULTS_MISSING})
     too_many = failures > spec.execution.max_failed_trials
     suspended = spec.execution.suspend
@@ -285,8 +296,8 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
                                  "rank": trial.spec.rank, "variant": trial.spec.variant, "state": state}  # fmt: skip
         if trial.seed is not None and len(spec.seeds) > 1:
             entry["seed"] = trial.seed
-        unit = schedule.current[trial.name]
-        if unit.name in observed.jobs:
+        unit = schedule.current.get(trial.name)
+        if unit is not None and unit.name in observed.jobs:
             entry["job"] = unit.name
         if trial.spec.layers != "all":
             entry["layers"] = trial.spec.layers

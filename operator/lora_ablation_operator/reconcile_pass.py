@@ -13,8 +13,11 @@ from typing import Any
 
 import kopf
 
+from lora_ablation.api.trial_state import ACTIVE
+from lora_ablation.contract import FAILURE
+from lora_ablation.record import write_all
 from lora_ablation.store import StorageError
-from lora_ablation_operator import collector, kube, metrics
+from lora_ablation_operator import collector, kube, metrics, workload
 from lora_ablation_operator.events import aggregate
 from lora_ablation_operator.gather import Gathered, gather
 from lora_ablation_operator.multinode import key_of, target
@@ -31,6 +34,7 @@ from lora_ablation_operator.reconcile import Decision, Observed, reconcile
 from lora_ablation_operator.settings import Settings
 
 log = logging.getLogger(__name__)
+ACTIVE_STATES = frozenset(state.value for state in ACTIVE)
 
 
 @dataclass
@@ -72,7 +76,8 @@ def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.Resul
         try:
             store = collector.ablation_store(planned.spec, meta["namespace"], meta["name"], settings)
             if planned.plan is not None:
-                gathered = gather(planned, jobs, store, results_cache, meta.get("uid") or "", meta["name"])
+                gathered = gather(planned, jobs, store, results_cache, meta.get("uid") or "", meta["name"],
+                                  vanished=vanished(snapshot))  # fmt: skip
             if any(job_finished(j, "Failed") for j in jobs.values() if is_preflight_job(j)):
                 problems = collector.preflight_problems(store)
         except StorageError as error:
@@ -82,7 +87,37 @@ def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.Resul
                     snapshot.status, jobs, gathered.results, problems, now, planned, storage_problem, stuck=stuck,
                     terminations=termination_messages(snapshot.pods), previous_states=snapshot.previous_states,
                     stage_ones=gathered.stage_ones, failures=gathered.failures,
-                    schedule=gathered.schedule)  # fmt: skip
+                    schedule=gathered.schedule, eliminations=gathered.eliminations)  # fmt: skip
+
+
+def vanished(snapshot: Snapshot) -> list[str]:
+    """Trials that had a workload at the last pass and have none now (deleted, or finished and deleted between two
+    passes): storage is asked about them before their unit is created again."""
+    previous = snapshot.previous_states
+    if previous is None:
+        previous = {t.get("name"): t.get("state") for t in snapshot.status.get("trialStatuses") or []}
+    covered = {n for name, job in snapshot.jobs.items() for n in [name, *workload.trial_names(job)]}
+    return sorted(n for n, state in previous.items() if isinstance(n, str) and state in ACTIVE_STATES
+                  and n not in covered)  # fmt: skip
+
+
+def record(decision: Decision, planned: Planned, namespace: str, name: str, uid: str, settings: Settings,
+           results_cache: collector.ResultCache) -> str | None:
+    """Write what the pass decided into the record (failures of runs that left no file, elimination decisions)
+    before any workload is created; the StorageUnavailable message when storage refused."""
+    if not (decision.failures or decision.eliminations) or planned.spec is None:
+        return None
+    try:
+        store = collector.ablation_store(planned.spec, namespace, name, settings)
+        write_all(store, failures=decision.failures, eliminations=decision.eliminations)
+    except StorageError as error:
+        metrics.STORAGE_ERRORS.inc()
+        return collector.describe(error)
+    for failure in decision.failures:
+        results_cache.note(uid, failure.trial, FAILURE, failure)
+    for elimination in decision.eliminations:
+        results_cache.note_decision(uid, elimination)
+    return None
 
 
 def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.ResultCache,
@@ -94,6 +129,10 @@ def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.Re
                         dict(snapshot.body.get("spec") or {}), settings)  # fmt: skip
     observed = observe(snapshot, planned, results_cache, settings)
     decision = reconcile(observed, settings)
+    if unrecorded := record(decision, planned, namespace, name, meta.get("uid") or "", settings, results_cache):
+        # Nothing is created on a decision that is not recorded: a later pass could decide otherwise.
+        observed = dataclasses.replace(observed, storage_problem=unrecorded)
+        decision = reconcile(observed, settings)
     created, rejected = create_jobs(decision, snapshot.body)
     if rejected:  # judge again, knowing what the API server refused: the status says so, nothing else is created
         again = reconcile(dataclasses.replace(observed, jobs={**observed.jobs, **created}, rejected=rejected), settings)
@@ -112,7 +151,7 @@ def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.Re
     outcome.created = created
     if wanted and not unstored:
         outcome.summary_written = (decision.status.get("trials") or {}).get("succeeded")
-    outcome.retry = bool(rejected or observed.storage_problem or unstored)
+    outcome.retry = bool(rejected or observed.storage_problem or unstored or unrecorded)
     # Nothing sends an event when these change, so the pass itself says when to look again: a result.json that may
     # be rewritten (checked every result_recheck_seconds) and a pod that will have waited too long.
     rechecks = [next_stuck_check(snapshot.pods, observed.now, settings.unschedulable_after)]

@@ -1,84 +1,73 @@
-"""Each trial's state from what was observed: its result, its failure.json, the elimination, and the Job of the
-unit it is in now (one trial, or several in one pod; round one or a survivor's round two). Pure."""
+"""Each trial's state in the operator: the evidence of one pass (storage's record, the recorded decision, the
+workload of the trial's current unit) handed to lora_ablation.lifecycle, the one function that judges it, the
+same the local runner calls. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from lora_ablation.api.stages import TrialFailure
+from lora_ablation.api.trial_state import ACTIVE, TERMINAL, TrialState
 from lora_ablation.budget import Costs, result_cost
+from lora_ablation.lifecycle import Evidence, judge
 from lora_ablation.plan import PlannedTrial
 from lora_ablation.schedule import Schedule, Unit
-from lora_ablation_operator import conditions as c
-from lora_ablation_operator.observe import failure_message, job_finished
+from lora_ablation_operator import workload
 
-ACTIVE = frozenset({c.RUNNING, c.STUCK, c.TRIAL_SUSPENDED})
-DONE = frozenset({c.SUCCEEDED, c.FAILED, c.RESULTS_MISSING, c.ELIMINATED})
+DONE = frozenset(s.value for s in TERMINAL)
 
 
 @dataclass
 class Judged:
     states: dict[str, tuple[str, str | None]]  # trial -> (state, why)
-    startable: list[Unit]  # units without a Job that have a trial to run, in schedule order
-    active: list[str]  # names of units whose Job runs (or is suspended)
+    startable: list[Unit]  # units without a workload that have a trial to run, in schedule order
+    active: list[str]  # names of units whose workload runs (or is suspended)
+    records: list[TrialFailure] = field(default_factory=list)  # runs that ended without a file: record them
 
 
-def _state(trial: PlannedTrial, unit: Unit, job: dict[str, Any] | None, observed: Any) -> tuple[str, str | None]:
-    name = trial.name
+def evidence(trial: PlannedTrial, unit: Unit | None, job: dict[str, Any] | None, observed: Any) -> Evidence:
+    name, schedule = trial.name, observed.schedule
     read = observed.results.get(name)
-    if read is not None and read.result is not None:
-        return c.SUCCEEDED, None
-    if name in observed.failures:
-        return c.FAILED, observed.failures[name].message
-    schedule: Schedule = observed.schedule
-    if name in schedule.elimination.eliminated:
-        return c.ELIMINATED, schedule.elimination.eliminated[name]
-    stage_one = observed.stage_ones.get(name)
-    if unit.stage_one and stage_one is not None:
-        return c.PENDING, (
-            f"stage one scored {stage_one.score:.4f} at step {stage_one.step} of {stage_one.steps}; waiting for the "
-            f"other configurations on {trial.spec.dataset.name}"
-        )
-    if job is None:
-        rejected = observed.rejected.get(unit.name)
-        if rejected:
-            return c.PENDING, f"Job rejected by the API server: {rejected}"
-        return c.PENDING, ("survived stage one; waiting to resume" if stage_one is not None else None)
-    if job_finished(job, "Failed"):
-        said = observed.terminations.get(unit.name)  # what the trainer wrote to its termination log, e.g. the step
-        return c.FAILED, failure_message(job) + (f"; trainer: {said}" if said else "")
-    if job_finished(job, "Complete"):
-        if read is not None and read.problem:
-            return c.RESULTS_MISSING, read.problem
-        wrote = "stage-one.json" if unit.stage_one and not trial.spec.is_baseline else "result.json"
-        return c.RESULTS_MISSING, f"the Job succeeded but left no {wrote}"
-    if (job.get("spec") or {}).get("suspend"):
-        return c.TRIAL_SUSPENDED, None
-    if unit.name in observed.stuck:
-        return c.STUCK, observed.stuck[unit.name]
-    if len(unit.trials) > 1:
-        return c.RUNNING, f"in {unit.name} with {len(unit.trials) - 1} other trial(s)"
-    return c.RUNNING, None
+    unit_name = unit.name if unit is not None else None
+    run, message = workload.run_of(job, stuck=observed.stuck.get(unit_name), rejected=observed.rejected.get(unit_name),
+                                   termination=observed.terminations.get(unit_name))  # fmt: skip
+    return Evidence(
+        dataset=trial.spec.dataset.name, baseline=trial.spec.is_baseline,
+        result=read.result if read is not None else None, result_problem=read.problem if read is not None else None,
+        stage_one=observed.stage_ones.get(name), failure=observed.failures.get(name),
+        eliminated=schedule.elimination.eliminated.get(name), survivor=name in schedule.elimination.survivors,
+        in_stage_one=bool(unit is not None and unit.stage_one), run=run, run_message=message,
+        companions=len(unit.trials) - 1 if unit is not None else 0,
+    )  # fmt: skip
 
 
-def judge(plan_trials: list[PlannedTrial], schedule: Schedule, jobs: dict[str, dict[str, Any]],
-          observed: Any) -> Judged:  # fmt: skip
-    states = {}
+def judge_all(plan_trials: list[PlannedTrial], schedule: Schedule, jobs: dict[str, dict[str, Any]],
+              observed: Any) -> Judged:  # fmt: skip
+    states, records = {}, []
     for trial in plan_trials:
-        unit = schedule.current[trial.name]
-        states[trial.name] = _state(trial, unit, jobs.get(unit.name), observed)
+        unit = schedule.current.get(trial.name)
+        job = jobs.get(unit.name) if unit is not None else None
+        judged = judge(trial.name, evidence(trial, unit, job, observed))
+        states[trial.name] = (judged.state.value, judged.why)
+        if judged.record is not None:
+            records.append(judged.record)
     startable, active = [], []
     for unit in schedule.units:
         job = jobs.get(unit.name)
         if job is None:
-            # A trial scored in stage one waits for its dataset's decision, not for this unit's Job.
-            scored = observed.stage_ones if unit.stage_one else {}
-            if any(states[t.name][0] == c.PENDING and t.name not in scored for t in unit.trials):
+            # A unit starts for trials that have nothing yet; a trial scored in stage one waits for its decision.
+            if any(states[t.name][0] == TrialState.pending and schedule.current.get(t.name) is unit
+                   and (t.name not in observed.stage_ones or unit.round == 2) for t in unit.trials):  # fmt: skip
                 startable.append(unit)
-        elif not (job_finished(job, "Complete") or job_finished(job, "Failed")):
+        elif not workload.finished(job):
             active.append(unit.name)
-    return Judged(states, startable, active)
+    return Judged(states, startable, active, records)
+
+
+def is_active(state: str) -> bool:
+    return TrialState(state) in ACTIVE
 
 
 def committed(schedule: Schedule, active: list[str], done: Collection[str], costs: Costs) -> float:

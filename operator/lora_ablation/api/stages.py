@@ -5,6 +5,7 @@ runs several trials)."""
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -93,3 +94,30 @@ class TrialFailure(OpenModel):
     message: str = Field(max_length=4000, description="Why it failed, as a one-trial Job's termination message.")
     exit_code: int = Field(description="The exit code a one-trial Job would have ended with.")
     finished_at: str | None = Field(None, description="RFC 3339 time of the failure.")
+    state: Literal["Failed", "ResultsMissing"] = Field(
+        "Failed", description="Failed, or ResultsMissing: the run ended without writing what it had to."
+    )
+    recorded_by: Literal["trainer", "operator", "runner"] = Field(
+        "trainer",
+        description="Who wrote it: the trainer, or the operator / local runner recording a run that ended without "
+        "a file of its own, so the outcome outlives the workload (a deleted Job changes nothing).",
+    )
+
+
+class EliminationDecision(OpenModel):
+    """decisions/elimination-<dataset>.json: one dataset's two-stage decision, written once when it is made and
+    never recomputed, so an edit, a deleted Job or a restart cannot reopen it. A configuration added later is
+    held against the recorded cutoff."""
+
+    dataset: str = Field(max_length=64, description="Dataset name.")
+    survivors: list[str] = Field(default_factory=list, max_length=10000, description="Trials that go on.")
+    eliminated: dict[str, str] = Field(
+        default_factory=dict, max_length=10000, description="Trial -> why it stopped after stage one."
+    )
+    scores: dict[str, float] = Field(
+        default_factory=dict, max_length=10000, description="Config label -> stage-one score (mean over seeds)."
+    )
+    cutoff: tuple[float, float] | None = Field(
+        None, description="(score, -eval loss) a configuration needed; None: too few configurations to eliminate."
+    )
+    decided_at: str | None = Field(None, description="RFC 3339 time of the decision.")

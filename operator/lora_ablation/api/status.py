@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from lora_ablation.api.base import OpenModel
+from lora_ablation.api.trial_state import TrialState
 
 
 class Condition(OpenModel):
@@ -48,19 +49,7 @@ class TrialStatus(OpenModel):
         description="Pending, Running, Stuck (a pod cannot start: see message), Succeeded, Failed, ResultsMissing, "
         "Suspended, Eliminated (stopped after stage one; its stage-one score is kept) or Skipped (never started: "
         "the GPU-hour budget was reached).",
-        json_schema_extra={
-            "enum": [
-                "Pending",
-                "Running",
-                "Stuck",
-                "Succeeded",
-                "Failed",
-                "ResultsMissing",
-                "Suspended",
-                "Eliminated",
-                "Skipped",
-            ]
-        },
+        json_schema_extra={"enum": [state.value for state in TrialState]},
     )
     layers: str | None = Field(None, description="Layer subset, when search.layers lists several.")
     stage_one_score: float | None = Field(None, description="Score at the stage-one checkpoint (two-stage runs).")

@@ -1,0 +1,85 @@
+"""The ablation's record in its storage prefix: what has happened, written once and read back, never re-derived
+from the workloads that happen to exist. Trial files (result.json, stage-one.json, failure.json) are the trainer's;
+the operator (or local runner) adds failure.json for a run that ended without one, and one decision file per
+dataset once its two-stage elimination is made. One listing of the prefix (a request per 1,000 keys) tells a
+restarted operator everything that happened while it was away."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from lora_ablation.api.stages import EliminationDecision, TrialFailure
+from lora_ablation.contract import FAILURE, RESULT, STAGE_ONE
+from lora_ablation.store import ObjectTooLarge, Store
+
+log = logging.getLogger(__name__)
+DECISIONS = "decisions"
+TRIAL_FILES = (RESULT, STAGE_ONE, FAILURE)
+MAX_DECISION_BYTES = 4 * 1024 * 1024  # survivors and reasons of up to 10,000 trials
+
+
+def elimination_key(dataset: str) -> str:
+    return f"{DECISIONS}/elimination-{dataset}.json"  # dataset names are DNS-1123 labels (the API's pattern)
+
+
+@dataclass
+class Listing:
+    """What one listing of the prefix found: each trial's files, and the recorded decisions."""
+
+    files: dict[str, set[str]] = field(default_factory=dict)  # trial -> which of TRIAL_FILES it has
+    eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # dataset -> its decision
+
+    def has(self, trial: str, file: str) -> bool:
+        return file in self.files.get(trial, ())
+
+    def add(self, trial: str, file: str) -> None:
+        self.files.setdefault(trial, set()).add(file)
+
+
+def list_record(store: Store) -> Listing:
+    out = Listing()
+    decisions = []
+    for key in store.list():
+        head, _, tail = key.partition("/")
+        if head == DECISIONS:
+            decisions.append(key)
+        elif tail in TRIAL_FILES:
+            out.add(head, tail)
+    for key in decisions:
+        if (decision := read_elimination(store, key)) is not None:
+            out.eliminations[decision.dataset] = decision
+    return out
+
+
+def read_elimination(store: Store, key: str) -> EliminationDecision | None:
+    try:
+        decision = EliminationDecision.model_validate(store.read_json(key, MAX_DECISION_BYTES))
+    except FileNotFoundError:
+        return None
+    except (ObjectTooLarge, ValueError, RecursionError) as error:  # ValidationError is a ValueError
+        log.warning("ignoring %s: %s", key, str(error)[:200])
+        return None
+    if key != elimination_key(decision.dataset):
+        log.warning("ignoring %s: it records dataset %r", key, decision.dataset)
+        return None
+    return decision
+
+
+def write_elimination(store: Store, decision: EliminationDecision) -> None:
+    store.write_json(elimination_key(decision.dataset), decision.model_dump(mode="json", by_alias=True))
+
+
+def write_failure(store: Store, failure: TrialFailure) -> None:
+    store.write_json(f"{failure.trial}/{FAILURE}", failure.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def write_all(store: Store, *, failures: Iterable[TrialFailure] = (),
+              eliminations: Iterable[EliminationDecision] = ()) -> None:  # fmt: skip
+    """Record what a pass decided, before any workload it implies is created (a round-two Job without its
+    recorded decision would let a later pass decide otherwise)."""
+    for failure in failures:
+        write_failure(store, failure)
+    for decision in eliminations:
+        write_elimination(store, decision)
