@@ -72,6 +72,14 @@ class ResultCache:
         if uid in self._listings:
             self._listings[uid].add(trial, file)
 
+    def keep(self, uid: str, trial: str, file: str, scope: str, into: str) -> None:
+        """A file found by a read in `scope` (a unit's workload) is part of the record from now on: kept under
+        scope `into` and in the listing, so a deleted workload takes nothing with it."""
+        if (cached := self._reads.get((uid, trial, file, scope))) is not None:
+            self._reads.setdefault((uid, trial, file, into), cached)
+            if uid in self._listings:
+                self._listings[uid].add(trial, file)
+
     def noted(self, uid: str, trial: str, file: str) -> Any:
         cached = self._reads.get((uid, trial, file, NOTED))
         return cached[1] if cached else None

@@ -48,6 +48,11 @@ def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: s
     stage_ones = cache.collect(uid, store, names, STAGE_ONE, read_stage_one, scope) if STAGE_ONE in files else {}
     failures = cache.collect(uid, store, names, FAILURE, read_failure, scope) if FAILURE in files else {}
     _merge(out, results, stage_ones, failures)
+    if scope != LISTED:  # what a unit's read found outlives its workload
+        for file, found in ((RESULT, results), (STAGE_ONE, stage_ones), (FAILURE, failures)):
+            for name, value in found.items():
+                if value is not None and (file != RESULT or value.result is not None or value.problem):
+                    cache.keep(uid, name, file, scope, LISTED)
 
 
 def kept_units(jobs: dict[str, dict[str, Any]], planned: dict[str, PlannedTrial]) -> list[Unit]:

@@ -186,16 +186,22 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
     return False
 
 
+def _schedule(observed: Observed, spec: LoraAblationSpec, plan: Plan) -> Schedule:
+    finished = [n for n, r in observed.results.items() if r is not None and r.result is not None]
+    kept = kept_units(observed.jobs, {t.name: t for t in plan.trials})
+    return build_schedule(observed.name, plan, spec, observed.stage_ones, finished, set(observed.failures),
+                          recorded=observed.eliminations, kept=kept)  # fmt: skip
+
+
 def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings, decision: Decision) -> None:
-    schedule = observed.schedule
-    if schedule is None:
-        finished = [n for n, r in observed.results.items() if r is not None and r.result is not None]
-        kept = kept_units(observed.jobs, {t.name: t for t in plan.trials})
-        schedule = build_schedule(observed.name, plan, spec, observed.stage_ones, finished, set(observed.failures),
-                                  recorded=observed.eliminations, kept=kept)  # fmt: skip
+    schedule = observed.schedule or _schedule(observed, spec, plan)
+    trial_jobs = {n: j for n, j in observed.jobs.items() if is_trial_job(j)}
+    records = judge_all(plan.trials, schedule, trial_jobs, dataclasses.replace(observed, schedule=schedule)).records
+    if records:  # runs that ended without a file count as recorded now: the decisions they allow are made now too
+        observed = dataclasses.replace(observed, failures={**observed.failures, **{f.trial: f for f in records}})
+        schedule = _schedule(observed, spec, plan)
     observed = dataclasses.replace(observed, schedule=schedule)
     unit_names = {u.name for u in schedule.units}
-    trial_jobs = {n: j for n, j in observed.jobs.items() if is_trial_job(j)}
     # Trials removed from the spec by an edit (or regrouped): stop their Jobs (results stay in storage).
     decision.delete += sorted(n for n, j in trial_jobs.items() if n not in unit_names and not _terminal_job(j))
     previous = observed.previous_states
@@ -205,7 +211,7 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
         previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
     judged = judge_all(plan.trials, schedule, trial_jobs, observed)
     states, active = judged.states, judged.active
-    decision.failures = judged.records
+    decision.failures = records
     decision.eliminations = sorted(schedule.elimination.new.values(), key=lambda d: d.dataset)
     failures = sum(1 for s, _ in states.values() if s in {c.FAILED, c.RESULTS_MISSING})
     too_many = failures > spec.execution.max_failed_trials
