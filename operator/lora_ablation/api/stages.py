@@ -9,6 +9,7 @@ from enum import Enum
 from pydantic import Field, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
+from lora_ablation.api.bounds import MAX_STEPS, MAX_TEXT, ExitCode, Loss, Name, Score, Seconds, Short, Steps
 
 
 class EliminationRule(str, Enum):
@@ -66,30 +67,32 @@ class StageOneSpec(ApiModel):
 
 
 class StageOneResult(OpenModel):
-    """stage-one.json: a trial's score at its stage-one checkpoint (the checkpoint is in checkpoints/)."""
+    """stage-one.json: a trial's score at its stage-one checkpoint (the checkpoint is in checkpoints/).
+    Written by the trial image, so every figure is bounded (lora_ablation.api.bounds): the elimination averages
+    the scores and the budget sums the seconds."""
 
-    trial: str = Field(description="Trial name.")
-    dataset: str = Field(description="Dataset name.")
-    step: int = Field(ge=0, description="Optimizer steps trained (and checkpointed) in stage one.")
-    steps: int = Field(ge=1, description="Optimizer steps the whole trial takes.")
-    metric: str = Field(description="Metric name from the dataset spec.")
-    score: float = Field(description="Stage-one eval score (higher is better).")
-    samples: int = Field(ge=0, description="Eval records scored.")
-    eval_loss: float | None = Field(
+    trial: Name = Field(description="Trial name.")
+    dataset: Name = Field(description="Dataset name.")
+    step: Steps = Field(description="Optimizer steps trained (and checkpointed) in stage one.")
+    steps: int = Field(ge=1, le=MAX_STEPS, description="Optimizer steps the whole trial takes.")
+    metric: Short = Field(description="Metric name from the dataset spec.")
+    score: Score = Field(description="Stage-one eval score (higher is better).")
+    samples: Steps = Field(description="Eval records scored.")
+    eval_loss: Loss | None = Field(
         None, description="Mean token cross-entropy on those records: breaks ties between stage-one scores."
     )
-    loss_last: float | None = Field(None, description="Mean training loss over the last logged window.")
-    compute_seconds: float = Field(0.0, ge=0, description="Device-seconds stage one used (see TrialResult).")
-    gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds stage one used.")
-    cpu_seconds: float | None = Field(None, ge=0, description="CPU time stage one used (see TrialResult).")
-    finished_at: str | None = Field(None, description="RFC 3339 time stage one finished.")
+    loss_last: Loss | None = Field(None, description="Mean training loss over the last logged window.")
+    compute_seconds: Seconds = Field(0.0, description="Device-seconds stage one used (see TrialResult).")
+    gpu_seconds: Seconds = Field(0.0, description="GPU-seconds stage one used.")
+    cpu_seconds: Seconds | None = Field(None, description="CPU time stage one used (see TrialResult).")
+    finished_at: Short | None = Field(None, description="RFC 3339 time stage one finished.")
 
 
 class TrialFailure(OpenModel):
     """failure.json: a trial that failed for good inside a pod running several trials (the pod goes on with
     the others, so the Job's own state cannot say which trial failed)."""
 
-    trial: str = Field(description="Trial name.")
-    message: str = Field(max_length=4000, description="Why it failed, as a one-trial Job's termination message.")
-    exit_code: int = Field(description="The exit code a one-trial Job would have ended with.")
-    finished_at: str | None = Field(None, description="RFC 3339 time of the failure.")
+    trial: Name = Field(description="Trial name.")
+    message: str = Field(max_length=MAX_TEXT, description="Why it failed, as a one-trial Job's termination message.")
+    exit_code: ExitCode = Field(description="The exit code a one-trial Job would have ended with.")
+    finished_at: Short | None = Field(None, description="RFC 3339 time of the failure.")
