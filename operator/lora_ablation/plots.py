@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lora_ablation.render_safe import plain_text
 from lora_ablation.summary_models import Summary
+
+MAX_PLOT_LABEL = 80  # longer labels would cover the points they name
 
 
 def _pyplot():
@@ -18,9 +21,15 @@ def _pyplot():
     return plt
 
 
+def plot_text(value: object, limit: int = MAX_PLOT_LABEL) -> str:
+    """Untrusted text as matplotlib shows it: one short line, and '$' escaped (a pair would start mathtext, which
+    raises on what it cannot parse when the figure is drawn)."""
+    return plain_text(value, limit).replace("$", r"\$")
+
+
 def pareto_label(name: str, within_noise: bool | None) -> str:
     """A point's label; an overhead over the base model smaller than its noise says so on the plot."""
-    return f"{name} (overhead within noise)" if within_noise else name
+    return f"{plot_text(name)} (overhead within noise)" if within_noise else plot_text(name)
 
 
 def pareto_plot(summary: Summary, path: Path) -> Path | None:
@@ -62,13 +71,14 @@ def pareto_figure(summary: Summary):
         chosen = next((c for c in timed if c.config == name), None)
         if chosen:
             ax.scatter(chosen.tpot_p95_ms, chosen.mean_score, marker=marker, s=260 if marker == "*" else 110,
-                       facecolor="none", edgecolor=color, linewidth=2, zorder=4, label=f"{label}: {name}")  # fmt: skip
+                       facecolor="none", edgecolor=color, linewidth=2, zorder=4,
+                       label=f"{label}: {plot_text(name)}")  # fmt: skip
     if summary.base_tpot_p95_ms:
         ax.axvline(summary.base_tpot_p95_ms, color="black", linestyle=":", linewidth=1, label="base model TPOT p95")
     bars = " (bars: 95% intervals)" if summary.seeds > 1 or any(c.tpot_ci_ms for c in timed) else ""
     ax.set_xlabel("adapter TPOT p95 (ms per output token, lower is better)" + bars)
     ax.set_ylabel("mean score over datasets (higher is better)")
-    ax.set_title(f"{summary.ablation}: quality vs latency")
+    ax.set_title(f"{plot_text(summary.ablation)}: quality vs latency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -94,8 +104,9 @@ def heatmap_plot(summary: Summary, path: Path) -> Path | None:
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(configs), 1.4 + 0.6 * len(summary.datasets)), dpi=120)
     image = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(configs)), labels=configs, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(summary.datasets)), labels=[f"{t.name} ({t.metric})" for t in summary.datasets], fontsize=8)
+    ax.set_xticks(range(len(configs)), labels=[plot_text(c) for c in configs], rotation=35, ha="right", fontsize=8)
+    rows = [f"{plot_text(t.name, 40)} ({plot_text(t.metric, 40)})" for t in summary.datasets]
+    ax.set_yticks(range(len(summary.datasets)), labels=rows, fontsize=8)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i, row in enumerate(values):
@@ -106,7 +117,7 @@ def heatmap_plot(summary: Summary, path: Path) -> Path | None:
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if np.isnan(value) or value < middle else "black")  # fmt: skip
     fig.colorbar(image, ax=ax, label="score")
-    ax.set_title(f"{summary.ablation}: score per dataset and configuration")
+    ax.set_title(f"{plot_text(summary.ablation)}: score per dataset and configuration")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -1,8 +1,18 @@
-"""Render a Summary for people: a terminal table, Markdown, and the two pictures (plots.py)."""
+"""Render a Summary for people: a terminal table, Markdown, and the two pictures (plots.py).
+
+Labels, dataset and metric names, notes and the rationale can come from trial files (or labels built from them), so
+every string is shown through render_safe: plain_text for the terminal (no escape sequences), markdown_text for
+summary.md (no HTML, links or images; no broken tables)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from lora_ablation.render_safe import MAX_LABEL, markdown_text, plain_text
 from lora_ablation.summary_models import Summary
+
+Text = Callable[[object], str]  # how an untrusted string is shown: plain_text or markdown_text
+NOTE_LIMIT = 4000  # a note names up to a few dozen configurations
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -65,7 +75,7 @@ def leaderboard_headers(summary: Summary) -> list[str]:
     return [*LEADERBOARD_HEADERS[:-1], *(["MERGED"] if _merged(summary) else []), LEADERBOARD_HEADERS[-1]]
 
 
-def leaderboard_rows(summary: Summary) -> list[list[str]]:
+def leaderboard_rows(summary: Summary, text: Text = plain_text) -> list[list[str]]:
     total = len(summary.datasets)
     merged = _merged(summary)
     rows = []
@@ -74,7 +84,7 @@ def leaderboard_rows(summary: Summary) -> list[list[str]]:
         rows.append(
             [
                 _position(summary, index),
-                c.config + marks,
+                text(c.config) + marks,
                 with_interval(c.mean_score, c.score_ci_low, c.score_ci_high),
                 _fmt(c.mean_rank, 2),
                 _fmt(c.worst_gap),
@@ -88,12 +98,12 @@ def leaderboard_rows(summary: Summary) -> list[list[str]]:
     return rows
 
 
-def dataset_matrix(summary: Summary) -> tuple[list[str], list[list[str]]]:
+def dataset_matrix(summary: Summary, text: Text = plain_text) -> tuple[list[str], list[list[str]]]:
     """Rows: configurations (plus the baseline); columns: datasets; cells: score (delta vs baseline)."""
-    headers = ["CONFIG", *(t.name for t in summary.datasets)]
+    headers = ["CONFIG", *(text(t.name) for t in summary.datasets)]
     rows = [["base (no adapter)", *(_fmt(t.baseline_score) for t in summary.datasets)]]
     for config in summary.configs:
-        row = [config.config]
+        row = [text(config.config)]
         for table in summary.datasets:
             cell = next((c for c in table.cells if c.config == config.config), None)
             if cell is None:
@@ -124,10 +134,11 @@ def latency_noise(summary: Summary) -> list[str]:
     ]
 
 
-def _verdict(summary: Summary) -> list[str]:
+def _verdict(summary: Summary, text: Text = plain_text) -> list[str]:
     rec = summary.recommendation
     if len(rec.tied) > 1:
-        return [f"No winner: {', '.join(rec.tied)} are tied with the best; cheapest of them: {rec.cheapest_tied}"]
+        tied, cheapest = ", ".join(text(t) for t in rec.tied), text(rec.cheapest_tied)
+        return [f"No winner: {tied} are tied with the best; cheapest of them: {cheapest}"]
     return []
 
 
@@ -142,7 +153,7 @@ def render_text(summary: Summary) -> str:
     headers, rows = dataset_matrix(summary)
     rec = summary.recommendation
     parts = [
-        f"Leaderboard: {summary.namespace}/{summary.ablation} ({legend(summary)})",
+        f"Leaderboard: {plain_text(summary.namespace)}/{plain_text(summary.ablation)} ({legend(summary)})",
         text_table(leaderboard_headers(summary), leaderboard_rows(summary)),
         "",
         "Scores per dataset (delta vs the base model):",
@@ -150,10 +161,11 @@ def render_text(summary: Summary) -> str:
         "",
         *latency_noise(summary),
         *_verdict(summary),
-        f"Recommendation: accuracy-first {rec.accuracy_first or '-'}; balanced {rec.balanced or '-'}",
-        f"  {rec.rationale or ''}",
+        f"Recommendation: accuracy-first {plain_text(rec.accuracy_first or '-')}; balanced "
+        f"{plain_text(rec.balanced or '-')}",
+        f"  {plain_text(rec.rationale or '', NOTE_LIMIT)}",
     ]
-    parts += [f"Note: {note}" for note in summary.notes]
+    parts += [f"Note: {plain_text(note, NOTE_LIMIT)}" for note in summary.notes]
     return "\n".join(parts)
 
 
@@ -163,16 +175,20 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _md(value: object) -> str:
+    return markdown_text(value, MAX_LABEL)
+
+
 def render_markdown(summary: Summary) -> str:
-    headers, rows = dataset_matrix(summary)
+    headers, rows = dataset_matrix(summary, _md)
     rec = summary.recommendation
     parts = [
-        f"# LoRA ablation `{summary.namespace}/{summary.ablation}`",
+        f"# LoRA ablation `{_md(summary.namespace)}/{_md(summary.ablation)}`",
         "",
-        f"**Accuracy-first:** `{rec.accuracy_first or '-'}`  ",
-        f"**Balanced:** `{rec.balanced or '-'}` (within {summary.tolerance} of the best mean, lowest TPOT p95)  ",
-        *(f"**{line}**  " for line in _verdict(summary)),
-        f"{rec.rationale or ''}",
+        f"**Accuracy-first:** `{_md(rec.accuracy_first or '-')}`  ",
+        f"**Balanced:** `{_md(rec.balanced or '-')}` (within {summary.tolerance} of the best mean, lowest TPOT p95)  ",
+        *(f"**{line}**  " for line in _verdict(summary, _md)),
+        markdown_text(rec.rationale or "", NOTE_LIMIT),
         "",
         "## Leaderboard",
         "",
@@ -187,7 +203,7 @@ def render_markdown(summary: Summary) -> str:
         )
         + "An overhead marked *within noise* is smaller than its measured noise.",
         "",
-        _markdown_table(leaderboard_headers(summary), leaderboard_rows(summary)),
+        _markdown_table(leaderboard_headers(summary), leaderboard_rows(summary, _md)),
         "",
         "## Scores per dataset",
         "",
@@ -195,5 +211,5 @@ def render_markdown(summary: Summary) -> str:
     ]
     parts += ["", *latency_noise(summary)] if summary.latency_cv_pct is not None else []
     if summary.notes:
-        parts += ["", "## Notes", "", *(f"- {note}" for note in summary.notes)]
+        parts += ["", "## Notes", "", *(f"- {markdown_text(note, NOTE_LIMIT)}" for note in summary.notes)]
     return "\n".join(parts) + "\n"

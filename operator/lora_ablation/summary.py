@@ -12,13 +12,22 @@ from lora_ablation.api.status import LeaderboardEntry
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialResult
 from lora_ablation.plan import config_label
 from lora_ablation.recommend import faster, recommend, score_interval
+from lora_ablation.render_safe import label_text, plain_text
 from lora_ablation.serving import serving_notes
 from lora_ablation.stats import Interval, mean_interval, mean_of_means, separable, tie_positions, within
 from lora_ablation.summary_models import Cell, ConfigSummary, DatasetSummary, Summary
 
+MAX_DATASET = 64  # a dataset name (the spec allows 24 characters)
 
+
+# Labels and names reach the status, events and summary.md; they are built from a result's fields, which a trial
+# image wrote (results.labelled replaces them by the plan's): one line each, bounded, and never two made one.
 def result_label(result: TrialResult) -> str:
-    return config_label(result.modules, result.rank, result.variant, result.layers)
+    return label_text(config_label(result.modules, result.rank, result.variant, result.layers))
+
+
+def dataset_name(name: str) -> str:
+    return label_text(name, MAX_DATASET)
 
 
 def _adapter_tpot(result: TrialResult) -> float | None:
@@ -66,7 +75,7 @@ def _dataset_tables(
             )
         base_tpot = baseline.latency.base.tpot_p95_ms if baseline and baseline.latency else None
         first = next(iter(results.values()), None)
-        metric = first[0].eval.metric if first else (baseline.eval.metric if baseline else "")
+        metric = plain_text(first[0].eval.metric if first else (baseline.eval.metric if baseline else ""), 64)
         tables.append(
             DatasetSummary(
                 name=name,
@@ -138,9 +147,9 @@ def _config_summaries(
         summaries.append(
             ConfigSummary(
                 config=label,
-                modules=example.modules,
+                modules=[plain_text(m, 128) for m in example.modules],
                 rank=example.rank,
-                variant=example.variant,
+                variant=plain_text(example.variant, 64),
                 datasets=len(entries),
                 missing_datasets=[d for d in all_datasets if d not in present],
                 complete=len(present) == len(all_datasets),
@@ -217,17 +226,18 @@ def summarize(
     baselines: dict[str, TrialResult] = {}
     planned_by_dataset: dict[str, set[str]] = defaultdict(set)
     for dataset, label in planned:
-        by_dataset.setdefault(dataset, {})
+        by_dataset.setdefault(dataset_name(dataset), {})
         if label != "base":
-            planned_by_dataset[dataset].add(label)
+            planned_by_dataset[dataset_name(dataset)].add(label_text(label))
     # One result per dataset, configuration and seed: a later one replaces an earlier (as before seeds).
-    unique = {(r.dataset, result_label(r), r.seed): r for r in results}
-    for result in sorted(unique.values(), key=lambda r: (r.seed is None, r.seed or 0, r.trial)):
-        by_dataset.setdefault(result.dataset, {})
+    unique = {(dataset_name(r.dataset), result_label(r), r.seed): r for r in results}
+    ordered = sorted(unique.items(), key=lambda item: (item[1].seed is None, item[1].seed or 0, item[1].trial))
+    for (dataset, label, _), result in ordered:
+        by_dataset.setdefault(dataset, {})
         if result.variant == BASELINE_VARIANT:
-            baselines[result.dataset] = result
+            baselines[dataset] = result
             continue
-        by_dataset[result.dataset].setdefault(result_label(result), []).append(result)
+        by_dataset[dataset].setdefault(label, []).append(result)
     keyed = {(dataset, label): runs for dataset, table in by_dataset.items() for label, runs in table.items()}
     tables = _dataset_tables(by_dataset, baselines, planned_by_dataset)
     base_tpot = common_base_tpot([*(r for runs in keyed.values() for r in runs), *baselines.values()])

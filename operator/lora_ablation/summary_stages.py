@@ -8,10 +8,12 @@ from collections.abc import Iterable, Mapping
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.budget import Costs
 from lora_ablation.plan import Plan
+from lora_ablation.render_safe import label_text
 from lora_ablation.schedule import Elimination
 from lora_ablation.summary_models import Compute, EliminatedConfig, StageOneEntry, Summary
 
 
+# Labels as summarize makes them (label_text), so an eliminated configuration is named as the leaderboard names it.
 def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_ones: Mapping[str, StageOneResult],
                 costs: Costs, skipped: Iterable[str] = (), max_gpu_hours: float | None = None) -> Summary:  # fmt: skip
     by_config: dict[tuple[str, str], list[str]] = {}
@@ -22,13 +24,15 @@ def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_on
     for (dataset, label), trials in by_config.items():
         first = stage_ones[trials[0]]
         eliminated.append(EliminatedConfig(
-            dataset=dataset, config=label, stage_one_score=round(elimination.scores[dataset][label], 6),
+            dataset=dataset, config=label_text(label), stage_one_score=round(elimination.scores[dataset][label], 6),
             cutoff=round(elimination.cutoffs[dataset], 6), step=first.step, steps=first.steps, trials=trials,
         ))  # fmt: skip
     eliminated.sort(key=lambda e: (e.dataset, -e.stage_one_score))
     survived = {(t.spec.dataset.name, t.label) for t in plan.trials if t.name in elimination.survivors}
     entries = [
-        StageOneEntry(dataset=dataset, config=label, score=round(score, 6), survived=(dataset, label) in survived)
+        StageOneEntry(
+            dataset=dataset, config=label_text(label), score=round(score, 6), survived=(dataset, label) in survived
+        )
         for dataset, scores in elimination.scores.items()
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1])
     ]

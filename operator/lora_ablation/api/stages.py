@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
+from lora_ablation.api.bounds import MAX_STEPS, MAX_TEXT, ExitCode, Loss, Name, Score, Seconds, Short, Steps
 
 
 class EliminationRule(str, Enum):
@@ -67,33 +68,35 @@ class StageOneSpec(ApiModel):
 
 
 class StageOneResult(OpenModel):
-    """stage-one.json: a trial's score at its stage-one checkpoint (the checkpoint is in checkpoints/)."""
+    """stage-one.json: a trial's score at its stage-one checkpoint (the checkpoint is in checkpoints/).
+    Written by the trial image, so every figure is bounded (lora_ablation.api.bounds): the elimination averages
+    the scores and the budget sums the seconds."""
 
-    trial: str = Field(description="Trial name.")
-    dataset: str = Field(description="Dataset name.")
-    step: int = Field(ge=0, description="Optimizer steps trained (and checkpointed) in stage one.")
-    steps: int = Field(ge=1, description="Optimizer steps the whole trial takes.")
-    metric: str = Field(description="Metric name from the dataset spec.")
-    score: float = Field(description="Stage-one eval score (higher is better).")
-    samples: int = Field(ge=0, description="Eval records scored.")
-    eval_loss: float | None = Field(
+    trial: Name = Field(description="Trial name.")
+    dataset: Name = Field(description="Dataset name.")
+    step: Steps = Field(description="Optimizer steps trained (and checkpointed) in stage one.")
+    steps: int = Field(ge=1, le=MAX_STEPS, description="Optimizer steps the whole trial takes.")
+    metric: Short = Field(description="Metric name from the dataset spec.")
+    score: Score = Field(description="Stage-one eval score (higher is better).")
+    samples: Steps = Field(description="Eval records scored.")
+    eval_loss: Loss | None = Field(
         None, description="Mean token cross-entropy on those records: breaks ties between stage-one scores."
     )
-    loss_last: float | None = Field(None, description="Mean training loss over the last logged window.")
-    compute_seconds: float = Field(0.0, ge=0, description="Device-seconds stage one used (see TrialResult).")
-    gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds stage one used.")
-    cpu_seconds: float | None = Field(None, ge=0, description="CPU time stage one used (see TrialResult).")
-    finished_at: str | None = Field(None, description="RFC 3339 time stage one finished.")
+    loss_last: Loss | None = Field(None, description="Mean training loss over the last logged window.")
+    compute_seconds: Seconds = Field(0.0, description="Device-seconds stage one used (see TrialResult).")
+    gpu_seconds: Seconds = Field(0.0, description="GPU-seconds stage one used.")
+    cpu_seconds: Seconds | None = Field(None, description="CPU time stage one used (see TrialResult).")
+    finished_at: Short | None = Field(None, description="RFC 3339 time stage one finished.")
 
 
 class TrialFailure(OpenModel):
     """failure.json: a trial that failed for good inside a pod running several trials (the pod goes on with
     the others, so the Job's own state cannot say which trial failed)."""
 
-    trial: str = Field(description="Trial name.")
-    message: str = Field(max_length=4000, description="Why it failed, as a one-trial Job's termination message.")
-    exit_code: int = Field(description="The exit code a one-trial Job would have ended with.")
-    finished_at: str | None = Field(None, description="RFC 3339 time of the failure.")
+    trial: Name = Field(description="Trial name.")
+    message: str = Field(max_length=MAX_TEXT, description="Why it failed, as a one-trial Job's termination message.")
+    exit_code: ExitCode = Field(description="The exit code a one-trial Job would have ended with.")
+    finished_at: Short | None = Field(None, description="RFC 3339 time of the failure.")
     state: Literal["Failed", "ResultsMissing"] = Field(
         "Failed", description="Failed, or ResultsMissing: the run ended without writing what it had to."
     )
@@ -109,15 +112,15 @@ class EliminationDecision(OpenModel):
     never recomputed, so an edit, a deleted Job or a restart cannot reopen it. A configuration added later is
     held against the recorded cutoff."""
 
-    dataset: str = Field(max_length=64, description="Dataset name.")
-    survivors: list[str] = Field(default_factory=list, max_length=10000, description="Trials that go on.")
-    eliminated: dict[str, str] = Field(
+    dataset: Short = Field(description="Dataset name.")
+    survivors: list[Name] = Field(default_factory=list, max_length=10000, description="Trials that go on.")
+    eliminated: dict[Name, str] = Field(
         default_factory=dict, max_length=10000, description="Trial -> why it stopped after stage one."
     )
-    scores: dict[str, float] = Field(
+    scores: dict[str, Score] = Field(
         default_factory=dict, max_length=10000, description="Config label -> stage-one score (mean over seeds)."
     )
-    cutoff: tuple[float, float] | None = Field(
+    cutoff: tuple[Score, Score] | None = Field(
         None, description="(score, -eval loss) a configuration needed; None: too few configurations to eliminate."
     )
-    decided_at: str | None = Field(None, description="RFC 3339 time of the decision.")
+    decided_at: Short | None = Field(None, description="RFC 3339 time of the decision.")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
+from lora_ablation.api.bounds import MAX_NAME, Loss, Millis, Name, Percent, Score, Seconds, Short, Steps
 from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, LayerSubset, TrainingSpec
 from lora_ablation.api.stages import StageOneSpec
 
@@ -12,7 +15,11 @@ RESULT_SCHEMA_VERSION = 1
 # Bounds on what a trial image may write: results are read by the shared operator, so a hostile or broken
 # trial must not be able to make it hold gigabytes (the byte bound is in lora_ablation.results).
 MAX_NAMES = 100_000
-MAX_MAGNITUDE = 1e15
+MAX_MAGNITUDE = 1e15  # every number; the fields the summary adds up have tighter bounds (api.bounds)
+MAX_RANK = 65536
+ModuleName = Annotated[str, Field(max_length=MAX_NAME)]  # a module's full dotted name
+SpecModule = Annotated[str, Field(max_length=128)]  # a group or raw module name as a spec lists it
+EnvironmentValue = Annotated[str, Field(max_length=1024)]  # a library version, a device or host name
 BASELINE_VARIANT = "none"
 
 
@@ -129,14 +136,14 @@ class PreflightReport(OpenModel):
 
 
 class TrainMetrics(OpenModel):
-    steps: int = Field(description="Optimizer steps taken.")
-    tokens: int = Field(description="Training tokens processed (non-padding).")
-    seconds: float = Field(description="Wall-clock training time.")
-    tokens_per_second: float = Field(description="tokens / seconds.")
-    loss_first: float | None = Field(None, description="Mean loss over the first logged window.")
-    loss_last: float | None = Field(None, description="Mean loss over the last logged window.")
-    loss_min: float | None = Field(None, description="Lowest logged loss.")
-    loss_curve: list[float] = Field(
+    steps: Steps = Field(description="Optimizer steps taken.")
+    tokens: int = Field(ge=0, description="Training tokens processed (non-padding).")
+    seconds: Seconds = Field(description="Wall-clock training time.")
+    tokens_per_second: float = Field(ge=0, description="tokens / seconds.")
+    loss_first: Loss | None = Field(None, description="Mean loss over the first logged window.")
+    loss_last: Loss | None = Field(None, description="Mean loss over the last logged window.")
+    loss_min: Loss | None = Field(None, description="Lowest logged loss.")
+    loss_curve: list[Loss] = Field(
         default_factory=list, max_length=1000, description="Loss at evenly spaced steps (at most 50 points)."
     )
     peak_memory_bytes: int | None = Field(None, description="Peak accelerator (or process) memory.")
@@ -144,29 +151,30 @@ class TrainMetrics(OpenModel):
 
 
 class EvalMetrics(OpenModel):
-    metric: str = Field(description="Metric name from the dataset spec.")
-    score: float = Field(description="Higher is better (eval_loss reports the negative loss).")
-    eval_loss: float | None = Field(None, description="Mean token cross-entropy on the eval completions.")
+    metric: Short = Field(description="Metric name from the dataset spec.")
+    score: Score = Field(description="Higher is better (eval_loss reports the negative loss).")
+    eval_loss: Loss | None = Field(None, description="Mean token cross-entropy on the eval completions.")
+    # exp(eval_loss) passes 1e6 at 14 nats, which a diverged trial reaches: only the generic bound (_magnitudes).
     perplexity: float | None = Field(None, description="exp(eval_loss).")
-    samples: int = Field(description="Eval records scored.")
-    parse_failures: int = Field(0, description="Predictions the strict parser could not read (counted as wrong).")
-    details: dict[str, float] = Field(
+    samples: Steps = Field(description="Eval records scored.")
+    parse_failures: Steps = Field(0, description="Predictions the strict parser could not read (counted as wrong).")
+    details: dict[Short, float] = Field(
         default_factory=dict, max_length=100, description="Metric components (key recall, value accuracy...)."
     )
 
 
 class LatencyStats(OpenModel):
-    ttft_p50_ms: float = Field(description="Time to first token, median.")
-    ttft_p95_ms: float = Field(description="Time to first token, 95th percentile.")
-    tpot_p50_ms: float = Field(description="Time per output token after the first, median.")
-    tpot_p95_ms: float = Field(description="Time per output token after the first, 95th percentile.")
-    tpot_cv_pct: float | None = Field(None, description="TPOT coefficient of variation over the repeats, in %.")
-    ttft_cv_pct: float | None = Field(None, description="TTFT coefficient of variation over the repeats, in %.")
+    ttft_p50_ms: Millis = Field(description="Time to first token, median.")
+    ttft_p95_ms: Millis = Field(description="Time to first token, 95th percentile.")
+    tpot_p50_ms: Millis = Field(description="Time per output token after the first, median.")
+    tpot_p95_ms: Millis = Field(description="Time per output token after the first, 95th percentile.")
+    tpot_cv_pct: Percent | None = Field(None, description="TPOT coefficient of variation over the repeats, in %.")
+    ttft_cv_pct: Percent | None = Field(None, description="TTFT coefficient of variation over the repeats, in %.")
 
 
 class LatencyMetrics(OpenModel):
-    device: str = Field(description="Device name the timings were taken on.")
-    dtype: str = Field(description="Weights dtype during timing.")
+    device: Name = Field(description="Device name the timings were taken on.")
+    dtype: Short = Field(description="Weights dtype during timing.")
     prompt_tokens: int = Field(description="Prompt length.")
     output_tokens: int = Field(description="New tokens per run (asserted).")
     batch_size: int = Field(description="Prompts per run.")
@@ -179,14 +187,14 @@ class LatencyMetrics(OpenModel):
         description="With the adapter merged into a copy of the weights (merge_and_unload): the serving path "
         "without adapter overhead. Absent for the baseline or when a second copy did not fit.",
     )
-    tpot_overhead_pct: float | None = Field(None, description="(adapter TPOT p95 / base TPOT p95 - 1) x 100.")
-    tpot_overhead_ci_pct: float | None = Field(
+    tpot_overhead_pct: Percent | None = Field(None, description="(adapter TPOT p95 / base TPOT p95 - 1) x 100.")
+    tpot_overhead_ci_pct: Percent | None = Field(
         None,
         description="Half-width of the 95% interval of the overhead, from the repeat-to-repeat spread of "
         "paired (alternating) base and adapter runs: a smaller overhead is within noise.",
     )
-    merged_tpot_overhead_pct: float | None = Field(None, description="(merged TPOT p95 / base TPOT p95 - 1) x 100.")
-    merged_tpot_overhead_ci_pct: float | None = Field(
+    merged_tpot_overhead_pct: Percent | None = Field(None, description="(merged TPOT p95 / base TPOT p95 - 1) x 100.")
+    merged_tpot_overhead_ci_pct: Percent | None = Field(
         None, description="Half-width of the 95% interval of the merged overhead (paired runs)."
     )
 
@@ -202,62 +210,66 @@ class AdapterEffect(OpenModel):
 
 
 class TrialResult(OpenModel):
-    """result.json: written last, so its presence means the trial is complete."""
+    """result.json: written last, so its presence means the trial is complete. Written by the trial image: its
+    identity fields are evidence only (lora_ablation.results.labelled relabels a result by the plan), and its
+    figures are bounded (lora_ablation.api.bounds) because the summary sums and averages them."""
 
     schema_version: int = Field(RESULT_SCHEMA_VERSION, description="Result format version.")
-    ablation: str = Field(description="LoraAblation name.")
-    namespace: str = Field("default", description="LoraAblation namespace.")
-    trial: str = Field(description="Trial name.")
-    dataset: str = Field(description="Dataset name.")
-    modules: list[str] = Field(default_factory=list, max_length=64, description="Module set from the spec.")
-    rank: int = Field(0, description="LoRA rank.")
+    ablation: Name = Field(description="LoraAblation name.")
+    namespace: Short = Field("default", description="LoraAblation namespace.")
+    trial: Name = Field(description="Trial name.")
+    dataset: Name = Field(description="Dataset name.")
+    # 32 names of 128 characters: what a spec's module set can hold; the status's leaderboard repeats them.
+    modules: list[SpecModule] = Field(default_factory=list, max_length=32, description="Module set from the spec.")
+    rank: int = Field(0, ge=0, le=MAX_RANK, description="LoRA rank.")
     alpha: float = Field(0.0, description="lora_alpha.")
-    variant: str = Field(description="Adapter variant or none.")
+    variant: Short = Field(description="Adapter variant or none.")
     seed: int | None = Field(
         None, description="Training seed (search.seeds); absent for the baseline and for results of older trainers."
     )
     layers: str = Field("all", max_length=320, description="Layer subset that got adapters (search.layers).")
-    targeted_module_names: list[str] = Field(
+    targeted_module_names: list[ModuleName] = Field(
         default_factory=list, max_length=MAX_NAMES, description="Modules PEFT actually wrapped."
     )
-    targeted_parameter_names: list[str] = Field(
+    targeted_parameter_names: list[ModuleName] = Field(
         default_factory=list, max_length=MAX_NAMES, description="3-D parameters PEFT wrapped (MoE)."
     )
-    trainable_params: int = Field(0, description="Trainable adapter parameters.")
-    total_params: int = Field(0, description="All parameters of the adapted model.")
-    adapter_bytes: int = Field(0, description="Size of adapter_model.safetensors.")
+    trainable_params: int = Field(0, ge=0, description="Trainable adapter parameters.")
+    total_params: int = Field(0, ge=0, description="All parameters of the adapted model.")
+    adapter_bytes: int = Field(0, ge=0, description="Size of adapter_model.safetensors.")
     train: TrainMetrics | None = Field(None, description="Training figures; absent for the baseline.")
     eval: EvalMetrics = Field(description="Evaluation figures.")
     latency: LatencyMetrics | None = Field(None, description="Latency figures when latency.enabled.")
     adapter_effect: AdapterEffect | None = Field(
         None, description="Whether the adapter changes the outputs on the eval prompts; absent for the baseline."
     )
-    environment: dict[str, str] = Field(
+    environment: dict[Short, EnvironmentValue] = Field(
         default_factory=dict, max_length=200, description="Library versions, device, host."
     )
-    started_at: str | None = Field(None, description="RFC 3339 start time.")
-    finished_at: str | None = Field(None, description="RFC 3339 finish time.")
-    gpu_seconds: float | None = Field(None, description="Wall-clock seconds x GPUs used.")
-    compute_seconds: float | None = Field(
+    started_at: Short | None = Field(None, description="RFC 3339 start time.")
+    finished_at: Short | None = Field(None, description="RFC 3339 finish time.")
+    gpu_seconds: Seconds | None = Field(None, description="Wall-clock seconds x GPUs used.")
+    compute_seconds: Seconds | None = Field(
         None,
-        ge=0,
         description="Device-seconds: wall-clock seconds x GPUs used, or x 1 on a CPU-only run (what "
         "execution.maxGpuHours counts); stage one included for a two-stage trial.",
     )
-    cpu_seconds: float | None = Field(None, ge=0, description="CPU time of the trial (user + system, every thread).")
+    cpu_seconds: Seconds | None = Field(None, description="CPU time of the trial (user + system, every thread).")
 
     @model_validator(mode="after")
     def _magnitudes(self) -> TrialResult:
         # Finite is not enough: sums and ratios over thousands of results must stay finite in the summary too.
         for path, value in _numbers(self.model_dump(exclude={"environment"})):
             if abs(value) > MAX_MAGNITUDE:
-                raise ValueError(f"{path}: {value} is beyond any real score, count or timing (max {MAX_MAGNITUDE:g})")
+                # An integer past 1e308 (JSON allows one) has no float: neither float() nor :g on it.
+                shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+                raise ValueError(f"{path}: {shown} is beyond any real score, count or timing (max {MAX_MAGNITUDE:g})")
         return self
 
 
-def _numbers(node: object, path: str = "") -> list[tuple[str, float]]:
+def _numbers(node: object, path: str = "") -> list[tuple[str, int | float]]:
     if isinstance(node, dict):
         return [n for key, value in node.items() for n in _numbers(value, f"{path}.{key}" if path else str(key))]
     if isinstance(node, list):
         return [n for index, value in enumerate(node) for n in _numbers(value, f"{path}[{index}]")]
-    return [(path, float(node))] if isinstance(node, (int, float)) and not isinstance(node, bool) else []
+    return [(path, node)] if isinstance(node, (int, float)) and not isinstance(node, bool) else []
