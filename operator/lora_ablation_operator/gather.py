@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
 from lora_ablation.contract import FAILURE, RESULT, STAGE_ONE
 from lora_ablation.naming import bounded_name
 from lora_ablation.plan import PlannedTrial
-from lora_ablation.results import ResultRead, read_failure, read_stage_one
+from lora_ablation.results import ResultRead, read_failure, read_result, read_stage_one
 from lora_ablation.schedule import ROUND_TWO, Schedule, Unit, schedule
 from lora_ablation.store import Store
 from lora_ablation_operator import workload
@@ -42,11 +43,11 @@ def _merge(out: Gathered, results: dict[str, Any], stage_ones: dict[str, Any], f
 
 
 def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: str, files: Iterable[str],
-          out: Gathered) -> None:  # fmt: skip
-    files = set(files)
-    results = cache.collect(uid, store, names, scope=scope) if RESULT in files else {}
-    stage_ones = cache.collect(uid, store, names, STAGE_ONE, read_stage_one, scope) if STAGE_ONE in files else {}
-    failures = cache.collect(uid, store, names, FAILURE, read_failure, scope) if FAILURE in files else {}
+          out: Gathered, planned: dict[str, PlannedTrial]) -> None:  # fmt: skip
+    """Read through the cache; each file is credited to the configuration the plan runs under its trial's name."""
+    readers = {RESULT: read_result, STAGE_ONE: read_stage_one, FAILURE: read_failure}
+    found = {f: cache.collect(uid, store, names, f, partial(readers[f], planned=planned), scope) for f in set(files)}
+    results, stage_ones, failures = (found.get(f, {}) for f in (RESULT, STAGE_ONE, FAILURE))
     _merge(out, results, stage_ones, failures)
     if scope != LISTED:  # what a unit's read found outlives its workload
         for file, found in ((RESULT, results), (STAGE_ONE, stage_ones), (FAILURE, failures)):
@@ -79,7 +80,7 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
     for file in (RESULT, STAGE_ONE, FAILURE):
         listed = [n for n in by_name if listing.has(n, file)]
         if listed:
-            _read(cache, uid, store, listed, LISTED, [file], out)
+            _read(cache, uid, store, listed, LISTED, [file], out, by_name)
     for trial in by_name:
         if (recorded := cache.noted(uid, trial, FAILURE)) is not None:
             out.failures.setdefault(trial, recorded)
@@ -88,9 +89,9 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
         job = jobs[unit.name]
         if workload.finished(job) or len(unit.trials) > 1:
             scope = f"{unit.name}:{workload.finished(job)}"
-            _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out)
+            _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out, by_name)
     if lost := [n for n in vanished if n in by_name and n not in out.results and n not in out.failures]:
-        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out)
+        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out, by_name)
     finished = {n for n, r in out.results.items() if r.result is not None}
     out.schedule = schedule(name, plan, spec, out.stage_ones, finished, set(out.failures),
                             recorded=out.eliminations, kept=kept)  # fmt: skip

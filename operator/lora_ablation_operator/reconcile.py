@@ -5,14 +5,14 @@ timers and Job events, and running it twice on the same input gives the same ans
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
-from lora_ablation.budget import Costs, affordable
+from lora_ablation.budget import Admission, Costs, admit
 from lora_ablation.budget import costs as budget_costs
-from lora_ablation.budget import describe as describe_budget
 from lora_ablation.plan import Plan
 from lora_ablation.results import ResultRead
 from lora_ablation.schedule import ROUND_TWO, Schedule
@@ -27,7 +27,7 @@ from lora_ablation_operator.multinode import unit_workload
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
 from lora_ablation_operator.settings import Settings
-from lora_ablation_operator.trial_states import DONE, committed, judge_all, trial_cost
+from lora_ablation_operator.trial_states import DONE, Judged, judge_all, trial_cost
 
 
 @dataclass
@@ -186,11 +186,27 @@ def _preflight_passed(observed: Observed, spec: LoraAblationSpec, plan: Plan, se
     return False
 
 
-def _schedule(observed: Observed, spec: LoraAblationSpec, plan: Plan) -> Schedule:
+def _schedule(observed: Observed, spec: LoraAblationSpec, plan: Plan, skipped: Collection[str] = ()) -> Schedule:
+    """`skipped`: trials the budget will never start; like failed ones, their dataset decides without them."""
     finished = [n for n, r in observed.results.items() if r is not None and r.result is not None]
     kept = kept_units(observed.jobs, {t.name: t for t in plan.trials})
-    return build_schedule(observed.name, plan, spec, observed.stage_ones, finished, set(observed.failures),
-                          recorded=observed.eliminations, kept=kept)  # fmt: skip
+    return build_schedule(observed.name, plan, spec, observed.stage_ones, finished,
+                          set(observed.failures) | set(skipped), recorded=observed.eliminations,
+                          kept=kept)  # fmt: skip
+
+
+def _admission(observed: Observed, spec: LoraAblationSpec, schedule: Schedule, judged: Judged,
+               costs: Costs) -> Admission:  # fmt: skip
+    # After a refusal nothing more is created this pass: the next Job would most likely be refused alike.
+    capacity = 0 if observed.rejected else spec.execution.parallelism - len(judged.active)
+    early = spec.search.early_stopping
+    by_name = {u.name: u for u in schedule.units}
+    return admit(
+        candidates=judged.startable, running=[by_name[n] for n in judged.active if n in by_name], capacity=capacity,
+        limit_hours=spec.execution.max_gpu_hours, costs=costs,
+        done={n for n, (s, _) in judged.states.items() if s in DONE},
+        stage_one_fraction=early.stage_one_fraction if early else None,
+    )  # fmt: skip
 
 
 def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings: Settings, decision: Decision) -> None:
@@ -210,6 +226,15 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
     if previous is None:
         previous = {t.get("name"): t.get("state") for t in observed.status.get("trialStatuses") or []}
     judged = judge_all(plan.trials, schedule, trial_jobs, observed)
+    costs = budget_costs({n: r.result for n, r in observed.results.items() if r is not None and r.result},
+                         observed.stage_ones)  # fmt: skip
+    admission = _admission(observed, spec, schedule, judged, costs)
+    if spec.search.early_stopping is not None and admission.skipped:
+        # A trained trial the budget never starts leaves its dataset's stage one as finished as it will get.
+        schedule = _schedule(observed, spec, plan, skipped=admission.skipped)
+        observed = dataclasses.replace(observed, schedule=schedule)
+        judged = judge_all(plan.trials, schedule, trial_jobs, observed)
+        admission = _admission(observed, spec, schedule, judged, costs)
     states, active = judged.states, judged.active
     decision.failures = records
     decision.eliminations = sorted(schedule.elimination.new.values(), key=lambda d: d.dataset)
@@ -217,8 +242,6 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
     too_many = failures > spec.execution.max_failed_trials
     suspended = spec.execution.suspend
     suspended_units = [n for n in active if (trial_jobs[n].get("spec") or {}).get("suspend")]
-    costs = budget_costs({n: r.result for n, r in observed.results.items() if r is not None and r.result},
-                         observed.stage_ones)  # fmt: skip
     if too_many:
         decision.delete += sorted(active)  # stop what is still running: the ablation has failed
     elif suspended:
@@ -226,21 +249,15 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
     else:
         queued = bool(spec.execution.queue_name)  # Kueue owns suspend on queued Jobs
         decision.resume += sorted(n for n in suspended_units if not queued)
-        # After a refusal nothing more is created this pass: the next Job would most likely be refused alike.
-        capacity = 0 if observed.rejected else spec.execution.parallelism - len(active)
-        limit = spec.execution.max_gpu_hours
-        done = {n for n, (s, _) in states.items() if s in DONE} if limit is not None else set()
-        running_cost = committed(schedule, active, done, costs) if limit is not None else 0.0
-        for unit in judged.startable:
-            if capacity <= 0:
-                break
-            cost = costs.estimate(unit, done) if limit is not None else 0.0
-            if not affordable(limit, costs, running_cost, cost):
-                why = describe_budget(limit or 0, costs, running_cost)
+        for name, why in admission.skipped.items():
+            if states[name][0] == c.PENDING:
+                states[name] = (c.SKIPPED, why)
+        for unit in admission.waiting:  # say why a unit waits only when it is the budget's doing
+            if (why := admission.reasons.get(unit.name)) and "parallelism" not in why:
                 for trial in unit.trials:
-                    if states[trial.name][0] == c.PENDING:
-                        states[trial.name] = (c.SKIPPED, why)
-                continue
+                    if states[trial.name] == (c.PENDING, None):
+                        states[trial.name] = (c.PENDING, why)
+        for unit in admission.start:
             decision.create.append(unit_workload(observed.name, observed.namespace, spec, unit, settings))
             what = unit.trials[0].label if len(unit.trials) == 1 else f"{len(unit.trials)} trials"
             stage = " (stage one)" if unit.stage_one else " (stage two)" if unit.round == ROUND_TWO else ""
@@ -248,8 +265,6 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
             for trial in unit.trials:
                 if states[trial.name][0] == c.PENDING:
                     states[trial.name] = (c.RUNNING, None)
-            running_cost += cost
-            capacity -= 1
     for trial in plan.trials:
         state, message = states[trial.name]
         if unknown_reported and trial.name not in previous:
