@@ -183,7 +183,8 @@ def _why(trial: PlannedTrial, key: Key, cutoff: Key | None, dataset: str, spec: 
 def _apply_recorded(decision: EliminationDecision, trials: list[PlannedTrial], stage_ones: Mapping[str, StageOneResult],
                     finished: set[str], spec: LoraAblationSpec, out: Elimination) -> None:  # fmt: skip
     out.decided.add(decision.dataset)
-    out.scores[decision.dataset] = dict(decision.scores)
+    labels = {t.label for t in trials}  # what the record says of configurations the plan does not have is ignored
+    out.scores[decision.dataset] = {label: score for label, score in decision.scores.items() if label in labels}
     cutoff = tuple(decision.cutoff) if decision.cutoff is not None else None
     if cutoff is not None:
         out.cutoffs[decision.dataset] = cutoff[0]
@@ -201,6 +202,7 @@ def _apply_recorded(decision: EliminationDecision, trials: list[PlannedTrial], s
         if trial.name in survivors or trial.name in eliminated or trial.label not in late:
             continue
         key = _key(late[trial.label])
+        out.scores[decision.dataset][trial.label] = key[0]
         if cutoff is None or key >= cutoff:
             out.survivors.add(trial.name)
         elif trial.name not in finished:

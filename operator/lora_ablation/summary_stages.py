@@ -22,10 +22,14 @@ def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_on
             by_config.setdefault((trial.spec.dataset.name, trial.label), []).append(trial.name)
     eliminated = []
     for (dataset, label), trials in by_config.items():
-        first = stage_ones[trials[0]]
+        # A recorded decision is read back from storage: a figure it lacks is left out, never a KeyError.
+        first = next((stage_ones[t] for t in trials if t in stage_ones), None)
+        score, cutoff = elimination.scores.get(dataset, {}).get(label), elimination.cutoffs.get(dataset)
+        if first is None or score is None or cutoff is None:
+            continue
         eliminated.append(EliminatedConfig(
-            dataset=dataset, config=label_text(label), stage_one_score=round(elimination.scores[dataset][label], 6),
-            cutoff=round(elimination.cutoffs[dataset], 6), step=first.step, steps=first.steps, trials=trials,
+            dataset=dataset, config=label_text(label), stage_one_score=round(score, 6), cutoff=round(cutoff, 6),
+            step=first.step, steps=first.steps, trials=trials,
         ))  # fmt: skip
     eliminated.sort(key=lambda e: (e.dataset, -e.stage_one_score))
     survived = {(t.spec.dataset.name, t.label) for t in plan.trials if t.name in elimination.survivors}

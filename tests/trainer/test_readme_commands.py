@@ -168,3 +168,38 @@ def test_the_quickstart_adapters_learn_something_measurable(readme_run):
     results = sorted((work / "ablation-results" / "default" / "quickstart").glob("*/result.json"))
     scores = {p.parent.name: json.loads(p.read_text())["eval"]["score"] for p in results}
     assert len(scores) == 12 and max(scores.values()) > 0.05, scores
+
+
+def readme_demo_figures(readme: str) -> dict[tuple[str, str], float]:
+    """(dataset, configuration) -> score, from the README's table of the demo's figures."""
+    lines = [line for line in readme.splitlines() if line.startswith("| ")]
+    header = next(line for line in lines if line.startswith("| dataset | all |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    rows = [line for line in lines[lines.index(header) + 1 :] if not line.startswith("|---")][:2]
+    figures = {}
+    for row in rows:
+        dataset, *cells = [cell.strip() for cell in row.strip("|").split("|")]
+        figures.update({(dataset, column): float(cell) for column, cell in zip(columns, cells, strict=True)})
+    return figures
+
+
+def test_the_readme_demo_figures_are_what_the_demo_gives(readme_run):
+    # The run is deterministic on one machine; 0.05 (5 of 100 prompts) absorbs float differences between CPUs, and
+    # still catches figures gone stale (they once had, by up to 0.2, unnoticed).
+    figures = readme_demo_figures((ROOT / "README.md").read_text())
+    assert len(figures) == 12, figures
+    results = (readme_run["work"] / "ablation-results" / "default" / "quickstart").glob("*/result.json")
+    measured = {}
+    for path in results:
+        doc = json.loads(path.read_text())
+        config = "base" if doc["variant"] == "none" else "+".join(doc["modules"])
+        measured[(doc["dataset"], config)] = doc["eval"]["score"]
+    assert set(measured) == set(figures)
+    off = {key: (figures[key], round(measured[key], 4)) for key in figures if abs(figures[key] - measured[key]) > 0.05}
+    assert not off, f"README figures (stated, measured) that moved: {off}; update the README's table"
+    for dataset in ("shift", "reverse"):  # the sentence above the table: attention inputs learn most
+        attention, others = (
+            (measured[(dataset, c)] for c in ("all", "qkv")),
+            (measured[(dataset, c)] for c in ("o_proj", "fc2")),
+        )
+        assert min(attention) > max(others), dataset
