@@ -20,19 +20,19 @@ from lora_ablation.api.base import SpecError
 from lora_ablation.api.resource import LoraAblation
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.budget import affordable
+from lora_ablation.api.trial_state import FAILED, TrialState
+from lora_ablation.budget import admit
 from lora_ablation.budget import costs as budget_costs
-from lora_ablation.budget import describe as describe_budget
 from lora_ablation.contract import TRIAL_ENV
+from lora_ablation.lifecycle import Evidence, Run, judge
 from lora_ablation.plan import Plan, PlannedTrial
 from lora_ablation.plots import write_plots
-from lora_ablation.report import render_markdown, render_text
+from lora_ablation.publish import summary_of, write_summary
+from lora_ablation.report import render_text
 from lora_ablation.results import SUMMARY_FILE, read_failure, read_result, read_stage_one
-from lora_ablation.schedule import Elimination, Schedule, Unit, round_one_units, schedule
+from lora_ablation.schedule import Elimination, Schedule, Unit, schedule
 from lora_ablation.store import LocalStore, Store, open_store
-from lora_ablation.summary import summarize
 from lora_ablation.summary_models import Summary
-from lora_ablation.summary_stages import with_stages
 
 EXIT_INTERRUPTED = 130
 
@@ -40,9 +40,19 @@ EXIT_INTERRUPTED = 130
 @dataclass
 class Outcome:
     trial: PlannedTrial
-    state: str  # cached | succeeded | failed | results-missing | eliminated | skipped
+    state: TrialState  # the operator's vocabulary (lifecycle.judge decides it)
     seconds: float = 0.0
     message: str = ""
+    cached: bool = False  # its result was there before this run
+
+
+def run_of_exit(code: int | None) -> Run:
+    """The local runner's workload adapter: a trainer subprocess and its exit code (None while it runs)."""
+    return Run.running if code is None else Run.complete if code == 0 else Run.failed
+
+
+SHOWN = {TrialState.succeeded: "done", TrialState.failed: "FAILED", TrialState.results_missing: "NO RESULT",
+         TrialState.eliminated: "eliminated", TrialState.skipped: "skipped"}  # fmt: skip
 
 
 @dataclass
@@ -53,7 +63,7 @@ class RunReport:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.state in {"failed", "results-missing"}]
+        return [o for o in self.outcomes if o.state in FAILED]
 
 
 def visible_gpus() -> list[str]:
@@ -76,12 +86,14 @@ class LocalRunner:
         self.gpus = visible_gpus()
         self.parallel = max(1, min(parallel, len(self.gpus)) if self.gpus else parallel)
         self.outcomes: list[Outcome] = []
-        self.first = round_one_units(ablation.metadata.name, plan, ablation.spec)
         self.results: dict[str, TrialResult] = {}
         self.stage_ones: dict[str, StageOneResult] = {}
         self.dropped: dict[str, str] = {}  # trial -> why its run ended without what it had to write
         self.schedule: Schedule | None = None
         self.skipped: dict[str, str] = {}
+        self.by_name = {t.name: t for t in plan.trials}
+        self.units: dict[str, Unit] = {}  # every unit this run started, by name: kept as they are, like workloads
+        self.running: set[str] = set()
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -117,47 +129,77 @@ class LocalRunner:
         return set(cores[slot * share : (slot + 1) * share]) if share else None
 
     def _read(self, trials: Iterable[PlannedTrial], stage_one: bool) -> None:
+        """A unit's files, each credited to the configuration the plan runs under its trial's name."""
+        planned = self.by_name
         for trial in trials:
-            read = read_result(self.store, trial.name)
+            read = read_result(self.store, trial.name, planned=planned)
             if read.result is not None:
                 self.results[trial.name] = read.result
             # A finished trial's stage-one score still counts: the cutoff is over every configuration's.
-            if stage_one and not trial.spec.is_baseline and (found := read_stage_one(self.store, trial.name)):
+            if stage_one and not trial.spec.is_baseline and (found := read_stage_one(self.store, trial.name,
+                                                                                      planned=planned)):  # fmt: skip
                 self.stage_ones[trial.name] = found
 
     def _finish(self, unit: Unit, code: int, seconds: float) -> None:
+        """Judge the unit's trials as the operator judges a finished workload's (lifecycle.judge)."""
         self._read(unit.trials, unit.stage_one)
         tail = (self.logs / f"{unit.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
         said = {o.trial.name for o in self.outcomes}
+        survivors = self.schedule.elimination.survivors if self.schedule else set()
         for trial in unit.trials:
             name = trial.name
             if name in said:  # cached before this run: the unit skipped it
                 continue
-            if name in self.results:
+            evidence = Evidence(
+                dataset=trial.spec.dataset.name, baseline=trial.spec.is_baseline, result=self.results.get(name),
+                stage_one=self.stage_ones.get(name), failure=read_failure(self.store, name, planned=self.by_name),
+                survivor=name in survivors or self.spec.search.early_stopping is None, in_stage_one=unit.stage_one,
+                run=run_of_exit(code), run_message=f"exit {code}: {tail[0][-200:]}",
+            )  # fmt: skip
+            judged = judge(name, evidence, recorder="runner")
+            if judged.state == TrialState.succeeded:
                 ev = self.results[name].eval
-                self._record(Outcome(trial, "succeeded", seconds, f"{ev.metric} {ev.score:.4f}"))
-            elif unit.stage_one and name in self.stage_ones:
+                self._record(Outcome(trial, TrialState.succeeded, seconds, f"{ev.metric} {ev.score:.4f}"))
+            elif judged.state in FAILED:
+                self.dropped[name] = judged.why or "failed"
+                self._record(Outcome(trial, judged.state, seconds, self.dropped[name][-200:]))
+            elif name in self.stage_ones:
                 found = self.stage_ones[name]
                 self._say(f"    stage one {name}: {found.metric} {found.score:.4f} at step {found.step}/{found.steps}")
-            elif (failure := read_failure(self.store, name)) is not None:
-                self.dropped[name] = failure.message
-                self._record(Outcome(trial, "failed", seconds, failure.message[-200:]))
-            elif code == 0:
-                wrote = "stage-one.json" if unit.stage_one and not trial.spec.is_baseline else "result.json"
-                self.dropped[name] = f"exited 0 without a {wrote}"
-                self._record(Outcome(trial, "results-missing", seconds, self.dropped[name]))
-            else:
-                self.dropped[name] = f"exit {code}: {tail[0][-200:]}"
-                self._record(Outcome(trial, "failed", seconds, self.dropped[name]))
 
     def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         width = len(str(len(self.plan.trials)))
-        state = {"succeeded": "done", "cached": "cached", "failed": "FAILED", "results-missing": "NO RESULT",
-                 "eliminated": "eliminated", "skipped": "skipped"}[outcome.state]  # fmt: skip
-        timing = f"{outcome.seconds:6.1f}s" if outcome.state in {"succeeded", "failed", "results-missing"} else " " * 7
+        state = "cached" if outcome.cached else SHOWN.get(outcome.state, outcome.state.value)
+        timed = outcome.state in {TrialState.succeeded, *FAILED} and not outcome.cached
+        timing = f"{outcome.seconds:6.1f}s" if timed else " " * 7
         self._say(f"[{len(self.outcomes):>{width}}/{len(self.plan.trials)}] {state:10s} {outcome.trial.name:56s} "
                   f"{timing}  {outcome.message}")  # fmt: skip
+
+    def _schedule(self) -> Schedule:
+        """The operator's schedule, with the units this run started kept as they are (their workloads)."""
+        kept = [u for n, u in self.units.items() if n not in self.running] + [self.units[n] for n in self.running]
+        return schedule(self.ablation.metadata.name, self.plan, self.spec, self.stage_ones, self.results,
+                        self.dropped, kept=kept)  # fmt: skip
+
+    def _admit(self, running: list[Unit], free: int) -> list[Unit]:
+        """The units to start now (admit: parallelism and the budget, as in the operator); units the budget can
+        never afford have their trials skipped."""
+        self.schedule = self._schedule()
+        done = {*self.results, *self.dropped, *self.schedule.elimination.eliminated}
+        candidates = [u for u in self.schedule.units if u.name not in self.units
+                      and any(self._needs(u, t) for t in u.trials)]  # fmt: skip
+        early = self.spec.search.early_stopping
+        admission = admit(candidates=candidates, running=running, capacity=free,
+                          limit_hours=self.spec.execution.max_gpu_hours,
+                          costs=budget_costs(self.results, self.stage_ones), done=done,
+                          stage_one_fraction=early.stage_one_fraction if early else None)  # fmt: skip
+        for name, why in admission.skipped.items():
+            if name not in self.skipped:
+                self.skipped[name] = why
+                self.dropped.setdefault(name, why)  # its dataset's stage one decides without it
+                self._record(Outcome(self.by_name[name], TrialState.skipped, message=why))
+        return admission.start
 
     def _needs(self, unit: Unit, trial: PlannedTrial) -> bool:
         name = trial.name
@@ -166,58 +208,35 @@ class LocalRunner:
             return False
         return not (unit.stage_one and name in self.stage_ones)
 
-    def _next(self, started: set[str], running: list[Unit]) -> Unit | None:
-        """The next unit to start, or None; units the budget cannot afford have their trials skipped."""
-        self.schedule = schedule(self.ablation.metadata.name, self.plan, self.spec, self.stage_ones,
-                                 self.results, self.dropped, self.first)  # fmt: skip
-        costs = budget_costs(self.results, self.stage_ones)
-        done = {*self.results, *self.dropped}
-        committed = sum(costs.estimate(u, done) for u in running)
-        for unit in self.schedule.units:
-            if unit.name in started or not any(self._needs(unit, t) for t in unit.trials):
-                continue
-            if affordable(self.spec.execution.max_gpu_hours, costs, committed, costs.estimate(unit, done)):
-                return unit
-            if running:
-                return None  # a running unit may finish cheaper than expected: decide when it has
-            why = describe_budget(self.spec.execution.max_gpu_hours or 0, costs, committed)
-            for trial in unit.trials:
-                if self._needs(unit, trial) and trial.name not in self.skipped:
-                    self.skipped[trial.name] = why
-                    self._record(Outcome(trial, "skipped", message=why))
-            started.add(unit.name)
-        return None
-
     def run(self) -> None:
         self._read(self.plan.trials, stage_one=self.spec.search.early_stopping is not None)
         for trial in self.plan.trials:
             if trial.name in self.results:
                 ev = self.results[trial.name].eval
-                self._record(Outcome(trial, "cached", message=f"{ev.metric} {ev.score:.4f}"))
-        self.schedule = schedule(self.ablation.metadata.name, self.plan, self.spec, self.stage_ones, self.results,
-                                 first=self.first)  # fmt: skip
+                self._record(Outcome(trial, TrialState.succeeded, message=f"{ev.metric} {ev.score:.4f}", cached=True))
+        self.schedule = self._schedule()
         pending = len(self.plan.trials) - len(self.results) - len(self.schedule.elimination.eliminated)
         device = f"GPUs {','.join(self.gpus)}" if self.gpus else "CPU"
         self._say(f"{self.ablation.metadata.name}: {pending} of {len(self.plan.trials)} trials to run, "
                   f"{self.parallel} at a time on {device}; logs in {self.logs}")  # fmt: skip
         running: dict[int, tuple[Unit, subprocess.Popen, float]] = {}
-        started: set[str] = set()
         try:
             while True:
-                for slot in range(self.parallel):
-                    if slot in running:
-                        continue
-                    unit = self._next(started, [u for u, _, _ in running.values()])
-                    if unit is None:
-                        break
-                    started.add(unit.name)
-                    running[slot] = (unit, self._start(unit, slot), time.perf_counter())
+                free = [slot for slot in range(self.parallel) if slot not in running]
+                if free:
+                    for slot, unit in zip(
+                        free, self._admit([u for u, _, _ in running.values()], len(free)), strict=False
+                    ):
+                        self.units[unit.name] = unit
+                        self.running.add(unit.name)
+                        running[slot] = (unit, self._start(unit, slot), time.perf_counter())
                 if not running:
                     break
                 for slot, (unit, process, begun) in list(running.items()):
                     code = process.poll()
                     if code is not None:
                         del running[slot]
+                        self.running.discard(unit.name)
                         self._finish(unit, code, time.perf_counter() - begun)
                 time.sleep(0.1)
         except KeyboardInterrupt:
@@ -225,14 +244,15 @@ class LocalRunner:
                 process.terminate()
             for _, process, _ in running.values():
                 process.wait()
-            done = sum(1 for o in self.outcomes if o.state in {"cached", "succeeded"})
+            done = sum(1 for o in self.outcomes if o.state == TrialState.succeeded)
             self._say(f"\ninterrupted: {done} of {len(self.plan.trials)} trials have results; "
                       "run the same command again to finish the rest")  # fmt: skip
             raise
         assert self.schedule is not None
         for trial in self.plan.trials:
             if trial.name in self.schedule.elimination.eliminated:
-                self._record(Outcome(trial, "eliminated", message=self.schedule.elimination.eliminated[trial.name]))
+                why = self.schedule.elimination.eliminated[trial.name]
+                self._record(Outcome(trial, TrialState.eliminated, message=why))
 
 
 def with_storage(ablation: LoraAblation, uri: str | None = None, endpoint: str | None = None) -> LoraAblation:
@@ -273,22 +293,11 @@ def run_ablation(
         print(f"note: execution.nodes {spec.execution.nodes} is for a cluster; here every trial runs on this "
               "machine", file=out)  # fmt: skip
     runner.run()
-    results = [runner.results[t.name] for t in plan.trials if t.name in runner.results]
     elimination = runner.schedule.elimination if runner.schedule else Elimination()
-    unrun = set(elimination.eliminated) | set(runner.skipped)
-    summary = summarize(
-        results,
-        meta.name,
-        meta.namespace,
-        spec.selection.tolerance,
-        spec.selection.latency_budget_ms,
-        planned=[(t.spec.dataset.name, t.label) for t in plan.trials if t.name not in unrun],
-    )
-    costs = budget_costs(runner.results, runner.stage_ones)
-    summary = with_stages(summary, plan, elimination, runner.stage_ones, costs, runner.skipped,
-                          spec.execution.max_gpu_hours)  # fmt: skip
-    store.write_json(SUMMARY_FILE, summary.to_wire())
-    store.write_text("summary.md", render_markdown(summary))
+    summary = summary_of(plan=plan, spec=spec, name=meta.name, namespace=meta.namespace, results=runner.results,
+                         elimination=elimination, stage_ones=runner.stage_ones,
+                         costs=budget_costs(runner.results, runner.stage_ones), skipped=runner.skipped)  # fmt: skip
+    write_summary(store, summary)
     plots = publish_plots(summary, store, plots_dir)
     print("\n" + render_text(summary), file=out)
     print(

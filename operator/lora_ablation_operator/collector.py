@@ -16,10 +16,8 @@ from lora_ablation.api.spec import LoraAblationSpec, StorageSpec
 from lora_ablation.api.stages import EliminationDecision
 from lora_ablation.api.trial import PreflightReport
 from lora_ablation.record import Listing, list_record
-from lora_ablation.report import render_markdown
-from lora_ablation.results import RESULT_FILE, SUMMARY_FILE, read_result
+from lora_ablation.results import RESULT_FILE, read_result
 from lora_ablation.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store, open_store
-from lora_ablation.summary_models import Summary
 from lora_ablation_operator.policy import Forbidden, storage_violations
 from lora_ablation_operator.settings import Settings
 
@@ -157,11 +155,6 @@ def preflight_problems(store: Store) -> list[str] | None:
     except ValidationError as error:
         return [f"{PREFLIGHT_FILE} is not a valid preflight report ({error.error_count()} problem(s))"]
     return [p[:500] for p in report.problems[:20]] or None
-
-
-def write_summary(store: Store, summary: Summary) -> None:
-    store.write_json(SUMMARY_FILE, summary.to_wire())
-    store.write_text("summary.md", render_markdown(summary))
 
 
 def write_trial_statuses(store: Store, statuses: list[dict[str, Any]]) -> None:

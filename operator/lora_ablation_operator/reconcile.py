@@ -14,12 +14,12 @@ from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialF
 from lora_ablation.budget import Admission, Costs, admit
 from lora_ablation.budget import costs as budget_costs
 from lora_ablation.plan import Plan
+from lora_ablation.publish import summary_of
 from lora_ablation.results import ResultRead
 from lora_ablation.schedule import ROUND_TWO, Schedule
 from lora_ablation.schedule import schedule as build_schedule
-from lora_ablation.summary import leaderboard, summarize
+from lora_ablation.summary import leaderboard
 from lora_ablation.summary_models import Summary
-from lora_ablation.summary_stages import with_stages
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.gather import kept_units
 from lora_ablation_operator.jobs import preflight_job, preflight_name
@@ -299,17 +299,13 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
     finished_trials = counts["succeeded"] + counts["failed"] + counts["resultsMissing"] + counts["eliminated"]
     # Skipped trials end the ablation only once nothing runs: a finishing trial may leave room in the budget.
     all_done = finished_trials + (counts["skipped"] if not counts["running"] else 0) == len(plan.trials)
-    results = [observed.results[n].result for n, (s, _) in states.items() if s == c.SUCCEEDED]
+    succeeded = {n: observed.results[n].result for n, (s, _) in states.items() if s == c.SUCCEEDED}
+    results = list(succeeded.values())
     schedule = observed.schedule
     assert schedule is not None
-    unrun = {n for n, (s, _) in states.items() if s in {c.ELIMINATED, c.SKIPPED}}
-    summary = summarize(
-        results, observed.name, observed.namespace, spec.selection.tolerance, spec.selection.latency_budget_ms,
-        planned=[(t.spec.dataset.name, t.label) for t in plan.trials if t.name not in unrun],
-    )  # fmt: skip
-    summary = with_stages(summary, plan, schedule.elimination, observed.stage_ones, costs,
-                          skipped=[n for n, (s, _) in states.items() if s == c.SKIPPED],
-                          max_gpu_hours=spec.execution.max_gpu_hours)  # fmt: skip
+    summary = summary_of(plan=plan, spec=spec, name=observed.name, namespace=observed.namespace, results=succeeded,
+                         elimination=schedule.elimination, stage_ones=observed.stage_ones, costs=costs,
+                         skipped=[n for n, (s, _) in states.items() if s == c.SKIPPED])  # fmt: skip
     trial_statuses = []
     for trial in plan.trials:
         state, message = states[trial.name]

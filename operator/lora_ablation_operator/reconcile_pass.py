@@ -15,6 +15,7 @@ import kopf
 
 from lora_ablation.api.trial_state import ACTIVE
 from lora_ablation.contract import FAILURE
+from lora_ablation.publish import write_summary
 from lora_ablation.record import write_all
 from lora_ablation.store import StorageError
 from lora_ablation_operator import collector, kube, metrics, workload
@@ -196,7 +197,7 @@ def store_summary(decision: Decision, planned: Planned, namespace: str, name: st
         return None
     try:
         store = collector.ablation_store(planned.spec, namespace, name, settings)
-        collector.write_summary(store, decision.summary)
+        write_summary(store, decision.summary)
         if decision.status.get("trialStatusesTruncated"):  # status holds a capped list; storage the whole
             collector.write_trial_statuses(store, decision.all_trial_statuses)
     except StorageError as error:
