@@ -65,6 +65,8 @@ def judge(trial: str, evidence: Evidence, recorder: str = "operator") -> Judgeme
         s = e.stage_one
         return Judgement(TrialState.pending, f"stage one scored {s.score:.4f} at step {s.step} of {s.steps}; waiting "
                                              f"for the other configurations on {e.dataset}")  # fmt: skip
+    if e.stage_one is not None and e.in_stage_one:  # its stage-one run wrote what it had to; round two is next
+        return Judgement(TrialState.pending, "survived stage one; waiting to resume")
     if e.run == Run.failed:
         message = e.run_message or "failed"
         return Judgement(TrialState.failed, message, TrialFailure(trial=trial, message=message[:4000], exit_code=1,

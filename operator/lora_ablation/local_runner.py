@@ -197,7 +197,8 @@ class LocalRunner:
         for name, why in admission.skipped.items():
             if name not in self.skipped:
                 self.skipped[name] = why
-                self.dropped.setdefault(name, why)  # its dataset's stage one decides without it
+                if name not in self.stage_ones:  # its dataset's stage one decides without it
+                    self.dropped.setdefault(name, why)
                 self._record(Outcome(self.by_name[name], TrialState.skipped, message=why))
         return admission.start
 

@@ -58,6 +58,21 @@ def labelled_stage_one(stage_one: StageOneResult, trial: PlannedTrial) -> StageO
     return stage_one.model_copy(update={"dataset": trial.spec.dataset.name, "metric": _metric(trial)})
 
 
+MAX_DEPTH = 32  # a real result nests 4 levels; deeper JSON is refused whatever the interpreter's recursion limit
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects, found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def _metric(trial: PlannedTrial) -> str:
     metric = trial.spec.dataset.metric
     return str(getattr(metric, "value", metric))
@@ -78,6 +93,8 @@ def read_result(store: Store, trial: str, *, planned: Mapping[str, PlannedTrial]
         return ResultRead(None, f"{key} is too large ({error})")
     except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, NaN/Infinity, or nested past reason
         return ResultRead(None, f"{key} is not valid JSON ({plain_text(error, 200)})")
+    if _depth(raw) > MAX_DEPTH:
+        return ResultRead(None, f"{key} is not a valid result (nested deeper than {MAX_DEPTH} levels)")
     try:
         result = TrialResult.model_validate(raw)
     except ValidationError as error:
@@ -113,7 +130,10 @@ def _read_small(store: Store, trial: str, name: str, model: type, planned: Mappi
         log.warning("ignoring %s: not a planned trial", key)
         return None
     try:
-        found = model.model_validate(_utf8(store.read_json(key, MAX_SMALL_BYTES)))
+        raw = _utf8(store.read_json(key, MAX_SMALL_BYTES))
+        if _depth(raw) > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        found = model.model_validate(raw)
     except FileNotFoundError:
         return None
     except (ObjectTooLarge, ValueError, RecursionError) as error:  # ValidationError is a ValueError

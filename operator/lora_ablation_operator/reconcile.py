@@ -229,9 +229,10 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
     costs = budget_costs({n: r.result for n, r in observed.results.items() if r is not None and r.result},
                          observed.stage_ones)  # fmt: skip
     admission = _admission(observed, spec, schedule, judged, costs)
-    if spec.search.early_stopping is not None and admission.skipped:
-        # A trained trial the budget never starts leaves its dataset's stage one as finished as it will get.
-        schedule = _schedule(observed, spec, plan, skipped=admission.skipped)
+    unscored = [n for n in admission.skipped if n not in observed.stage_ones]
+    if spec.search.early_stopping is not None and unscored:
+        # A trial whose stage one the budget never starts leaves its dataset's stage one as finished as it will get.
+        schedule = _schedule(observed, spec, plan, skipped=unscored)
         observed = dataclasses.replace(observed, schedule=schedule)
         judged = judge_all(plan.trials, schedule, trial_jobs, observed)
         admission = _admission(observed, spec, schedule, judged, costs)
@@ -255,7 +256,8 @@ def _run_trials(observed: Observed, spec: LoraAblationSpec, plan: Plan, settings
         for unit in admission.waiting:  # say why a unit waits only when it is the budget's doing
             if (why := admission.reasons.get(unit.name)) and "parallelism" not in why:
                 for trial in unit.trials:
-                    if states[trial.name] == (c.PENDING, None):
+                    state, said = states[trial.name]
+                    if state == c.PENDING and not (said or "").startswith("stage one scored"):
                         states[trial.name] = (c.PENDING, why)
         for unit in admission.start:
             decision.create.append(unit_workload(observed.name, observed.namespace, spec, unit, settings))

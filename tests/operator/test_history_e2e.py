@@ -187,3 +187,61 @@ def test_a_budget_exhausted_ablation_stays_exhausted_when_its_jobs_are_deleted(o
     assert cluster.status("spent")["gpuHours"] == hours == pytest.approx(200 / 3600, abs=1e-4)
     assert cluster.condition("spent")["reason"] == "BudgetExhausted"
     assert trial_jobs(cluster) == {}, "no GPU pod starts again"
+
+
+def test_round_two_is_estimated_from_stage_one_and_does_not_overspend(operated):
+    """Before: 3 stage-two Jobs started at an expected cost of 0 once stage one had spent most of the budget."""
+    cluster = operated()
+    cluster.apply(manifest("tight", cluster.bucket, search={"moduleSets": SETS, "earlyStopping": {"rule": "topK",
+                                                                                                   "keep": 3}},
+                           execution={"parallelism": 10, "maxFailedTrials": 1, "maxGpuHours": 0.12}))  # fmt: skip
+    pass_preflight(cluster, "tight")
+    started: set[str] = set()
+    while len(started) < 5:  # one probe at a time until every kind has a cost: the baseline, then stage one
+        new = wait_for(lambda: [n for n in trial_jobs(cluster) if n not in started] or None, what="the next Job")
+        for job_name in new:
+            (trial,) = trials_of(trial_jobs(cluster)[job_name])
+            if trial["variant"] == "none":
+                result(cluster, trial, 0.1, seconds=70.0)
+            else:
+                stage_one(cluster, trial, score_of(job_name))  # 40 s each: 70 + 4 x 40 = 230 s of 432
+            cluster.finish_job(job_name)
+            started.add(job_name)
+    # Stage one's bound is 1.25 x 40 = 50 s, a whole trial 50 / 0.25 = 200 s, a survivor's round two 200 - 40 =
+    # 160 s: 230 + 160 fits in 432, a second would not (before, all three started at an expected cost of 0).
+    waiting = wait_for(lambda: w if len(w := [t for t in cluster.status("tight")["trialStatuses"]
+                                              if "waits for the running trials" in (t.get("message") or "")]) == 2
+                       else None, what="two survivors waiting for the budget")  # fmt: skip
+    second = [n for n in trial_jobs(cluster) if n not in started]
+    assert len(second) == 1 and all(t["state"] == "Pending" for t in waiting), second
+    (trial,) = trials_of(trial_jobs(cluster)[second[0]])
+    result(cluster, trial, 0.8, seconds=150.0)
+    cluster.finish_job(second[0])
+    wait_for(lambda: cluster.condition("tight").get("reason") == "BudgetExhausted", what="BudgetExhausted")
+    assert [n for n in trial_jobs(cluster) if n not in started] == second
+    status = cluster.status("tight")
+    assert status["gpuHours"] * 3600 <= 432 + 160  # within the budget and one unit
+    assert sorted(t["state"] for t in status["trialStatuses"]) == ["Eliminated", "Skipped", "Skipped", "Succeeded",
+                                                                    "Succeeded"]  # fmt: skip
+
+
+def test_only_the_baseline_known_starts_one_trained_probe_not_all(operated):
+    """Before: once only the baseline had finished, 3 trained trials started at once on a 1 GPU-hour budget."""
+    cluster = operated()
+    cluster.apply(manifest("probe", cluster.bucket, execution={"parallelism": 3, "maxFailedTrials": 1,
+                                                               "maxGpuHours": 1}))  # fmt: skip
+    pass_preflight(cluster, "probe")
+    (first,) = wait_for(lambda: list(trial_jobs(cluster)) or None, what="the first Job")
+    (trial,) = trials_of(trial_jobs(cluster)[first])
+    assert trial["variant"] == "none"  # the baseline runs alone first: nothing has a cost yet
+    result(cluster, trial, 0.1, seconds=60.0)
+    cluster.finish_job(first)
+    probe = wait_for(lambda: [n for n in trial_jobs(cluster) if n != first] or None, what="the trained probe")
+    assert len(probe) == 1
+    waiting = next(t for t in cluster.status("probe")["trialStatuses"] if t["state"] == "Pending")
+    assert "runs first" in waiting["message"]
+    (trial,) = trials_of(trial_jobs(cluster)[probe[0]])
+    result(cluster, trial, 0.5, seconds=1200.0)  # ~1/3 of the budget: with 1.25x, one more fits, not two
+    cluster.finish_job(probe[0])
+    more = wait_for(lambda: [n for n in trial_jobs(cluster) if n not in {first, *probe}] or None, what="the next")
+    assert len(more) == 1
