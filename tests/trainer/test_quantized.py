@@ -17,6 +17,16 @@ pytestmark = pytest.mark.trainer
 bitsandbytes = pytest.importorskip("bitsandbytes")
 
 
+@pytest.fixture(scope="module")
+def nf4_llama(tmp_path_factory):
+    """A tiny Llama whose every linear layer has a multiple of 32 outputs: on CPUs with AVX512-BF16, bitsandbytes
+    packs 4-bit weights for inference in blocks of 32 output features (real models' widths all are multiples)."""
+    from lora_ablation_trainer.tiny import build_tiny_model
+    from support.trainer_data import corpus
+
+    return build_tiny_model("llama", tmp_path_factory.mktemp("nf4") / "llama", corpus(), intermediate=128)
+
+
 def test_the_qlora_recipe_is_what_gets_built():
     config = quantization_config("nf4", torch.bfloat16)
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
@@ -37,11 +47,11 @@ def test_without_bitsandbytes_the_error_says_what_to_install(monkeypatch):
         quantization_config("nf4", torch.float32)
 
 
-def test_a_4_bit_trial_trains_evaluates_times_and_publishes_a_plain_peft_adapter(tiny_models, choice_data, tmp_path):
+def test_a_4_bit_trial_trains_evaluates_times_and_publishes_a_plain_peft_adapter(nf4_llama, choice_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+    spec = trial_spec(nf4_llama, choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
                       training={"maxSteps": 6, "gradientCheckpointing": True}, latency={"repeats": 1})  # fmt: skip
     spec.base_model.quantization = "nf4"
     result = run_trial(spec)
@@ -52,13 +62,13 @@ def test_a_4_bit_trial_trains_evaluates_times_and_publishes_a_plain_peft_adapter
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and {name.rsplit(".", 1)[1] for name in config["target_modules"]} == {"o_proj", "down_proj"}
     # Standard PEFT format: it loads onto the unquantized base as well.
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), adapter)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(nf4_llama), adapter)
 
 
 @pytest.mark.slow
-def test_a_4_bit_ablation_runs_end_to_end_through_the_cli(tiny_models, choice_data, tmp_path):
+def test_a_4_bit_ablation_runs_end_to_end_through_the_cli(nf4_llama, choice_data, tmp_path):
     spec = {
-        "baseModel": {"uri": f"file://{tiny_models['llama']}", "dtype": "float32", "quantization": "nf4"},
+        "baseModel": {"uri": f"file://{nf4_llama}", "dtype": "float32", "quantization": "nf4"},
         "datasets": [{"name": "choice", "train": f"file://{choice_data['train']}",
                       "eval": f"file://{choice_data['eval']}", "format": "prompt-completion",
                       "metric": "accuracy", "maxEvalSamples": 8}],

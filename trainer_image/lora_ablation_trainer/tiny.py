@@ -38,14 +38,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTo
 
 
 def tiny_config(
-    family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, positions: int = 1024
+    family: str,
+    vocab_size: int,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    positions: int = 1024,
+    intermediate: int | None = None,
 ) -> PretrainedConfig:
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, vocab_size=vocab_size)
     if family in {"llama", "phi3", "qwen2", "mistral"}:
         return AutoConfig.for_model(
             family,
             hidden_size=hidden,
-            intermediate_size=hidden * 11 // 4,
+            intermediate_size=intermediate or hidden * 11 // 4,
             num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=max(1, heads // 2),
@@ -77,12 +83,16 @@ def build_tiny_model(
     layers: int = 2,
     seed: int = 0,
     positions: int = 1024,
+    intermediate: int | None = None,
 ) -> Path:
-    """Train a tokenizer on `texts`, initialise a tiny model of `family`, save both to out_dir."""
+    """Train a tokenizer on `texts`, initialise a tiny model of `family`, save both to out_dir. `intermediate`: the
+    FFN width where the default (11/4 of hidden) will not do."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(texts, vocab_size)
-    config = tiny_config(family, len(tokenizer), hidden=hidden, layers=layers, positions=positions)
+    config = tiny_config(
+        family, len(tokenizer), hidden=hidden, layers=layers, positions=positions, intermediate=intermediate
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
