@@ -24,6 +24,9 @@ if [ ! -f "$STAMP" ]; then
   # torch is pinned to the CPU wheel in the trainer extra; a loose torch pulls a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install --quiet --upgrade --no-build-isolation "${constrain[@]}" \
     -e ".[operator,trainer,report,dev]"
+  # pip keeps an installed editable project of the same version as it was: its metadata (entry points) follows
+  # pyproject.toml only when reinstalled.
+  "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall --no-build-isolation -e .
   rm -f "$VENV"/.installed-* && touch "$STAMP"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

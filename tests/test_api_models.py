@@ -6,7 +6,7 @@ import pytest
 
 from conftest import EXAMPLES, minimal_manifest
 from lora_ablation.api import LoraAblation, SpecError, TrialResult, TrialSpec, parse_ablation, parse_spec
-from lora_ablation.manifest import load_ablation
+from lora_ablation.api.manifest import load_ablation
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

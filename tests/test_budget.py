@@ -13,9 +13,9 @@ from conftest import minimal_manifest
 from lora_ablation.api.resource import parse_spec
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.budget import SPREAD, Costs, admit, costs
-from lora_ablation.plan import plan_trials
-from lora_ablation.schedule import Elimination, Unit, round_one_units, round_two_units, schedule
+from lora_ablation.planning.plan import plan_trials
+from lora_ablation.run.budget import SPREAD, Costs, admit, costs
+from lora_ablation.run.schedule import Elimination, Unit, round_one_units, round_two_units, schedule
 
 SETS = [["o_proj"], ["fc2"], ["qkv"], ["fc1"], ["o_proj", "fc2"], ["qkv", "fc1"]]
 
@@ -212,7 +212,7 @@ def simulate(spec, plan, fraction: float | None, parallelism: int, budget: float
 def test_simulated_ablations_stay_within_the_limit_plus_one_unit(datasets, trained, per_pod, parallelism, fraction,
                                                                  budget, rng):  # fmt: skip
     """Assumes every run of a kind (baseline, stage one, whole trial) costs between c and SPREAD x c, and a stage
-    one at least min(fraction, 1/2) of its whole trial: what makes the estimates upper bounds (lora_ablation.budget).
+    one at least min(fraction, 1/2) of its whole trial: what makes the estimates upper bounds (run.budget).
     Each call of admit is a restart: costs rebuilt from the evidence; a random restart also forgets the skipped."""
     spec, plan = ablation(datasets, trained, fraction is not None, per_pod)
     limit, spend, costliest, finished, eliminated, skipped = simulate(spec, plan, fraction, parallelism, budget, rng)

@@ -289,9 +289,9 @@ def test_run_store_that_is_no_store_uri_exits_2_naming_the_flag(tmp_path):
 
 
 def test_the_store_override_moves_every_trial_but_keeps_names():
-    from lora_ablation.local_runner import with_storage
-    from lora_ablation.manifest import load_ablation
-    from lora_ablation.plan import plan_trials
+    from lora_ablation.api.manifest import load_ablation
+    from lora_ablation.local.runner import with_storage
+    from lora_ablation.planning.plan import plan_trials
 
     ablation = load_ablation(ROOT / "examples" / "quickstart.yaml")
     moved = with_storage(ablation, "s3://other-bucket/prefix", "http://127.0.0.1:9000")

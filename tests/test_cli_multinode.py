@@ -9,7 +9,7 @@ import yaml
 from conftest import minimal_manifest
 from lora_ablation.api.execution import ExecutionSpec
 from lora_ablation.cli import main
-from lora_ablation.placement import multi_node_line, multi_node_placement
+from lora_ablation.planning.placement import multi_node_line, multi_node_placement
 
 
 def test_one_node_says_nothing_more():

@@ -11,7 +11,7 @@ from openapi_schema_validator import OAS30Validator
 
 from conftest import EXAMPLES, ROOT, minimal_manifest
 from lora_ablation.api import parse_ablation
-from lora_ablation.crdgen import build_crd, render_crd
+from lora_ablation.api.crdgen import build_crd, render_crd
 
 CRD_FILE = ROOT / "crds" / "lora.ablation.dev_loraablations.yaml"
 

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, minimal_manifest
 from lora_ablation.api import parse_ablation
-from lora_ablation.guardrails import DataSize, check, local_data_size
+from lora_ablation.planning.guardrails import DataSize, check, local_data_size
 
 RULES = {"attention-only", "dora", "lr-across-ranks", "lr-range", "rank-vs-data", "params-vs-tokens"}
 

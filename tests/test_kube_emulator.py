@@ -11,7 +11,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from lora_ablation.crdgen import build_crd
+from lora_ablation.api.crdgen import build_crd
 from support.kube_objects import job
 
 

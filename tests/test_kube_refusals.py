@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from conftest import EXAMPLES, ROOT, minimal_manifest
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
-from lora_ablation.crdgen import build_crd
+from lora_ablation.api.crdgen import build_crd
 from support.kube import ServedApi, serve_api
 from support.kube_objects import job
 

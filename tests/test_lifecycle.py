@@ -9,8 +9,8 @@ import pytest
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.api.trial_state import TERMINAL, TrialState
-from lora_ablation.lifecycle import Evidence, Run, judge
-from lora_ablation.local_runner import run_of_exit
+from lora_ablation.local.runner import run_of_exit
+from lora_ablation.run.lifecycle import Evidence, Run, judge
 from lora_ablation_operator import workload
 
 RESULT = TrialResult.model_validate({"ablation": "a", "trial": "t", "dataset": "d", "variant": "lora",

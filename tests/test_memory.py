@@ -8,10 +8,10 @@ import pytest
 
 from conftest import minimal_manifest
 from lora_ablation.api.resource import parse_spec
-from lora_ablation.memory import GIB, gpu_memory, offline_memory_warnings, parse_quantity, plan_memory
-from lora_ablation.model_config import known_model_config
 from lora_ablation.modules.inventory import catalog_inventory
-from lora_ablation.plan import plan_trials
+from lora_ablation.modules.model_config import known_model_config
+from lora_ablation.planning.memory import GIB, gpu_memory, offline_memory_warnings, parse_quantity, plan_memory
+from lora_ablation.planning.plan import plan_trials
 
 LLAMA_8B = "hf://meta-llama/Llama-3.1-8B-Instruct"
 

@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_ablation.naming import LABEL_VALUE, bounded_name, config_hash, label_value, trial_name
+from lora_ablation.api.naming import LABEL_VALUE, bounded_name, config_hash, label_value, trial_name
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

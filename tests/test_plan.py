@@ -11,7 +11,7 @@ from lora_ablation.api import parse_ablation
 from lora_ablation.api.base import DNS1123_LABEL
 from lora_ablation.modules.inventory import ModuleResolutionError, catalog_inventory
 from lora_ablation.modules.known_models import KNOWN_MODEL_CONFIGS
-from lora_ablation.plan import plan_trials
+from lora_ablation.planning.plan import plan_trials
 from tiny_models import TINY_CONFIGS
 
 LLAMA = catalog_inventory(KNOWN_MODEL_CONFIGS["meta-llama/Llama-3.1-8B-Instruct"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_ablation.render_safe import ELLIPSIS, label_text, markdown_text, plain_text
+from lora_ablation.api.render_safe import ELLIPSIS, label_text, markdown_text, plain_text
 
 ORDINARY = ["o_proj+fc2 r16 lora", "qkv r8 dora layers=0-3,8-11", "base", "all r64 rslora layers=lastHalf"]
 

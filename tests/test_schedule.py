@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from conftest import minimal_manifest
-from lora_ablation import layers
 from lora_ablation.api.resource import parse_spec
 from lora_ablation.api.stages import StageOneResult
-from lora_ablation.budget import affordable, costs
+from lora_ablation.modules import layers
 from lora_ablation.modules.inventory import catalog_inventory
-from lora_ablation.plan import LayerSelectionError, plan_trials
-from lora_ablation.schedule import ROUND_ONE, eliminate, round_one_units, schedule
+from lora_ablation.planning.plan import LayerSelectionError, plan_trials
+from lora_ablation.run.budget import affordable, costs
+from lora_ablation.run.schedule import ROUND_ONE, eliminate, round_one_units, schedule
 
 SETS = [["o_proj"], ["fc2"], ["qkv"], ["fc1"], ["o_proj", "fc2"]]
 

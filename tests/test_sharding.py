@@ -12,11 +12,11 @@ import yaml
 
 from conftest import minimal_manifest
 from lora_ablation.api import SpecError, parse_spec
-from lora_ablation.memory import FIT_FRACTION, GIB, plan_memory
-from lora_ablation.model_config import known_model_config
 from lora_ablation.modules.inventory import catalog_inventory
-from lora_ablation.plan import plan_trials
-from lora_ablation.sharding import decide, sharded_estimate
+from lora_ablation.modules.model_config import known_model_config
+from lora_ablation.planning.memory import FIT_FRACTION, GIB, plan_memory
+from lora_ablation.planning.plan import plan_trials
+from lora_ablation.planning.sharding import decide, sharded_estimate
 
 LLAMA_70B = "hf://meta-llama/Llama-3.1-70B-Instruct"
 LONG = {"batchSize": 1, "maxSeqLength": 2048, "gradientCheckpointing": True}

@@ -12,16 +12,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from lora_ablation.store import (
-    LocalStore,
-    S3Store,
-    StorageAccessDenied,
-    StorageError,
-    StorageUnavailable,
-    Store,
-    _translate_client_error,
-    open_store,
-)
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.s3 import S3Store, _translate_client_error
+from lora_ablation.storage.store import LocalStore, StorageAccessDenied, StorageError, StorageUnavailable, Store
 from support.s3 import free_port
 
 
@@ -250,6 +243,6 @@ def test_client_errors_are_classified(code: str, status: int, expected: type[Exc
 
 
 def test_importing_the_store_does_not_import_boto3() -> None:
-    code = "import json, sys, lora_ablation.store; print(json.dumps([m for m in sys.modules if 'boto' in m]))"
+    code = "import json, sys, lora_ablation.storage.store; print(json.dumps([m for m in sys.modules if 'boto' in m]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

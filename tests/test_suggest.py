@@ -12,10 +12,10 @@ import yaml
 
 from conftest import ROOT
 from lora_ablation.api import parse_ablation
-from lora_ablation.guardrails import DataSize, check
 from lora_ablation.modules.known_models import KNOWN_MODEL_CONFIGS
-from lora_ablation.plan import plan_trials
-from lora_ablation.suggest import TASKS, build, render, suggested_rank
+from lora_ablation.planning.guardrails import DataSize, check
+from lora_ablation.planning.plan import plan_trials
+from lora_ablation.planning.suggest import TASKS, build, render, suggested_rank
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 

@@ -7,9 +7,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.report import render_markdown, render_text
-from lora_ablation.stats import Interval, mean_interval, mean_of_means, separable, t_quantile, tie_positions
-from lora_ablation.summary import summarize
+from lora_ablation.summary.build import summarize
+from lora_ablation.summary.report import render_markdown, render_text
+from lora_ablation.summary.stats import Interval, mean_interval, mean_of_means, separable, t_quantile, tie_positions
 
 # Two-sided 95% critical values of Student's t, as printed in every statistics table.
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 19: 2.093, 30: 2.042, 120: 1.980}
@@ -166,7 +166,7 @@ def test_mean_of_means_is_no_wider_than_its_widest_part(parts):
 
 def test_plots_draw_error_bars_and_label_latency_within_noise(tmp_path):
     pytest.importorskip("matplotlib")
-    from lora_ablation.plots import pareto_figure, write_plots
+    from lora_ablation.summary.plots import pareto_figure, write_plots
 
     overheads = {"all": [12.0, 14.0, 13.0], "o_proj": [2.0, -3.0, 4.0], "qkv": [5.0, 6.0, 5.5]}
     summary = summarize(seeded(SPREAD, overheads), "s", tolerance=0.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.summary import summarize
+from lora_ablation.summary.build import summarize
 
 # Seed 000, "Ablation study for target module selection": dataset -> (baseline, {config: score}).
 SEED_TABLE: dict[str, tuple[float, dict[str, float]]] = {

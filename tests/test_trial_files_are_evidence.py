@@ -16,19 +16,19 @@ from conftest import minimal_manifest
 from lora_ablation.api.bounds import MAX_SCORE, MAX_SECONDS
 from lora_ablation.api.resource import parse_spec
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.budget import costs
-from lora_ablation.plan import plan_trials
-from lora_ablation.report import render_markdown, render_text
-from lora_ablation.results import (
+from lora_ablation.planning.plan import plan_trials
+from lora_ablation.run.budget import costs
+from lora_ablation.run.schedule import eliminate
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.results import (
     labelled,
     read_all_results,
     read_failure,
     read_result,
     read_stage_one,
 )
-from lora_ablation.schedule import eliminate
-from lora_ablation.store import open_store
-from lora_ablation.summary import leaderboard, result_label, summarize
+from lora_ablation.summary.build import leaderboard, result_label, summarize
+from lora_ablation.summary.report import render_markdown, render_text
 
 STATS = {"ttftP50Ms": 10.0, "ttftP95Ms": 12.0, "tpotP50Ms": 5.0, "tpotP95Ms": 6.0, "tpotCvPct": 2.0}
 MODULES = [["o_proj"], ["fc2"], ["qkv"]]
@@ -272,7 +272,7 @@ def test_any_trial_file_reads_without_raising_and_renders_escaped(tmp_path_facto
 @pytest.mark.filterwarnings("ignore:Tight layout not applied")
 def test_plots_draw_labels_from_trial_files_as_plain_text(tmp_path):
     pytest.importorskip("matplotlib")
-    from lora_ablation.plots import heatmap_plot, pareto_figure
+    from lora_ablation.summary.plots import heatmap_plot, pareto_figure
 
     hostile = ["$\\frac{$", "a\nb\x1b[2J" + "x" * 100, "$x$"]  # mathtext that cannot parse, a control sequence
     docs = [result_doc(f"t{i}", i) | {"modules": [name], "dataset": "$d", "ablation": "$a"} for i, name in

@@ -9,20 +9,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lora_ablation import guardrails, suggest
 from lora_ablation.api.base import SpecError
-from lora_ablation.crdgen import render_crd
-from lora_ablation.inspect_model import inspect_inventory, inventory_for, module_tree_available
-from lora_ablation.manifest import load_ablation, read_manifest
-from lora_ablation.memory import GIB, MemoryReport, plan_memory
-from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
+from lora_ablation.api.crdgen import render_crd
+from lora_ablation.api.manifest import load_ablation, read_manifest
 from lora_ablation.modules.catalog import UnsupportedModel
+from lora_ablation.modules.inspect import inspect_inventory, inventory_for, module_tree_available
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, compress_names
-from lora_ablation.placement import multi_node_line, multi_node_placement
-from lora_ablation.plan import LayerSelectionError, PlannedTrial, plan_trials
-from lora_ablation.report import human_count, text_table
-from lora_ablation.schedule import describe as describe_schedule
-from lora_ablation.sharding import plan_lines as sharding_lines
+from lora_ablation.modules.model_config import ModelConfigUnavailable, load_model_config
+from lora_ablation.planning import guardrails, suggest
+from lora_ablation.planning.memory import GIB, MemoryReport, plan_memory
+from lora_ablation.planning.placement import multi_node_line, multi_node_placement
+from lora_ablation.planning.plan import LayerSelectionError, PlannedTrial, plan_trials
+from lora_ablation.planning.sharding import plan_lines as sharding_lines
+from lora_ablation.run.schedule import describe as describe_schedule
+from lora_ablation.summary.report import human_count, text_table
 
 EXIT_INVALID = 2  # bad input: the message names the file and the field
 
@@ -211,8 +211,8 @@ def _planned(ablation, given: tuple[dict[str, Any], str] | None = None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lora_ablation.local_runner import EXIT_INTERRUPTED, run_ablation, with_storage
-    from lora_ablation.store import StorageError
+    from lora_ablation.local.runner import EXIT_INTERRUPTED, run_ablation, with_storage
+    from lora_ablation.storage.store import StorageError
 
     ablation = load_ablation(args.file)
     base = ablation.spec.base_model.uri
@@ -244,8 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _no_results(store: Any, uri: str, keys: list[str]) -> SpecError:
     """Why `report` found nothing: the location is missing, empty, or one level above the ablation."""
-    from lora_ablation.results import RESULT_FILE
-    from lora_ablation.store import LocalStore
+    from lora_ablation.storage.results import RESULT_FILE
+    from lora_ablation.storage.store import LocalStore
 
     expected = (
         "pass one ablation's folder, <storage.uri>/<namespace>/<name> (e.g. file://ablation-results/default/quickstart)"
@@ -265,11 +265,12 @@ def _no_results(store: Any, uri: str, keys: list[str]) -> SpecError:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lora_ablation.plots import write_plots
-    from lora_ablation.report import render_markdown, render_text
-    from lora_ablation.results import SUMMARY_FILE, read_all_results
-    from lora_ablation.store import StorageError, open_store
-    from lora_ablation.summary import summarize
+    from lora_ablation.storage.open import open_store
+    from lora_ablation.storage.results import SUMMARY_FILE, read_all_results
+    from lora_ablation.storage.store import StorageError
+    from lora_ablation.summary.build import summarize
+    from lora_ablation.summary.plots import write_plots
+    from lora_ablation.summary.report import render_markdown, render_text
 
     try:
         store = open_store(args.uri, args.endpoint)

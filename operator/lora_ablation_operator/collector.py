@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from lora_ablation.api.spec import LoraAblationSpec, StorageSpec
 from lora_ablation.api.stages import EliminationDecision
 from lora_ablation.api.trial import PreflightReport
-from lora_ablation.record import Listing, list_record
-from lora_ablation.results import RESULT_FILE, read_result
-from lora_ablation.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store, open_store
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.record import Listing, list_record
+from lora_ablation.storage.results import RESULT_FILE, read_result
+from lora_ablation.storage.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store
 from lora_ablation_operator.policy import Forbidden, storage_violations
 from lora_ablation_operator.settings import Settings
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_ablation.naming import label_value
+from lora_ablation.api.naming import label_value
 from lora_ablation_operator import collector, metrics
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.multinode import compact_multi_node

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from lora_ablation.api.contract import FAILURE, RESULT, STAGE_ONE
+from lora_ablation.api.naming import bounded_name
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
-from lora_ablation.contract import FAILURE, RESULT, STAGE_ONE
-from lora_ablation.naming import bounded_name
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.results import ResultRead, read_failure, read_result, read_stage_one
-from lora_ablation.schedule import ROUND_TWO, Schedule, Unit, schedule
-from lora_ablation.store import Store
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.run.schedule import ROUND_TWO, Schedule, Unit, schedule
+from lora_ablation.storage.results import ResultRead, read_failure, read_result, read_stage_one
+from lora_ablation.storage.store import Store
 from lora_ablation_operator import workload
 from lora_ablation_operator.collector import ResultCache
 from lora_ablation_operator.planning import Planned

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
-from lora_ablation.store import StorageError
+from lora_ablation.storage.store import StorageError
 from lora_ablation_operator import collector, kube, metrics
 from lora_ablation_operator.controller import Controller
 from lora_ablation_operator.jobs import ABLATION_LABEL

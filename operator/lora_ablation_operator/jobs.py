@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from lora_ablation.api.contract import EXIT_PERMANENT, PREFLIGHT_ENV
+from lora_ablation.api.naming import bounded_name, label_value
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.trial import PreflightSpec, TrialStorage
-from lora_ablation.contract import EXIT_PERMANENT, PREFLIGHT_ENV
-from lora_ablation.naming import bounded_name, label_value
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.schedule import ROUND_ONE, Unit
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.run.schedule import ROUND_ONE, Unit
 from lora_ablation_operator.settings import Settings
 
 GROUP = "lora.ablation.dev"

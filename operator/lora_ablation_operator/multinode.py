@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lora_ablation.api.contract import EXIT_PERMANENT
+from lora_ablation.api.naming import config_hash
 from lora_ablation.api.spec import LoraAblationSpec
-from lora_ablation.contract import EXIT_PERMANENT
-from lora_ablation.naming import config_hash
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.schedule import Unit
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.run.schedule import Unit
 from lora_ablation_operator.jobs import (
     COMPONENT_LABEL,
     CONTAINER,

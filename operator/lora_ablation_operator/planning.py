@@ -8,14 +8,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from lora_ablation import guardrails
 from lora_ablation.api.base import SpecError
 from lora_ablation.api.resource import MAX_ABLATION_NAME
 from lora_ablation.api.resource import parse_spec as parse_raw_spec
 from lora_ablation.api.spec import LoraAblationSpec
-from lora_ablation.memory import offline_memory_warnings
-from lora_ablation.plan import Plan, plan_trials
-from lora_ablation.schedule import Unit, round_one_units
+from lora_ablation.planning import guardrails
+from lora_ablation.planning.memory import offline_memory_warnings
+from lora_ablation.planning.plan import Plan, plan_trials
+from lora_ablation.run.schedule import Unit, round_one_units
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.multinode import multi_node_problem
 from lora_ablation_operator.policy import violations

@@ -11,15 +11,15 @@ from typing import Any
 
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
-from lora_ablation.budget import Admission, Costs, admit
-from lora_ablation.budget import costs as budget_costs
-from lora_ablation.plan import Plan
-from lora_ablation.publish import summary_of
-from lora_ablation.results import ResultRead
-from lora_ablation.schedule import ROUND_TWO, Schedule
-from lora_ablation.schedule import schedule as build_schedule
-from lora_ablation.summary import leaderboard
-from lora_ablation.summary_models import Summary
+from lora_ablation.planning.plan import Plan
+from lora_ablation.run.budget import Admission, Costs, admit
+from lora_ablation.run.budget import costs as budget_costs
+from lora_ablation.run.schedule import ROUND_TWO, Schedule
+from lora_ablation.run.schedule import schedule as build_schedule
+from lora_ablation.storage.publish import summary_of
+from lora_ablation.storage.results import ResultRead
+from lora_ablation.summary.build import leaderboard
+from lora_ablation.summary.models import Summary
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.gather import kept_units
 from lora_ablation_operator.jobs import preflight_job, preflight_name

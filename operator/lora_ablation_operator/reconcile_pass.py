@@ -13,11 +13,11 @@ from typing import Any
 
 import kopf
 
+from lora_ablation.api.contract import FAILURE
 from lora_ablation.api.trial_state import ACTIVE
-from lora_ablation.contract import FAILURE
-from lora_ablation.publish import write_summary
-from lora_ablation.record import write_all
-from lora_ablation.store import StorageError
+from lora_ablation.storage.publish import write_summary
+from lora_ablation.storage.record import write_all
+from lora_ablation.storage.store import StorageError
 from lora_ablation_operator import collector, kube, metrics, workload
 from lora_ablation_operator.events import aggregate
 from lora_ablation_operator.gather import Gathered, gather

@@ -1,5 +1,5 @@
 """Each trial's state in the operator: the evidence of one pass (storage's record, the recorded decision, the
-workload of the trial's current unit) handed to lora_ablation.lifecycle, the one function that judges it, the
+workload of the trial's current unit) handed to lora_ablation.run.lifecycle, the one function that judges it, the
 same the local runner calls. Pure."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 from lora_ablation.api.stages import TrialFailure
 from lora_ablation.api.trial_state import ACTIVE, TERMINAL, TrialState
-from lora_ablation.budget import Costs, result_cost
-from lora_ablation.lifecycle import Evidence, judge
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.schedule import Schedule, Unit
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.run.budget import Costs, result_cost
+from lora_ablation.run.lifecycle import Evidence, judge
+from lora_ablation.run.schedule import Schedule, Unit
 from lora_ablation_operator import workload
 
 DONE = frozenset(s.value for s in TERMINAL)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lora_ablation.lifecycle import Run
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.schedule import ROUND_ONE, ROUND_TWO, Unit
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.run.lifecycle import Run
+from lora_ablation.run.schedule import ROUND_ONE, ROUND_TWO, Unit
 from lora_ablation_operator.jobs import STAGE_ANNOTATION, TRIALS_ANNOTATION
 from lora_ablation_operator.observe import UNIT_ANNOTATIONS, failure_message, is_trial_job, job_finished
 

@@ -29,7 +29,7 @@ import kubernetes
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lora_ablation.api import parse_ablation
-from lora_ablation.plan import plan_trials
+from lora_ablation.planning.plan import plan_trials
 from lora_ablation_operator.jobs import trial_job
 from lora_ablation_operator.settings import Settings
 from support.cluster import Cluster, manifest

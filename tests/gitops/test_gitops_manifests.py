@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lora_ablation.api.crdgen import build_crd
 from lora_ablation.api.resource import parse_spec
-from lora_ablation.crdgen import build_crd
 from lora_ablation_operator.policy import violations
 from lora_ablation_operator.settings import Settings
 from support.chart import admit, chart

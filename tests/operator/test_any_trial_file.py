@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_ablation.store import open_store
+from lora_ablation.storage.open import open_store
 from lora_ablation_operator.collector import ResultCache
 from lora_ablation_operator.gather import gather
 from lora_ablation_operator.jobs import preflight_name

@@ -7,7 +7,7 @@ import json
 
 from test_reconcile import NOW, SETTINGS, cond, finished, observed, result_for, run_preflight, spec
 
-from lora_ablation.store import open_store
+from lora_ablation.storage.open import open_store
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.collector import ResultCache, delete_results, preflight_problems
 from lora_ablation_operator.observe import pod_problem, stuck_jobs

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import minimal_manifest
 from lora_ablation.api import parse_ablation
+from lora_ablation.api.contract import PREFLIGHT_ENV, TRIAL_ENV
 from lora_ablation.api.trial import PreflightSpec, TrialSpec
-from lora_ablation.contract import PREFLIGHT_ENV, TRIAL_ENV
-from lora_ablation.plan import plan_trials
+from lora_ablation.planning.plan import plan_trials
 from lora_ablation_operator.jobs import preflight_job, preflight_name, trial_job
 from lora_ablation_operator.settings import Settings
 

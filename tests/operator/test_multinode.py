@@ -14,9 +14,9 @@ import yaml
 from conftest import minimal_manifest
 from lora_ablation.api import parse_ablation
 from lora_ablation.api.base import SpecError
+from lora_ablation.api.contract import TRIAL_ENV
 from lora_ablation.api.resource import parse_spec
-from lora_ablation.contract import TRIAL_ENV
-from lora_ablation.plan import plan_trials
+from lora_ablation.planning.plan import plan_trials
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import single
 from lora_ablation_operator.multinode import (

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 
-from lora_ablation.crdgen import build_crd
-from lora_ablation.results import read_result
-from lora_ablation.store import open_store
+from lora_ablation.api.crdgen import build_crd
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.results import read_result
 from lora_ablation_operator.collector import preflight_problems
 from lora_ablation_operator.policy import Policy
 from lora_ablation_operator.reconcile import Observed, reconcile

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.results import ResultRead
+from lora_ablation.storage.results import ResultRead
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import TRIAL_LABEL, preflight_name
 from lora_ablation_operator.observe import completed_trials

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from lora_ablation.api.contract import TRIAL_ENV, TRIALS_ENV
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.contract import TRIAL_ENV, TRIALS_ENV
-from lora_ablation.results import ResultRead
+from lora_ablation.storage.results import ResultRead
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import STAGE_ANNOTATION, TRIALS_ANNOTATION
 from lora_ablation_operator.reconcile import reconcile

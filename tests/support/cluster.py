@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from openapi_schema_validator import OAS30Validator
 
 from lora_ablation.api.base import GROUP, PLURAL, VERSION
-from lora_ablation.crdgen import build_crd
+from lora_ablation.api.crdgen import build_crd
 
 ROOT = Path(__file__).resolve().parents[2]
 

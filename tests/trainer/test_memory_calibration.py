@@ -8,8 +8,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lora_ablation.api.trial import TrialSpec
-from lora_ablation.memory import training_activation_bytes
 from lora_ablation.modules.inventory import catalog_inventory, resolve_module_set
+from lora_ablation.planning.memory import training_activation_bytes
 
 pytestmark = pytest.mark.trainer
 CONFIG = dict(model_type="llama", hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,

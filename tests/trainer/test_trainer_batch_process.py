@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lora_ablation.api.contract import TRIALS_ENV
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialBatch, TrialResult
-from lora_ablation.contract import TRIALS_ENV
 from lora_ablation_trainer.run import run_trial
 from support.s3 import s3_client
 from support.trainer_data import trial_spec

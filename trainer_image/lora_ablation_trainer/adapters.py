@@ -12,8 +12,8 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from lora_ablation import layers
 from lora_ablation.api.trial import TrialSpec
+from lora_ablation.modules import layers
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, Resolution, resolve_module_set
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.module_tree import tree_inventory

@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lora_ablation.api.base import format_validation_error
+from lora_ablation.api.contract import PREFLIGHT_ENV, TERMINATION_LOG, TERMINATION_LOG_ENV, TRIAL_ENV, TRIALS_ENV
 from lora_ablation.api.trial import PreflightSpec, TrialBatch, TrialSpec
-from lora_ablation.contract import PREFLIGHT_ENV, TERMINATION_LOG, TERMINATION_LOG_ENV, TRIAL_ENV, TRIALS_ENV
 from lora_ablation_trainer.errors import EXIT_OK, EXIT_PERMANENT, TrialError
 
 log = logging.getLogger("lora_ablation_trainer")

@@ -8,7 +8,7 @@ retried like a transient failure.
 
 from __future__ import annotations
 
-from lora_ablation.contract import EXIT_OK, EXIT_PERMANENT, EXIT_TRANSIENT
+from lora_ablation.api.contract import EXIT_OK, EXIT_PERMANENT, EXIT_TRANSIENT
 
 __all__ = ["EXIT_OK", "EXIT_PERMANENT", "EXIT_TRANSIENT", "DataError", "PermanentTrialError", "TransientTrialError"]
 

@@ -24,7 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from lora_ablation.api.spec import LatencySpec
 from lora_ablation.api.trial import LatencyMetrics, LatencyStats
-from lora_ablation.stats import Interval, mean_interval
+from lora_ablation.summary.stats import Interval, mean_interval
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel
 
+from lora_ablation.api.contract import FAILURE, RESULT, STAGE_ONE
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult, TrialSpec
-from lora_ablation.contract import FAILURE, RESULT, STAGE_ONE
-from lora_ablation.store import Store
+from lora_ablation.storage.store import Store
 
 log = logging.getLogger(__name__)
 

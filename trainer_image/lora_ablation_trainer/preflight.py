@@ -17,7 +17,8 @@ from transformers import AutoProcessor, AutoTokenizer
 from lora_ablation.api.trial import PreflightReport, PreflightSpec
 from lora_ablation.modules.groups import module_set_label
 from lora_ablation.modules.inventory import ModuleResolutionError, resolve_module_set
-from lora_ablation.store import StorageAccessDenied, StorageUnavailable, open_store
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.store import StorageAccessDenied, StorageUnavailable
 from lora_ablation_trainer.data import chat_template_problem, load_examples
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError, TrialError
 from lora_ablation_trainer.module_tree import tree_inventory

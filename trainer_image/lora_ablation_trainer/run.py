@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lora_ablation.api.contract import RESULT
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult, TrialSpec
-from lora_ablation.contract import RESULT
-from lora_ablation.store import StorageAccessDenied, StorageUnavailable, Store, open_store
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.store import StorageAccessDenied, StorageUnavailable, Store
 from lora_ablation_trainer.base import Base
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.outputs import existing_result, existing_stage_one, publish

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from lora_ablation.api.spec import BaseModelSpec
-from lora_ablation.store import StorageAccessDenied, StorageUnavailable, open_store
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.store import StorageAccessDenied, StorageUnavailable
 from lora_ablation_trainer.errors import DataError, PermanentTrialError, TransientTrialError
 
 log = logging.getLogger(__name__)

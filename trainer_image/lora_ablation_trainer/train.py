@@ -16,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from lora_ablation.api.spec import TrainingSpec
 from lora_ablation.api.trial import TrainMetrics
-from lora_ablation.store import Store
+from lora_ablation.storage.store import Store
 from lora_ablation_trainer import fsdp
 from lora_ablation_trainer.data import collate, iterate_micro_batches
 from lora_ablation_trainer.errors import PermanentTrialError

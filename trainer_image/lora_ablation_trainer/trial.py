@@ -14,7 +14,7 @@ import torch
 
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult, TrialSpec
-from lora_ablation.store import Store
+from lora_ablation.storage.store import Store
 from lora_ablation_trainer import adapters, fsdp
 from lora_ablation_trainer.base import Base, TrialData
 from lora_ablation_trainer.data import encode

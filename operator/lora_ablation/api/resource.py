@@ -11,7 +11,7 @@ from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.status import LoraAblationStatus
 
 # The name is the value of the ablation label on every Job (a label value: at most 63 characters); trial and
-# preflight Job names trim it before their hash (lora_ablation.naming), so any valid name yields valid Jobs.
+# preflight Job names trim it before their hash (lora_ablation.api.naming), so any valid name yields valid Jobs.
 MAX_ABLATION_NAME = 63
 
 

@@ -10,9 +10,9 @@ from pydantic import AfterValidator, Field, WithJsonSchema, field_validator
 
 from lora_ablation.api.base import ApiModel
 from lora_ablation.api.stages import EarlyStoppingSpec
-from lora_ablation.layers import PATTERN as LAYERS_PATTERN
-from lora_ablation.layers import check as check_layers
 from lora_ablation.modules.groups import canonical_module_set, validate_module_name
+from lora_ablation.modules.layers import PATTERN as LAYERS_PATTERN
+from lora_ablation.modules.layers import check as check_layers
 
 MAX_SEEDS = 32  # a seed interval narrows as 1/sqrt(n): past 32 seeds it barely moves, and the grid multiplies
 

@@ -13,7 +13,7 @@ from lora_ablation.api.stages import StageOneSpec
 
 RESULT_SCHEMA_VERSION = 1
 # Bounds on what a trial image may write: results are read by the shared operator, so a hostile or broken
-# trial must not be able to make it hold gigabytes (the byte bound is in lora_ablation.results).
+# trial must not be able to make it hold gigabytes (the byte bound is in lora_ablation.storage.results).
 MAX_NAMES = 100_000
 MAX_MAGNITUDE = 1e15  # every number; the fields the summary adds up have tighter bounds (api.bounds)
 MAX_RANK = 65536
@@ -67,8 +67,8 @@ class TrialSpec(ApiModel):
     sharding: str | None = Field(
         None,
         description="How the trainer spreads the trial over several processes (GPUs): fsdp shards the model with "
-        "PyTorch FSDP; none or absent trains data-parallel. The planner decides it (lora_ablation.sharding) from "
-        "execution.sharding and the memory estimate; it is not part of the trial's name. Absent unless fsdp, so "
+        "PyTorch FSDP; none or absent trains data-parallel. The planner decides it (lora_ablation.planning.sharding) "
+        "from execution.sharding and the memory estimate; it is not part of the trial's name. Absent unless fsdp, so "
         "the trial JSON of unsharded trials stays what it was.",
         json_schema_extra={"enum": ["none", "fsdp"]},
     )
@@ -211,7 +211,7 @@ class AdapterEffect(OpenModel):
 
 class TrialResult(OpenModel):
     """result.json: written last, so its presence means the trial is complete. Written by the trial image: its
-    identity fields are evidence only (lora_ablation.results.labelled relabels a result by the plan), and its
+    identity fields are evidence only (lora_ablation.storage.results.labelled relabels a result by the plan), and its
     figures are bounded (lora_ablation.api.bounds) because the summary sums and averages them."""
 
     schema_version: int = Field(RESULT_SCHEMA_VERSION, description="Result format version.")

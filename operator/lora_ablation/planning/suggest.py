@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_ablation.api.base import SpecError
-from lora_ablation.model_config import ModelConfigUnavailable, load_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, catalog_inventory, resolve_module_set
+from lora_ablation.modules.model_config import ModelConfigUnavailable, load_model_config
 
 TASKS = ("classification", "extraction", "generation", "reasoning")
 METRIC = {"classification": "accuracy", "extraction": "json_kv_match", "generation": "rougeLsum",

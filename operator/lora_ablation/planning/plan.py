@@ -4,58 +4,21 @@ plan, same names, on any machine; the operator, the local runner and `lora-ablat
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from lora_ablation.api.naming import trial_name
 from lora_ablation.api.spec import LoraAblationSpec, TrainingSpec
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
-from lora_ablation.layers import ALL as ALL_LAYERS
-from lora_ablation.layers import fraction as layer_fraction
-from lora_ablation.layers import indices as layer_indices
-from lora_ablation.layers import slug as layers_slug
 from lora_ablation.modules.groups import canonical_module_set, module_set_label
 from lora_ablation.modules.inventory import ModelInventory, Resolution, resolve_module_set
-from lora_ablation.naming import trial_name
+from lora_ablation.modules.layers import ALL as ALL_LAYERS
+from lora_ablation.modules.layers import fraction as layer_fraction
+from lora_ablation.modules.layers import indices as layer_indices
+from lora_ablation.modules.layers import slug as layers_slug
+from lora_ablation.planning.sharding import assign_sharding
+from lora_ablation.planning.trials import LayerSelectionError, Plan, PlannedTrial, config_label, trial_uri
 
-
-class LayerSelectionError(ValueError):
-    """A search.layers entry names layers the model does not have."""
-
-
-@dataclass
-class PlannedTrial:
-    spec: TrialSpec
-    label: str  # 'o_proj+fc2 r16 lora' or 'base'
-    estimated_params: int | None  # None when the model's dimensions are unknown to the planner
-    seed: int | None = None  # the training seed; None for the baseline (nothing is trained)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass
-class Plan:
-    trials: list[PlannedTrial]
-    inventory_source: str | None  # 'catalog', 'module tree' or None (model not inspected)
-    notes: list[str]
-    sharding: dict[str, Any] = field(default_factory=dict)  # trial name -> lora_ablation.sharding.Decision
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.trials]
-
-
-def config_label(modules: list[str], rank: int, variant: str, layers: str = ALL_LAYERS) -> str:
-    """'o_proj+fc2 r16 lora', with ' layers=lastHalf' when the configuration adapts a layer subset."""
-    if variant == BASELINE_VARIANT:
-        return "base"
-    label = f"{module_set_label(modules)} r{rank} {variant}"
-    return label if layers == ALL_LAYERS else f"{label} layers={layers}"
-
-
-def trial_uri(storage_uri: str, namespace: str, ablation: str, trial: str) -> str:
-    return f"{storage_uri.rstrip('/')}/{namespace}/{ablation}/{trial}"
+__all__ = ["LayerSelectionError", "Plan", "PlannedTrial", "config_label", "plan_trials", "trial_uri"]
 
 
 RUN_ONLY_TRAINING = ("gradientCheckpointing",)
@@ -172,7 +135,6 @@ def plan_trials(
         list(inventory.notes) if inventory else ["model not inspected: modules unresolved, parameters not estimated"]
     )
     plan = Plan(trials, inventory.source if inventory else None, notes)
-    from lora_ablation.sharding import assign_sharding  # lazy: sharding reads memory, which imports this module
 
     plan.sharding = assign_sharding(spec, plan, inventory, model_config)  # how each trial runs (TrialSpec.sharding)
     return plan

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from lora_ablation.api.render_safe import label_text
 from lora_ablation.api.stages import StageOneResult
-from lora_ablation.budget import Costs
-from lora_ablation.plan import Plan
-from lora_ablation.render_safe import label_text
-from lora_ablation.schedule import Elimination
-from lora_ablation.summary_models import Compute, EliminatedConfig, StageOneEntry, Summary
+from lora_ablation.planning.plan import Plan
+from lora_ablation.run.budget import Costs
+from lora_ablation.run.schedule import Elimination
+from lora_ablation.summary.models import Compute, EliminatedConfig, StageOneEntry, Summary
 
 
 # Labels as summarize makes them (label_text), so an eliminated configuration is named as the leaderboard names it.

@@ -10,12 +10,12 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from lora_ablation.api.contract import TRIAL_ENV, TRIALS_ENV
+from lora_ablation.api.naming import bounded_name
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import EliminationDecision, EliminationRule, StageOneResult, StageOneSpec
 from lora_ablation.api.trial import TrialBatch, TrialSpec
-from lora_ablation.contract import TRIAL_ENV, TRIALS_ENV
-from lora_ablation.naming import bounded_name
-from lora_ablation.plan import Plan, PlannedTrial
+from lora_ablation.planning.plan import Plan, PlannedTrial
 
 ROUND_ONE, ROUND_TWO = 1, 2  # the first run of every trial (stage one when two-stage); the survivors' second stage
 

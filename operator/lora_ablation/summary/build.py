@@ -8,14 +8,14 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 
+from lora_ablation.api.render_safe import label_text, plain_text
 from lora_ablation.api.status import LeaderboardEntry
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialResult
-from lora_ablation.plan import config_label
-from lora_ablation.recommend import faster, recommend, score_interval
-from lora_ablation.render_safe import label_text, plain_text
-from lora_ablation.serving import serving_notes
-from lora_ablation.stats import Interval, mean_interval, mean_of_means, separable, tie_positions, within
-from lora_ablation.summary_models import Cell, ConfigSummary, DatasetSummary, Summary
+from lora_ablation.planning.plan import config_label
+from lora_ablation.summary.models import Cell, ConfigSummary, DatasetSummary, Summary
+from lora_ablation.summary.recommend import faster, recommend, score_interval
+from lora_ablation.summary.serving import serving_notes
+from lora_ablation.summary.stats import Interval, mean_interval, mean_of_means, separable, tie_positions, within
 
 MAX_DATASET = 64  # a dataset name (the spec allows 24 characters)
 

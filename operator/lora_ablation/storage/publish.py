@@ -8,15 +8,15 @@ from collections.abc import Collection, Mapping
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.budget import Costs
-from lora_ablation.plan import Plan
-from lora_ablation.report import render_markdown
-from lora_ablation.results import SUMMARY_FILE
-from lora_ablation.schedule import Elimination
-from lora_ablation.store import Store
-from lora_ablation.summary import summarize
-from lora_ablation.summary_models import Summary
-from lora_ablation.summary_stages import with_stages
+from lora_ablation.planning.plan import Plan
+from lora_ablation.run.budget import Costs
+from lora_ablation.run.schedule import Elimination
+from lora_ablation.storage.results import SUMMARY_FILE
+from lora_ablation.storage.store import Store
+from lora_ablation.summary.build import summarize
+from lora_ablation.summary.models import Summary
+from lora_ablation.summary.report import render_markdown
+from lora_ablation.summary.stages import with_stages
 
 
 def summary_of(*, plan: Plan, spec: LoraAblationSpec, name: str, namespace: str, results: Mapping[str, TrialResult],

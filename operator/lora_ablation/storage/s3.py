@@ -1,6 +1,6 @@
-"""The S3 backend of lora_ablation.store: a bucket and key prefix on AWS S3 or any S3-compatible endpoint.
+"""The S3 backend of lora_ablation.storage.store: a bucket and key prefix on AWS S3 or any S3-compatible endpoint.
 
-Open it through lora_ablation.store.open_store. botocore failures are translated into FileNotFoundError,
+Open it through lora_ablation.storage.store.open_store. botocore failures are translated into FileNotFoundError,
 StorageUnavailable, StorageAccessDenied or StorageError; boto3 itself is imported only when a client is made.
 """
 
@@ -12,7 +12,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from lora_ablation.store import (
+from lora_ablation.storage.store import (
     ObjectTooLarge,
     StorageAccessDenied,
     StorageError,

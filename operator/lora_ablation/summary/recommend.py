@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 from lora_ablation.api.status import Recommendation
-from lora_ablation.stats import Interval, separable
-from lora_ablation.summary_models import ConfigSummary
+from lora_ablation.summary.models import ConfigSummary
+from lora_ablation.summary.stats import Interval, separable
 
 MAX_TIED = 100  # status.recommendation.tied holds at most this many (a grid may have thousands of configurations)
 MAX_NAMED = 10  # the rationale names this many, then counts the rest

@@ -17,22 +17,23 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from lora_ablation.api.base import SpecError
+from lora_ablation.api.contract import TRIAL_ENV
 from lora_ablation.api.resource import LoraAblation
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.api.trial_state import FAILED, TrialState
-from lora_ablation.budget import admit
-from lora_ablation.budget import costs as budget_costs
-from lora_ablation.contract import TRIAL_ENV
-from lora_ablation.lifecycle import Evidence, Run, judge
-from lora_ablation.plan import Plan, PlannedTrial
-from lora_ablation.plots import write_plots
-from lora_ablation.publish import summary_of, write_summary
-from lora_ablation.report import render_text
-from lora_ablation.results import SUMMARY_FILE, read_failure, read_result, read_stage_one
-from lora_ablation.schedule import Elimination, Schedule, Unit, schedule
-from lora_ablation.store import LocalStore, Store, open_store
-from lora_ablation.summary_models import Summary
+from lora_ablation.planning.plan import Plan, PlannedTrial
+from lora_ablation.run.budget import admit
+from lora_ablation.run.budget import costs as budget_costs
+from lora_ablation.run.lifecycle import Evidence, Run, judge
+from lora_ablation.run.schedule import Elimination, Schedule, Unit, schedule
+from lora_ablation.storage.open import open_store
+from lora_ablation.storage.publish import summary_of, write_summary
+from lora_ablation.storage.results import SUMMARY_FILE, read_failure, read_result, read_stage_one
+from lora_ablation.storage.store import LocalStore, Store
+from lora_ablation.summary.models import Summary
+from lora_ablation.summary.plots import write_plots
+from lora_ablation.summary.report import render_text
 
 EXIT_INTERRUPTED = 130
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_ablation.render_safe import plain_text
-from lora_ablation.summary_models import Summary
+from lora_ablation.api.render_safe import plain_text
+from lora_ablation.summary.models import Summary
 
 MAX_PLOT_LABEL = 80  # longer labels would cover the points they name
 

@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from lora_ablation.api.base import format_location
 from lora_ablation.api.bounds import MAX_TEXT
+from lora_ablation.api.contract import FAILURE, STAGE_ONE
+from lora_ablation.api.render_safe import plain_text
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.contract import FAILURE, STAGE_ONE
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.render_safe import plain_text
-from lora_ablation.store import ObjectTooLarge, Store
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.storage.store import ObjectTooLarge, Store
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lora_ablation.api.trial import TrialSpec
-from lora_ablation.model_config import known_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import (
     ModelInventory,
@@ -37,7 +36,8 @@ from lora_ablation.modules.inventory import (
     catalog_inventory,
     resolve_module_set,
 )
-from lora_ablation.plan import Plan
+from lora_ablation.modules.model_config import known_model_config
+from lora_ablation.planning.trials import Plan
 
 GIB = 1024**3
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, 8-bit absmax per 64 weights, float32 per 256 absmax
@@ -225,7 +225,7 @@ def plan_memory(plan: Plan, inventory: ModelInventory, config: Mapping[str, Any]
         if estimate is None:
             continue
         estimates[trial.name] = estimate
-        if gpu_bytes and trial.label not in warnings and trial.spec.sharding != "fsdp":  # fsdp: lora_ablation.sharding
+        if gpu_bytes and trial.label not in warnings and trial.spec.sharding != "fsdp":  # fsdp: planning.sharding
             warning = fit_warning(trial.label, estimate, gpu_bytes, source, trial.spec)
             if warning:
                 warnings[trial.label] = warning

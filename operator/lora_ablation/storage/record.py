@@ -10,9 +10,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from lora_ablation.api.contract import FAILURE, RESULT, STAGE_ONE
 from lora_ablation.api.stages import EliminationDecision, TrialFailure
-from lora_ablation.contract import FAILURE, RESULT, STAGE_ONE
-from lora_ablation.store import ObjectTooLarge, Store
+from lora_ablation.storage.store import ObjectTooLarge, Store
 
 log = logging.getLogger(__name__)
 DECISIONS = "decisions"

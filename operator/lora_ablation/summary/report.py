@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lora_ablation.render_safe import MAX_LABEL, markdown_text, plain_text
-from lora_ablation.summary_models import Summary
+from lora_ablation.api.render_safe import MAX_LABEL, markdown_text, plain_text
+from lora_ablation.summary.models import Summary
 
 Text = Callable[[object], str]  # how an untrusted string is shown: plain_text or markdown_text
 NOTE_LIMIT = 4000  # a note names up to a few dozen configurations

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import re
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from lora_ablation.modules.groups import BASE_GROUPS, COMPOSITE_GROUPS
@@ -17,19 +17,30 @@ from lora_ablation.modules.inventory import (
     resolve_module_set,
 )
 
+# The extension point a package fills to read a model's real module tree (the trainer does, with torch): the core
+# names what it needs, never the package that provides it (see .importlinter).
+INVENTORY_PLUGINS = "lora_ablation.inventories"
+MODULE_TREE = "module-tree"
+
+
+def _module_tree_plugin() -> Any:
+    found = [e for e in entry_points(group=INVENTORY_PLUGINS) if e.name == MODULE_TREE]
+    return found[0] if found else None
+
 
 def module_tree_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+    libraries = all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+    return libraries and _module_tree_plugin() is not None
 
 
 def inventory_for(config: dict[str, Any], prefer: str = "auto") -> ModelInventory:
-    """The module tree when the trainer extra is installed (or asked for), the catalog otherwise.
-
-    The trainer is imported by name at run time: the core must not depend on torch (see .importlinter).
-    """
+    """The module tree when a module-tree plugin is installed (the trainer extra) or asked for, the catalog
+    otherwise."""
     if prefer == "tree" or (prefer == "auto" and module_tree_available()):
-        module_tree = importlib.import_module("lora_ablation_trainer.module_tree")
-        return module_tree.tree_inventory(config)
+        plugin = _module_tree_plugin()
+        if plugin is None:
+            raise ModuleNotFoundError(f"no {INVENTORY_PLUGINS} entry point {MODULE_TREE!r}: install the trainer extra")
+        return plugin.load()(config)
     return catalog_inventory(config)
 
 

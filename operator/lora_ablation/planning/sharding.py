@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lora_ablation.api.trial import TrialSpec
-from lora_ablation.memory import FIT_FRACTION, GIB, MemoryEstimate, gpu_memory, plan_memory
-from lora_ablation.model_config import known_model_config
 from lora_ablation.modules.catalog import UnsupportedModel
 from lora_ablation.modules.inventory import ModelInventory, catalog_inventory
-from lora_ablation.plan import Plan, PlannedTrial
+from lora_ablation.modules.model_config import known_model_config
+from lora_ablation.planning.memory import FIT_FRACTION, GIB, MemoryEstimate, gpu_memory, plan_memory
+from lora_ablation.planning.trials import Plan, PlannedTrial
 
 PREFETCHED_LAYERS = 2  # FSDP holds the layer computing and the next one it gathers ahead, both unsharded
 

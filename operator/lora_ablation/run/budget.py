@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
-from lora_ablation.plan import PlannedTrial
-from lora_ablation.schedule import ROUND_TWO, Unit
+from lora_ablation.planning.plan import PlannedTrial
+from lora_ablation.run.schedule import ROUND_TWO, Unit
 
 BASELINE, STAGE_ONE, TRIAL = "baseline", "stage one", "trial"  # the kinds of run
 SPREAD = 1.25  # runs of one kind are assumed to cost within this factor of each other (see the module docstring)

@@ -19,11 +19,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # what __getattr__ below hands out, for type checkers
-    from lora_ablation.store_s3 import S3Store as S3Store
-    from lora_ablation.store_s3 import _translate_client_error as _translate_client_error
+from typing import IO, Any
 
 _TMP_SUFFIX = ".store-tmp"  # in-flight local writes; list() skips them
 URI_FORMS = "file://relative/path, file:///absolute/path, /absolute/path or s3://bucket/optional/prefix"
@@ -236,31 +232,3 @@ class LocalStore(Store):
     def _download_file(self, key: str, dest: Path) -> None:
         with self._path(key).open("rb") as source:
             _atomic_write(dest, lambda handle: shutil.copyfileobj(source, handle))
-
-
-def open_store(
-    uri: str, endpoint: str | None = None, region: str | None = None, *, retries: int = 5, timeout: float = 10.0
-) -> Store:
-    """Open the store for `uri`; endpoint, region, retries and timeout only matter for s3:// URIs."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        if not bucket:
-            raise ValueError(f"storage URI {uri!r} names no bucket; expected {URI_FORMS}")
-        prefix = _clean(prefix, "S3 prefix", allow_empty=True)
-        from lora_ablation.store_s3 import S3Store  # lazy: store_s3 imports this module
-
-        return S3Store(bucket, prefix, S3Store.make_client(endpoint, region, retries, timeout))
-    if uri.startswith("file://") and len(uri) > len("file://"):
-        return LocalStore(Path.cwd() / uri[len("file://") :])  # an absolute path wins over cwd
-    if uri.startswith("/"):
-        return LocalStore(Path(uri))
-    raise ValueError(f"unsupported storage URI {uri!r}; expected {URI_FORMS}")
-
-
-def __getattr__(name: str) -> Any:
-    """`from lora_ablation.store import S3Store` keeps working without importing store_s3 up front."""
-    if name in ("S3Store", "_translate_client_error"):
-        from lora_ablation import store_s3
-
-        return getattr(store_s3, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""`lora-ablation run`: the whole ablation on one machine, no Kubernetes."""
