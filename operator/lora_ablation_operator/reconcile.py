@@ -30,7 +30,7 @@ from lora_ablation_operator.settings import Settings
 from lora_ablation_operator.trial_states import DONE, Judged, judge_all, trial_cost
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Observed:
     name: str
     namespace: str
@@ -55,7 +55,7 @@ class Observed:
     eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # recorded decisions, by dataset
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Decision:
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)

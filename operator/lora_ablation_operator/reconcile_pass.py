@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = frozenset(state.value for state in ACTIVE)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Snapshot:
     body: dict[str, Any]  # the ablation as the watch last delivered it
     status: dict[str, Any]  # its freshest status: the body's, or what this process wrote after it
@@ -50,7 +50,7 @@ class Snapshot:
     summary_written_at: float = float("-inf")  # monotonic time of that write
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     states: dict[str, str] | None = None  # trial states after this pass
     written_status: tuple[dict[str, Any], str | None] | None = None  # (status stored, resourceVersion)
@@ -84,11 +84,26 @@ def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.Resul
         except StorageError as error:
             metrics.STORAGE_ERRORS.inc()
             storage_problem = collector.describe(error)
-    return Observed(meta["name"], meta["namespace"], meta.get("generation"), dict(snapshot.body.get("spec") or {}),
-                    snapshot.status, jobs, gathered.results, problems, now, planned, storage_problem, stuck=stuck,
-                    terminations=termination_messages(snapshot.pods), previous_states=snapshot.previous_states,
-                    stage_ones=gathered.stage_ones, failures=gathered.failures,
-                    schedule=gathered.schedule, eliminations=gathered.eliminations)  # fmt: skip
+    return Observed(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        generation=meta.get("generation"),
+        spec=dict(snapshot.body.get("spec") or {}),
+        status=snapshot.status,
+        jobs=jobs,
+        results=gathered.results,
+        preflight_problems=problems,
+        now=now,
+        planned=planned,
+        storage_problem=storage_problem,
+        stuck=stuck,
+        terminations=termination_messages(snapshot.pods),
+        previous_states=snapshot.previous_states,
+        stage_ones=gathered.stage_ones,
+        failures=gathered.failures,
+        schedule=gathered.schedule,
+        eliminations=gathered.eliminations,
+    )
 
 
 def vanished(snapshot: Snapshot) -> list[str]:
@@ -102,8 +117,15 @@ def vanished(snapshot: Snapshot) -> list[str]:
                   and n not in covered)  # fmt: skip
 
 
-def record(decision: Decision, planned: Planned, namespace: str, name: str, uid: str, settings: Settings,
-           results_cache: collector.ResultCache) -> str | None:
+def record(
+    decision: Decision,
+    planned: Planned,
+    namespace: str,
+    name: str,
+    uid: str,
+    settings: Settings,
+    results_cache: collector.ResultCache,
+) -> str | None:
     """Write what the pass decided into the record (failures of runs that left no file, elimination decisions)
     before any workload is created; the StorageUnavailable message when storage refused."""
     if not (decision.failures or decision.eliminations) or planned.spec is None:

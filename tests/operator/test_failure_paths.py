@@ -149,7 +149,20 @@ def test_deleting_results_needs_only_a_usable_storage_spec():
 
 def test_a_name_longer_than_a_label_value_is_invalid_before_any_job():
     # The CRD refuses it at apply; objects created before that rule existed still end in a condition.
-    decision = reconcile(Observed("x" * 64, "ns", 1, spec(), {}, {}, {}, None, NOW), SETTINGS)
+    decision = reconcile(
+        Observed(
+            name="x" * 64,
+            namespace="ns",
+            generation=1,
+            spec=spec(),
+            status={},
+            jobs={},
+            results={},
+            preflight_problems=None,
+            now=NOW,
+        ),
+        SETTINGS,
+    )
     ready = cond(decision, c.READY)
     assert decision.create == [] and ready["reason"] == c.INVALID_SPEC and "at most 63" in ready["message"]
 

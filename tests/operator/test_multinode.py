@@ -35,8 +35,9 @@ from lora_ablation_operator.settings import Settings, multi_node_engine
 from support.kube_schema import CrdSchema
 
 CRDS = Path(__file__).resolve().parents[1] / "fixtures" / "crds"
-SETTINGS = Settings(trainer_image="registry.example/trainer:1", multi_node_enabled=True, preflight=False,
-                    policy=Policy.open())  # policy: tests/operator/test_policy.py
+SETTINGS = Settings(
+    trainer_image="registry.example/trainer:1", multi_node_enabled=True, preflight=False, policy=Policy.open()
+)  # policy: tests/operator/test_policy.py
 SECRETS = {"storage": {"uri": "s3://results/x", "credentialsSecretRef": {"name": "s3"}},
            "baseModel": {"uri": "hf://o/m", "tokenSecretRef": {"name": "hf", "key": "token"}}}  # fmt: skip
 
@@ -94,8 +95,9 @@ def test_jobset_is_schema_valid_gang_of_indexed_pods_with_torchrun_rendezvous():
     env = env_of(container)
     assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "4" and env["PET_MASTER_PORT"] == "29500"
     assert env["PET_MASTER_ADDR"] == f"{name}-node-0-0.{name}"  # the index-0 pod under the JobSet's subdomain
-    assert env["PET_NODE_RANK"] == {"fieldRef": {"fieldPath":
-                                                 "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env["PET_NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
     assert json.loads(env[TRIAL_ENV])["name"] == trial.name
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
     # Locked down as a single-pod trial; credentials only by reference.
@@ -160,8 +162,10 @@ def test_a_long_trial_name_keeps_its_trial_label_and_is_judged_by_it():
     body = trial_jobset("a-long-ablation-name-of-a-module-study", "ns", spec, single(trial), SETTINGS)
     admitted(JOBSET, body)
     compact = compact_multi_node(body)
-    assert compact["metadata"]["name"] == trial.name and target(compact, trial.name) == ("JobSet",
-                                                                                         body["metadata"]["name"])
+    assert compact["metadata"]["name"] == trial.name and target(compact, trial.name) == (
+        "JobSet",
+        body["metadata"]["name"],
+    )
     assert target(None, "plain") == ("Job", "plain")
 
 
@@ -182,25 +186,52 @@ def test_conditions_map_to_a_jobs(kind, condition, state):
     assert job_finished(compact, state)
     if state == "Failed" and condition["reason"] == "ReachedMaxRestarts":
         assert failure_message(compact) == (
-            "ReachedMaxRestarts: JobSet t1: jobset failed due to reaching max number of restarts")
+            "ReachedMaxRestarts: JobSet t1: jobset failed due to reaching max number of restarts"
+        )
     elif state == "Failed":
         assert failure_message(compact) == "exceeded execution.activeDeadlineSeconds"
 
 
 def test_reconcile_judges_a_multi_node_trial_as_it_judges_a_job():
     raw = parse_ablation(minimal_manifest(execution={"nodes": 2, "parallelism": 1, "maxFailedTrials": 5}, **SECRETS))
-    observed = Observed("demo", "ns", 1, raw.spec.to_wire(), {}, {}, {}, None, "2026-01-01T00:00:00Z")
+    observed = Observed(
+        name="demo",
+        namespace="ns",
+        generation=1,
+        spec=raw.spec.to_wire(),
+        status={},
+        jobs={},
+        results={},
+        preflight_problems=None,
+        now="2026-01-01T00:00:00Z",
+    )
     first = reconcile(observed, SETTINGS)
     assert [b["kind"] for b in first.create] == ["JobSet"]  # parallelism 1: one gang at a time
     name = first.create[0]["metadata"]["name"]
     failed = compact_multi_node({**first.create[0], "status": {"conditions": [
         {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "job node-0 failed"}]}})  # fmt: skip
-    pod = {"metadata": {"name": f"{name}-node-0-1-abcde", "labels": {"lora.ablation.dev/trial": name,
-                                                                     "batch.kubernetes.io/job-name": f"{name}-node-0"}},
-           "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]}}
+    pod = {
+        "metadata": {
+            "name": f"{name}-node-0-1-abcde",
+            "labels": {"lora.ablation.dev/trial": name, "batch.kubernetes.io/job-name": f"{name}-node-0"},
+        },
+        "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]},
+    }
     assert stuck_jobs([pod], "2026-01-01T00:00:00Z", 600) == {name: f"pod {name}-node-0-1-abcde: ErrImagePull"}
-    second = reconcile(Observed("demo", "ns", 1, raw.spec.to_wire(), first.status, {name: failed}, {}, None,
-                                "2026-01-01T00:01:00Z"), SETTINGS)  # fmt: skip
+    second = reconcile(
+        Observed(
+            name="demo",
+            namespace="ns",
+            generation=1,
+            spec=raw.spec.to_wire(),
+            status=first.status,
+            jobs={name: failed},
+            results={},
+            preflight_problems=None,
+            now="2026-01-01T00:01:00Z",
+        ),
+        SETTINGS,
+    )
     entry = next(t for t in second.status["trialStatuses"] if t["name"] == name)
     assert entry["state"] == c.FAILED and "FailedJobs: JobSet" in entry["message"]
     assert [b["kind"] for b in second.create] == ["JobSet"] and second.create[0]["metadata"]["name"] != name
@@ -217,8 +248,14 @@ def test_the_operator_refuses_multi_node_specs_it_cannot_run():
     assert plan_for("demo", "ns", manifest, SETTINGS).plan is not None
 
 
-@pytest.mark.parametrize(("execution", "field"), [({"nodes": 0}, "execution.nodes"), ({"nodes": 65}, "execution.nodes"),
-                                                   ({"multiNode": {"engine": "MPIJob"}}, "execution.multiNode.engine")])
+@pytest.mark.parametrize(
+    ("execution", "field"),
+    [
+        ({"nodes": 0}, "execution.nodes"),
+        ({"nodes": 65}, "execution.nodes"),
+        ({"multiNode": {"engine": "MPIJob"}}, "execution.multiNode.engine"),
+    ],
+)
 def test_bad_multi_node_fields_name_the_field(execution, field):
     with pytest.raises(SpecError) as error:
         parse_spec(minimal_manifest(execution=execution)["spec"])

@@ -54,7 +54,20 @@ def test_policy_cases(policy, patch, refused):
 
 def test_a_forbidden_spec_plans_nothing_and_says_why():
     raw = case_manifest(execution={"image": "docker.io/evil/miner:1"}, storage={"uri": "s3://elsewhere/x"})["spec"]
-    decision = reconcile(Observed("demo", "ns", 3, raw, {}, {}, {}, None, NOW), settings_for(policy_values({})))
+    decision = reconcile(
+        Observed(
+            name="demo",
+            namespace="ns",
+            generation=3,
+            spec=raw,
+            status={},
+            jobs={},
+            results={},
+            preflight_problems=None,
+            now=NOW,
+        ),
+        settings_for(policy_values({})),
+    )
     ready = next(x for x in decision.status["conditions"] if x["type"] == c.READY)
     assert decision.create == [] and decision.summary is None and decision.finished
     assert ready["reason"] == c.FORBIDDEN == "Forbidden" and ready["observedGeneration"] == 3
@@ -93,8 +106,10 @@ def test_image_references_split_into_repository_and_digest(image, parts):
 
 def test_deleting_results_in_a_forbidden_bucket_or_endpoint_touches_nothing():
     settings = settings_for(policy_values({}))
-    for storage in ({"uri": "s3://other-team/x", "retainOnDelete": False},
-                    {"uri": "s3://results/x", "endpoint": "http://169.254.169.254", "retainOnDelete": False}):
+    for storage in (
+        {"uri": "s3://other-team/x", "retainOnDelete": False},
+        {"uri": "s3://results/x", "endpoint": "http://169.254.169.254", "retainOnDelete": False},
+    ):
         with pytest.raises(Forbidden, match="not an allowed"):  # before any client exists, let alone a request
             delete_results(storage, "ns", "demo", settings)
 

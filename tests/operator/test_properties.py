@@ -40,8 +40,11 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-NAMES = st.one_of(st.just("a" * 63), st.from_regex(DNS1123_LABEL, fullmatch=True).filter(lambda s: len(s) <= 63),
-                  st.from_regex(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", fullmatch=True).filter(lambda s: len(s) <= 253))
+NAMES = st.one_of(
+    st.just("a" * 63),
+    st.from_regex(DNS1123_LABEL, fullmatch=True).filter(lambda s: len(s) <= 63),
+    st.from_regex(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", fullmatch=True).filter(lambda s: len(s) <= 253),
+)
 
 
 def assert_valid_job(job: dict) -> None:
@@ -74,7 +77,20 @@ def lifecycle(raw: dict, name: str, outcomes: list[str]) -> None:
     status: dict = {}
     jobs: dict[str, dict] = {}
     for step in range(4):
-        decision = reconcile(Observed(name, "team-a", 1, raw, status, jobs, {}, None, NOW), SETTINGS)
+        decision = reconcile(
+            Observed(
+                name=name,
+                namespace="team-a",
+                generation=1,
+                spec=raw,
+                status=status,
+                jobs=jobs,
+                results={},
+                preflight_problems=None,
+                now=NOW,
+            ),
+            SETTINGS,
+        )
         for job in decision.create:
             assert_valid_job(job)
             jobs[job["metadata"]["name"]] = job
@@ -91,7 +107,20 @@ def lifecycle(raw: dict, name: str, outcomes: list[str]) -> None:
 @given(NAMES, st.data())
 def test_every_admitted_spec_ends_in_a_condition_without_raising(name, data):
     raw = data.draw(from_crd_schema(SPEC_SCHEMA, skip=frozenset({"affinity"})))
-    decision = reconcile(Observed(name, "ns", 1, raw, {}, {}, {}, None, NOW), SETTINGS)
+    decision = reconcile(
+        Observed(
+            name=name,
+            namespace="ns",
+            generation=1,
+            spec=raw,
+            status={},
+            jobs={},
+            results={},
+            preflight_problems=None,
+            now=NOW,
+        ),
+        SETTINGS,
+    )
     assert decision.status["conditions"] and all(c["reason"] for c in decision.status["conditions"])
     for job in decision.create:
         assert_valid_job(job)

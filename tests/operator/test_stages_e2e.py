@@ -1,4 +1,4 @@
-"""Fewer GPU-hours (#15) with the operator running for real against the emulated API and moto S3: two-stage
+"""Fewer GPU-hours with the operator running for real against the emulated API and moto S3: two-stage
 elimination across operator kills, and several trials in one Job. The test plays the Job controller and the
 trainer (stage-one.json, result.json)."""
 

@@ -13,7 +13,17 @@ SETTINGS = Settings(trainer_image="trainer:test", preflight=False, policy=Policy
 
 
 def observe(raw, status=None, generation=1):
-    return Observed("demo", "ns", generation, raw, status or {}, {}, {}, None, "2026-11-23T12:00:00Z")
+    return Observed(
+        name="demo",
+        namespace="ns",
+        generation=generation,
+        spec=raw,
+        status=status or {},
+        jobs={},
+        results={},
+        preflight_problems=None,
+        now="2026-11-23T12:00:00Z",
+    )
 
 
 def warnings_condition(decision):

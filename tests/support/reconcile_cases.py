@@ -21,8 +21,18 @@ def spec(**overrides) -> dict:
 
 
 def observed(raw_spec, jobs=(), results=None, status=None, preflight_problems=None, generation=1, **seen) -> Observed:
-    return Observed("demo", "ns", generation, raw_spec, status or {}, {j["metadata"]["name"]: j for j in jobs},
-                    results or {}, preflight_problems, NOW, **seen)  # fmt: skip
+    return Observed(
+        name="demo",
+        namespace="ns",
+        generation=generation,
+        spec=raw_spec,
+        status=status or {},
+        jobs={j["metadata"]["name"]: j for j in jobs},
+        results=results or {},
+        preflight_problems=preflight_problems,
+        now=NOW,
+        **seen,
+    )
 
 
 def finished(job: dict, kind: str, reason: str = "", message: str = "") -> dict:

@@ -1,6 +1,6 @@
 """Inputs the API accepts, or a trial image can write, that once stopped an ablation (or the whole operator)
 without a word: each ends in a condition or a trial state now. The operator runs for real (`kopf run`) against
-the emulated API server and moto S3; the numbers in the test names are the cases of the "never wedges" issue."""
+the emulated API server and moto S3."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def started(cluster, name: str, count: int, **overrides) -> dict[str, dict]:
     return wait_for(lambda: trial_jobs(cluster) if len(trial_jobs(cluster)) == count else None, what=f"{count} Jobs")
 
 
-def test_1_7_non_finite_and_oversized_results_are_missing_and_the_summary_stays_json(operated):
+def test_non_finite_and_oversized_results_are_missing_and_the_summary_stays_json(operated):
     cluster = operated()
     jobs = started(cluster, "nan", 4, search={"moduleSets": [["o_proj"], ["all"], ["fc2"]]},
                    execution={"parallelism": 4, "maxFailedTrials": 5})  # fmt: skip
@@ -66,7 +66,7 @@ def test_1_7_non_finite_and_oversized_results_are_missing_and_the_summary_stays_
     assert_schema_valid(cluster, "nan")
 
 
-def test_7_a_result_rewritten_after_it_was_read_is_validated_again(operated):
+def test_a_result_rewritten_after_it_was_read_is_validated_again(operated):
     cluster = operated(result_recheck_seconds="0.2")
     jobs = started(cluster, "rewrite", 1, search={"moduleSets": [["o_proj"]]},
                    execution={"parallelism": 1, "maxFailedTrials": 5})  # fmt: skip
@@ -78,7 +78,7 @@ def test_7_a_result_rewritten_after_it_was_read_is_validated_again(operated):
     assert "not valid JSON" in states(cluster, "rewrite")[name]["message"]
 
 
-def test_2_long_names_give_valid_distinct_readable_jobs(operated):
+def test_long_names_give_valid_distinct_readable_jobs(operated):
     cluster = operated()
     long_name = "team-" + "x" * 52 + "-study"  # 63 characters, the most a label value holds
     cluster.apply(manifest(long_name, cluster.bucket, execution={"parallelism": 4, "maxFailedTrials": 1}))
@@ -95,7 +95,7 @@ def test_2_long_names_give_valid_distinct_readable_jobs(operated):
     assert any("all-r16-lora" in r for r in readable) and any(r.endswith("base") for r in readable)
 
 
-def test_3_an_invalid_spec_that_removes_results_can_be_deleted(operated):
+def test_an_invalid_spec_that_removes_results_can_be_deleted(operated):
     cluster = operated()
     bad = manifest("bad-delete", cluster.bucket, search={"moduleSets": [["o-proj"]]})  # the CRD admits any string
     bad["spec"]["storage"]["retainOnDelete"] = False
@@ -107,7 +107,7 @@ def test_3_an_invalid_spec_that_removes_results_can_be_deleted(operated):
         "lora.ablation.dev", "v1alpha1", "default", "loraablations")["items"], what="the object gone")  # fmt: skip
 
 
-def test_3_8_storage_down_is_reported_and_never_blocks_deletion(operated):
+def test_storage_down_is_reported_and_never_blocks_deletion(operated):
     cluster = operated(delete_retries="2", delete_retry_delay="0.3")
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     spec = manifest("down", cluster.bucket, search={"moduleSets": [["o_proj"]]})
@@ -124,7 +124,7 @@ def test_3_8_storage_down_is_reported_and_never_blocks_deletion(operated):
     assert "ResultsKept" in cluster.events("down")
 
 
-def test_8_a_bucket_the_operator_cannot_use_is_access_denied(operated):
+def test_a_bucket_the_operator_cannot_use_is_access_denied(operated):
     cluster = operated()
     spec = manifest("denied", cluster.bucket, search={"moduleSets": [["o_proj"]]})
     spec["spec"]["storage"]["uri"] = "s3://no-such-bucket-here/ablations"
@@ -142,7 +142,7 @@ def _pod(job: str, status: dict) -> tuple[dict, dict]:
             "spec": {"containers": [{"name": "trainer", "image": "trainer:test"}]}}, {"status": status}  # fmt: skip
 
 
-def test_9_pods_that_cannot_start_make_their_trial_stuck(operated):
+def test_pods_that_cannot_start_make_their_trial_stuck(operated):
     import kubernetes
 
     cluster = operated(unschedulable_after="0")
@@ -175,7 +175,7 @@ def _gauge(port: int, state: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def test_10_deleting_an_ablation_drops_its_metric_series(operated):
+def test_deleting_an_ablation_drops_its_metric_series(operated):
     port = free_port()
     cluster = operated(metrics_port=str(port))
     jobs = started(cluster, "metrics", 2, search={"moduleSets": [["o_proj"]]})
@@ -187,7 +187,7 @@ def test_10_deleting_an_ablation_drops_its_metric_series(operated):
     wait_for(lambda: _gauge(port, "succeeded") == 0.0, what="the series dropped with the object")
 
 
-def test_11_jobs_carry_only_the_operators_labels(operated):
+def test_jobs_carry_only_the_operators_labels(operated):
     cluster = operated()
     spec = manifest("labelled", cluster.bucket, search={"moduleSets": [["o_proj"]]})
     spec["metadata"]["labels"] = {"app.kubernetes.io/instance": "users-argo-app", "team": "nlp"}
@@ -200,7 +200,7 @@ def test_11_jobs_carry_only_the_operators_labels(operated):
         assert job["metadata"]["ownerReferences"][0]["name"] == "labelled"
 
 
-def test_6_a_grid_over_the_operators_limit_is_invalid_and_starts_nothing(operated):
+def test_a_grid_over_the_operators_limit_is_invalid_and_starts_nothing(operated):
     cluster = operated(max_trials="3")
     cluster.apply(manifest("huge", cluster.bucket))  # 4 trials
     ready = wait_for(lambda: cluster.condition("huge") or None, what="a Ready condition")
@@ -208,7 +208,7 @@ def test_6_a_grid_over_the_operators_limit_is_invalid_and_starts_nothing(operate
     assert cluster.jobs() == {}
 
 
-def test_5_a_refused_job_is_reported_with_the_api_message_and_retried(operated, kube_api):
+def test_a_refused_job_is_reported_with_the_api_message_and_retried(operated, kube_api):
     cluster = operated()
     quota = ('jobs "{}" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, used: '
              'nvidia.com/gpu=4, limited: nvidia.com/gpu=4')  # fmt: skip
@@ -228,7 +228,7 @@ def test_5_a_refused_job_is_reported_with_the_api_message_and_retried(operated, 
 
 
 @pytest.mark.parametrize("uri", ["s3://bucket/../x", "s3://b-1/a//b"])
-def test_4_a_storage_prefix_that_leaves_its_root_is_refused_at_apply(operated, uri):
+def test_a_storage_prefix_that_leaves_its_root_is_refused_at_apply(operated, uri):
     from kubernetes.client.exceptions import ApiException
 
     cluster = operated()
