@@ -144,8 +144,11 @@ def scale_run(args: argparse.Namespace) -> None:
 
             wait(lambda: api.count("batch", "v1", "jobs") >= total, 900, "all trial Jobs", poll=0.02)
             create_seconds = time.perf_counter() - started
-            print(f"[progress] all {total} Jobs in {create_seconds:.2f} s (bare loop {baseline_seconds:.2f} s, with a "
-                  f"watch {watched_seconds:.2f} s); operator RSS {proc_mib(pid, 'VmRSS'):.1f} MiB", flush=True)
+            print(
+                f"[progress] all {total} Jobs in {create_seconds:.2f} s (bare loop {baseline_seconds:.2f} s, with a "
+                f"watch {watched_seconds:.2f} s); operator RSS {proc_mib(pid, 'VmRSS'):.1f} MiB",
+                flush=True,
+            )
             if args.only_create:  # e.g. to profile this phase alone (LORA_ABLATION_TEST_PYTHON="py-spy record ...")
                 cluster.stop_operator()
                 server.stop()
@@ -212,8 +215,10 @@ def scale_run(args: argparse.Namespace) -> None:
     print(f"  API requests per trial, whole life:        {requests / total:8.2f}   (goal <= 4)")
     for (client, verb, resource), count in sorted(ours.items(), key=lambda kv: -kv[1]):
         print(f"      {client:24s} {verb:7s} {resource:28s} {count:7d}  {count / total:6.3f}/trial")
-    print(f"  operator memory: start {rss_start:.1f} MiB, end {rss_end:.1f} MiB, peak {rss_peak:.1f} MiB "
-          f"(goal <= 200 at 1,000 trials); {(rss_peak - rss_start) * 1024 / total:.1f} KiB per trial above start")
+    print(
+        f"  operator memory: start {rss_start:.1f} MiB, end {rss_end:.1f} MiB, peak {rss_peak:.1f} MiB "
+        f"(goal <= 200 at 1,000 trials); {(rss_peak - rss_start) * 1024 / total:.1f} KiB per trial above start"
+    )
 
 
 def reconcile_cpu(trials_wanted: int) -> None:
@@ -253,18 +258,25 @@ def reconcile_cpu(trials_wanted: int) -> None:
         for name in list(jobs)[:-1]:
             jobs[name]["status"]["conditions"] = done
         results, plans = collector.ResultCache(300.0), PlanCache()
-        first = run_pass(Snapshot(stored, {}, jobs, []), settings, results, plans)  # reads every result once
+        first = run_pass(
+            Snapshot(body=stored, status={}, jobs=jobs, pods=[]), settings, results, plans
+        )  # reads every result once
         status = first.written_status[0] if first.written_status else {}
         jobs[list(jobs)[-1]]["status"]["conditions"] = done
         cpu, wall = time.thread_time(), time.perf_counter()
-        second = run_pass(Snapshot(stored, status, jobs, [], first.states), settings, results, plans)
+        second = run_pass(
+            Snapshot(body=stored, status=status, jobs=jobs, pods=[], previous_states=first.states),
+            settings,
+            results,
+            plans,
+        )
         cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
         if not second.states or list(second.states.values()).count("Succeeded") != len(trials):
             raise SystemExit(f"the measured pass did not judge every trial: {second.states and len(second.states)}")
         status = second.written_status[0] if second.written_status else status
         idle_cpu = time.thread_time()
-        idle = Snapshot(stored, status, jobs, [], second.states, summary_written=len(trials),
-                        summary_written_at=time.monotonic())  # fmt: skip
+        idle = Snapshot(body=stored, status=status, jobs=jobs, pods=[], previous_states=second.states,
+                        summary_written=len(trials), summary_written_at=time.monotonic())  # fmt: skip
         if os.environ.get("LORA_ABLATION_PROFILE"):  # where a pass's CPU goes, for the closing note
             import cProfile
 
