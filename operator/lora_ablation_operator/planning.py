@@ -15,7 +15,6 @@ from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.planning import guardrails
 from lora_ablation.planning.memory import offline_memory_warnings
 from lora_ablation.planning.plan import Plan, plan_trials
-from lora_ablation.run.schedule import Unit, round_one_units
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.multinode import multi_node_problem
 from lora_ablation_operator.policy import violations
@@ -34,7 +33,6 @@ class Planned:
     reason: str = c.INVALID_SPEC  # Forbidden when the admin policy refuses the spec
     warnings: tuple[str, ...] = ()  # e.g. trials estimated not to fit the GPU's memory (status.warnings)
     guardrails: tuple[str, ...] = ()  # guardrails the spec breaks: advice, never a reason to stop (Warnings)
-    units: tuple[Unit, ...] = ()  # round one's units (Jobs): they depend on the plan alone
 
 
 def _file_uris(spec: LoraAblationSpec) -> list[str]:
@@ -73,8 +71,7 @@ def plan_for(name: str, namespace: str, raw_spec: Any, settings: Settings) -> Pl
         return Planned(problem=f"spec: the grid cannot be planned: {str(error)[:500]}")
     # The operator reads no data and inspects no model here, so only the rules on the spec itself apply.
     return Planned(spec, plan, warnings=tuple(offline_memory_warnings(spec, plan)[:MAX_WARNINGS]),
-                   guardrails=tuple(g.short() for g in guardrails.check(spec)),
-                   units=tuple(round_one_units(name, plan, spec)))
+                   guardrails=tuple(g.short() for g in guardrails.check(spec)))
 
 
 class PlanCache:

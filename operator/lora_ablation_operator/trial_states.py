@@ -4,14 +4,13 @@ same the local runner calls. Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from lora_ablation.api.stages import TrialFailure
-from lora_ablation.api.trial_state import ACTIVE, TERMINAL, TrialState
+from lora_ablation.api.trial_state import TERMINAL, TrialState
 from lora_ablation.planning.plan import PlannedTrial
-from lora_ablation.run.budget import Costs, result_cost
+from lora_ablation.run.budget import result_cost
 from lora_ablation.run.lifecycle import Evidence, judge
 from lora_ablation.run.schedule import Schedule, Unit
 from lora_ablation_operator import workload
@@ -64,16 +63,6 @@ def judge_all(plan_trials: list[PlannedTrial], schedule: Schedule, jobs: dict[st
         elif not workload.finished(job):
             active.append(unit.name)
     return Judged(states, startable, active, records)
-
-
-def is_active(state: str) -> bool:
-    return TrialState(state) in ACTIVE
-
-
-def committed(schedule: Schedule, active: list[str], done: Collection[str], costs: Costs) -> float:
-    """What the running units are expected to spend still (their trials not done)."""
-    by_name = {u.name: u for u in schedule.units}
-    return sum(costs.estimate(by_name[name], done) for name in active if name in by_name)
 
 
 def trial_cost(observed: Any, name: str) -> float | None:

@@ -12,7 +12,7 @@ from lora_ablation_operator import conditions as c
 from lora_ablation_operator.collector import ResultCache, delete_results, preflight_problems
 from lora_ablation_operator.observe import pod_problem, stuck_jobs
 from lora_ablation_operator.planning import PlanCache
-from lora_ablation_operator.reconcile import Observed, reconcile
+from lora_ablation_operator.reconcile import reconcile
 
 
 def pod(job: str, phase: str = "Pending", waiting: str | None = None, scheduled: dict | None = None) -> dict:
@@ -150,17 +150,7 @@ def test_deleting_results_needs_only_a_usable_storage_spec():
 def test_a_name_longer_than_a_label_value_is_invalid_before_any_job():
     # The CRD refuses it at apply; objects created before that rule existed still end in a condition.
     decision = reconcile(
-        Observed(
-            name="x" * 64,
-            namespace="ns",
-            generation=1,
-            spec=spec(),
-            status={},
-            jobs={},
-            results={},
-            preflight_problems=None,
-            now=NOW,
-        ),
+        observed(spec(), name="x" * 64, now=NOW),
         SETTINGS,
     )
     ready = cond(decision, c.READY)

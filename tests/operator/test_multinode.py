@@ -30,9 +30,10 @@ from lora_ablation_operator.multinode import (
 from lora_ablation_operator.observe import failure_message, job_finished, stuck_jobs
 from lora_ablation_operator.planning import plan_for
 from lora_ablation_operator.policy import Policy
-from lora_ablation_operator.reconcile import Observed, reconcile
+from lora_ablation_operator.reconcile import reconcile
 from lora_ablation_operator.settings import Settings, multi_node_engine
 from support.kube_schema import CrdSchema
+from support.reconcile_cases import observed
 
 CRDS = Path(__file__).resolve().parents[1] / "fixtures" / "crds"
 SETTINGS = Settings(
@@ -194,18 +195,7 @@ def test_conditions_map_to_a_jobs(kind, condition, state):
 
 def test_reconcile_judges_a_multi_node_trial_as_it_judges_a_job():
     raw = parse_ablation(minimal_manifest(execution={"nodes": 2, "parallelism": 1, "maxFailedTrials": 5}, **SECRETS))
-    observed = Observed(
-        name="demo",
-        namespace="ns",
-        generation=1,
-        spec=raw.spec.to_wire(),
-        status={},
-        jobs={},
-        results={},
-        preflight_problems=None,
-        now="2026-01-01T00:00:00Z",
-    )
-    first = reconcile(observed, SETTINGS)
+    first = reconcile(observed(raw.spec.to_wire(), now="2026-01-01T00:00:00Z"), SETTINGS)
     assert [b["kind"] for b in first.create] == ["JobSet"]  # parallelism 1: one gang at a time
     name = first.create[0]["metadata"]["name"]
     failed = compact_multi_node({**first.create[0], "status": {"conditions": [
@@ -219,17 +209,7 @@ def test_reconcile_judges_a_multi_node_trial_as_it_judges_a_job():
     }
     assert stuck_jobs([pod], "2026-01-01T00:00:00Z", 600) == {name: f"pod {name}-node-0-1-abcde: ErrImagePull"}
     second = reconcile(
-        Observed(
-            name="demo",
-            namespace="ns",
-            generation=1,
-            spec=raw.spec.to_wire(),
-            status=first.status,
-            jobs={name: failed},
-            results={},
-            preflight_problems=None,
-            now="2026-01-01T00:01:00Z",
-        ),
+        observed(raw.spec.to_wire(), status=first.status, jobs={name: failed}, now="2026-01-01T00:01:00Z"),
         SETTINGS,
     )
     entry = next(t for t in second.status["trialStatuses"] if t["name"] == name)

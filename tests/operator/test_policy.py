@@ -12,7 +12,7 @@ from lora_ablation.api.resource import parse_spec
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.collector import delete_results
 from lora_ablation_operator.policy import Forbidden, Policy, image_parts, violations
-from lora_ablation_operator.reconcile import Observed, reconcile
+from lora_ablation_operator.reconcile import reconcile
 from lora_ablation_operator.settings import Settings
 from support.cluster import manifest, trial_jobs, wait_for
 from support.policy_cases import (
@@ -24,6 +24,7 @@ from support.policy_cases import (
     policy_values,
 )  # fmt: skip
 from support.policy_cases import manifest as case_manifest
+from support.reconcile_cases import observed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,17 +56,7 @@ def test_policy_cases(policy, patch, refused):
 def test_a_forbidden_spec_plans_nothing_and_says_why():
     raw = case_manifest(execution={"image": "docker.io/evil/miner:1"}, storage={"uri": "s3://elsewhere/x"})["spec"]
     decision = reconcile(
-        Observed(
-            name="demo",
-            namespace="ns",
-            generation=3,
-            spec=raw,
-            status={},
-            jobs={},
-            results={},
-            preflight_problems=None,
-            now=NOW,
-        ),
+        observed(raw, generation=3, now=NOW),
         settings_for(policy_values({})),
     )
     ready = next(x for x in decision.status["conditions"] if x["type"] == c.READY)

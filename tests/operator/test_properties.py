@@ -20,9 +20,10 @@ from lora_ablation.storage.open import open_store
 from lora_ablation.storage.results import read_result
 from lora_ablation_operator.collector import preflight_problems
 from lora_ablation_operator.policy import Policy
-from lora_ablation_operator.reconcile import Observed, reconcile
+from lora_ablation_operator.reconcile import reconcile
 from lora_ablation_operator.settings import Settings
 from support.kube_validation import validate_metadata, validate_pod_template
+from support.reconcile_cases import observed
 from support.schema_strategies import from_crd_schema, usable_specs
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -78,17 +79,7 @@ def lifecycle(raw: dict, name: str, outcomes: list[str]) -> None:
     jobs: dict[str, dict] = {}
     for step in range(4):
         decision = reconcile(
-            Observed(
-                name=name,
-                namespace="team-a",
-                generation=1,
-                spec=raw,
-                status=status,
-                jobs=jobs,
-                results={},
-                preflight_problems=None,
-                now=NOW,
-            ),
+            observed(raw, name=name, namespace="team-a", status=status, jobs=jobs, now=NOW),
             SETTINGS,
         )
         for job in decision.create:
@@ -108,17 +99,7 @@ def lifecycle(raw: dict, name: str, outcomes: list[str]) -> None:
 def test_every_admitted_spec_ends_in_a_condition_without_raising(name, data):
     raw = data.draw(from_crd_schema(SPEC_SCHEMA, skip=frozenset({"affinity"})))
     decision = reconcile(
-        Observed(
-            name=name,
-            namespace="ns",
-            generation=1,
-            spec=raw,
-            status={},
-            jobs={},
-            results={},
-            preflight_problems=None,
-            now=NOW,
-        ),
+        observed(raw, name=name, now=NOW),
         SETTINGS,
     )
     assert decision.status["conditions"] and all(c["reason"] for c in decision.status["conditions"])

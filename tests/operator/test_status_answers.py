@@ -6,24 +6,15 @@ from __future__ import annotations
 from conftest import minimal_manifest
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.policy import Policy
-from lora_ablation_operator.reconcile import Observed, reconcile
+from lora_ablation_operator.reconcile import reconcile
 from lora_ablation_operator.settings import Settings
+from support.reconcile_cases import observed
 
 SETTINGS = Settings(trainer_image="trainer:test", preflight=False, policy=Policy.open())
 
 
 def observe(raw, status=None, generation=1):
-    return Observed(
-        name="demo",
-        namespace="ns",
-        generation=generation,
-        spec=raw,
-        status=status or {},
-        jobs={},
-        results={},
-        preflight_problems=None,
-        now="2026-11-23T12:00:00Z",
-    )
+    return observed(raw, status=status, generation=generation, now="2026-11-23T12:00:00Z")
 
 
 def warnings_condition(decision):

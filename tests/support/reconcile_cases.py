@@ -20,19 +20,13 @@ def spec(**overrides) -> dict:
     return raw
 
 
-def observed(raw_spec, jobs=(), results=None, status=None, preflight_problems=None, generation=1, **seen) -> Observed:
-    return Observed(
-        name="demo",
-        namespace="ns",
-        generation=generation,
-        spec=raw_spec,
-        status=status or {},
-        jobs={j["metadata"]["name"]: j for j in jobs},
-        results=results or {},
-        preflight_problems=preflight_problems,
-        now=NOW,
-        **seen,
-    )
+def observed(raw_spec, jobs=(), results=None, status=None, preflight_problems=None, generation=1, *, name="demo",
+             namespace="ns", now=NOW, **seen) -> Observed:
+    """An observation of one ablation; `jobs` a list of Jobs or a dict by name."""
+    by_name = dict(jobs) if isinstance(jobs, dict) else {j["metadata"]["name"]: j for j in jobs}
+    return Observed(name=name, namespace=namespace, generation=generation, spec=raw_spec, status=status or {},
+                    jobs=by_name, results=results or {}, preflight_problems=preflight_problems, now=now,
+                    **seen)  # fmt: skip
 
 
 def finished(job: dict, kind: str, reason: str = "", message: str = "") -> dict:

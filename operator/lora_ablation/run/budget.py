@@ -126,14 +126,6 @@ def costs(results: Mapping[str, TrialResult], stage_ones: Mapping[str, StageOneR
     )
 
 
-def affordable(limit_hours: float | None, costs_: Costs, committed: float, unit_cost: float) -> bool:
-    """Whether a unit expected to cost `unit_cost` device-seconds may start while the running units are expected
-    to spend `committed` more."""
-    if limit_hours is None:
-        return True
-    return costs_.spent + committed + unit_cost <= limit_hours * 3600
-
-
 def describe(limit_hours: float, costs_: Costs, committed: float, needed: float | None = None) -> str:
     """Why a unit does not start; `needed`: what it is expected to cost."""
     return (
