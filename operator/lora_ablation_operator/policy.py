@@ -55,7 +55,7 @@ class Policy:
 
 def image_parts(image: str) -> tuple[str, str | None]:
     """(repository, digest) of an image reference; the whole reference as repository when it does not parse."""
-    match = _REFERENCE.match(image)
+    match = _REFERENCE.fullmatch(image)
     if not match:
         return image, None
     return match["repo"], match["digest"]

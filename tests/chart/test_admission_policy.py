@@ -69,6 +69,16 @@ def test_binding_actions_namespaces_and_switch():
     assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
 
 
+def test_a_trailing_newline_is_refused_by_cel_and_the_crd_pattern():
+    image = "ghcr.io/lora-ablation/trainer:0.2.0\n"
+    assert paths(admit(chart(policy_values({})), manifest(execution={"image": image}))) == {"spec.execution.image"}
+    (crd,) = [d for d in chart(policy_values({})) if d["kind"] == "CustomResourceDefinition"]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["execution"]
+    pattern = schema["properties"]["image"]["pattern"]
+    assert celpy.Environment().program(celpy.Environment().compile(f"i.matches({pattern!r})")).evaluate(
+        {"i": celpy.celtypes.StringType(image)}) == celpy.celtypes.BoolType(False)
+
+
 @pytest.mark.parametrize("values", [
     {"allowedImageRepositories": ["ghcr.io/x/trainer:1.0"]},  # a tag would match differently in CEL and Python
     {"allowedImageRepositories": ["ghcr.io/x/trainer@sha256:" + "a" * 64]},

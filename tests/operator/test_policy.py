@@ -8,7 +8,7 @@ import re
 import pytest
 from test_reconcile import NOW
 
-from lora_ablation.api.resource import parse_spec
+from lora_ablation.api.resource import SpecError, parse_spec
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.collector import delete_results
 from lora_ablation_operator.policy import Forbidden, Policy, image_parts, violations
@@ -93,6 +93,18 @@ def test_settings_read_the_policy_from_the_environment(monkeypatch):
 ])  # fmt: skip
 def test_image_references_split_into_repository_and_digest(image, parts):
     assert image_parts(image) == parts
+
+
+def test_a_trailing_newline_is_part_of_the_image_reference():
+    """Python's `$` matches before a final newline (RE2's, in CEL and the CRD pattern, does not): the API type and the
+    policy both read the whole string (fullmatch), so the two enforcement points agree."""
+    image = "ghcr.io/lora-ablation/trainer:0.2.0\n"
+    with pytest.raises(SpecError, match="execution.image"):
+        parse_spec(case_manifest(execution={"image": image})["spec"])
+    spec = parse_spec(case_manifest()["spec"])  # the policy on its own, as if the type let it through
+    spec.execution = spec.execution.model_copy(update={"image": image})
+    got = violations(spec, settings_for(policy_values({})).policy, trainer_image=TRAINER_IMAGE)
+    assert refused_paths(got) == {"spec.execution.image"} and image_parts(image) == (image, None)
 
 
 def test_deleting_results_in_a_forbidden_bucket_or_endpoint_touches_nothing():

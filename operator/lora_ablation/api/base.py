@@ -30,14 +30,14 @@ NO_SPACE = re.compile(r"^\S+$")
 
 def _qualified_name_ok(value: str) -> bool:
     prefix, _, name = value.rpartition("/")
-    return bool(QUALIFIED_NAME.match(value)) and len(prefix) <= 253 and len(name) <= 63
+    return bool(QUALIFIED_NAME.fullmatch(value)) and len(prefix) <= 253 and len(name) <= 63
 
 
 def _constrained(pattern: re.Pattern[str], max_length: int, expected: str, extra_check: Any = None) -> Any:
     """A string type checked with a message that says what is expected; the CRD gets the same pattern."""
 
     def check(value: str) -> str:
-        if len(value) > max_length or not pattern.match(value) or (extra_check and not extra_check(value)):
+        if len(value) > max_length or not pattern.fullmatch(value) or (extra_check and not extra_check(value)):
             raise ValueError(f"expected {expected}, at most {max_length} characters")
         return value
 

@@ -72,7 +72,7 @@ class ResourcesSpec(ApiModel):
     @field_validator("cpu", "memory", "ephemeral_storage", "gpu_memory")
     @classmethod
     def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not QUANTITY.match(value):
+        if value is not None and not QUANTITY.fullmatch(value):
             raise ValueError("expected a Kubernetes quantity such as 8, 500m, 64Gi")
         return value
 

@@ -65,7 +65,7 @@ def trial_name(ablation: str, dataset: str, config: list[str], identity: Any) ->
 
 def label_value(text: str) -> str:
     """`text` when it is a valid label value, else a readable prefix and a hash of the whole (<= 63 chars)."""
-    if len(text) <= MAX_NAME and LABEL_VALUE.match(text):
+    if len(text) <= MAX_NAME and LABEL_VALUE.fullmatch(text):
         return text
     head = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[: MAX_NAME - HASH_CHARS - 1]
     head = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", head)

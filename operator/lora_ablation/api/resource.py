@@ -28,7 +28,7 @@ class ObjectMeta(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if len(value) > MAX_ABLATION_NAME or not DNS1123_LABEL.match(value):
+        if len(value) > MAX_ABLATION_NAME or not DNS1123_LABEL.fullmatch(value):
             raise ValueError(
                 f"expected a DNS-1123 label of at most {MAX_ABLATION_NAME} characters "
                 "(lowercase letters, digits, '-'); it becomes a label value on every trial Job"

@@ -94,7 +94,7 @@ class BaseModelSpec(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri_scheme(cls, value: str) -> str:
-        if not MODEL_URI.match(value):
+        if not MODEL_URI.fullmatch(value):
             raise ValueError("expected hf://org/name, s3://bucket/prefix/, pvc://claim/path or file://path")
         return value
 
@@ -137,14 +137,14 @@ class DatasetSpec(ApiModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not DNS1123_LABEL.match(value):
+        if not DNS1123_LABEL.fullmatch(value):
             raise ValueError("expected lowercase letters, digits and '-', starting and ending with a letter or digit")
         return value
 
     @field_validator("train", "eval")
     @classmethod
     def _data_uri(cls, value: str) -> str:
-        if not DATA_URI.match(value):
+        if not DATA_URI.fullmatch(value):
             raise ValueError("expected s3://bucket/key.jsonl, pvc://claim/path, file://path or an absolute path")
         return value
 
@@ -240,7 +240,7 @@ class StorageSpec(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if not STORAGE_URI.match(value):
+        if not STORAGE_URI.fullmatch(value):
             raise ValueError(
                 "expected s3://bucket/prefix (a bucket name, then '/'-separated prefix parts that are not empty, "
                 "'.' or '..') or file://path"
@@ -250,7 +250,7 @@ class StorageSpec(ApiModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not ENDPOINT.match(value):
+        if value is not None and not ENDPOINT.fullmatch(value):
             raise ValueError("expected an http:// or https:// URL such as http://minio.minio:9000")
         return value
 

@@ -65,7 +65,7 @@ def validate_module_name(name: str) -> str | None:
     """None when the name is a known group or a plausible raw module name, else the problem."""
     if is_group(name):
         return None
-    if not RAW_MODULE_NAME.match(name):
+    if not RAW_MODULE_NAME.fullmatch(name):
         return (
             f"{name!r} is neither a module group ({', '.join(LOGICAL_GROUPS)}) nor a plausible module "
             "name (a dotted identifier such as 'q_proj' or 'attn.c_proj')"

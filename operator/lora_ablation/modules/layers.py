@@ -18,7 +18,7 @@ EXPECTED = (
 
 def check(selection: str) -> str | None:
     """Why `selection` is not a layer subset, or None. Independent of the model (that check comes later)."""
-    if not PATTERN.match(selection):
+    if not PATTERN.fullmatch(selection):
         return f"{selection!r}: {EXPECTED}"
     if selection in PRESETS:
         return None
