@@ -16,7 +16,7 @@ WARNINGS = "Warnings"  # True when the spec breaks a plan-time guardrail (advice
 
 # Reasons
 INVALID_SPEC = "InvalidSpec"
-FORBIDDEN = "Forbidden"  # the spec names an image, ServiceAccount, Secret, bucket or endpoint the admin policy refuses
+FORBIDDEN = "Forbidden"  # the spec names something the admin policy refuses (policy.py)
 PREFLIGHT_RUNNING = "PreflightRunning"
 PREFLIGHT_FAILED = "PreflightFailed"
 TRIALS_RUNNING = "TrialsRunning"

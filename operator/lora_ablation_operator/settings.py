@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from lora_ablation.api.execution import ENGINES
 from lora_ablation.api.spec import MAX_TRIALS
-from lora_ablation_operator.policy import Policy, parse_list
+from lora_ablation_operator.policy import EFFECTS, GPU_LABELS, GPU_TAINT, Policy, parse_list
 
 
 def _env(name: str, default: str) -> str:
@@ -52,7 +52,8 @@ class Settings:
     run_as_user: int = 10001
     extra_labels: dict[str, str] = field(default_factory=dict)
     # What a LoraAblation may name (policy.py); the default allows only the operator's own image, Secret and
-    # endpoint, no other ServiceAccount and no bucket: an admin lists what each cluster needs.
+    # endpoint, no other ServiceAccount, no bucket, no claim, no PriorityClass and no affinity, the GPU taint and
+    # GPU labels only: an admin lists what each cluster needs.
     policy: Policy = field(default_factory=Policy)
     peering_priority: int = 0  # Kopf peering: replicas of one priority all freeze, so each takes its own
     # Trials of more than one node (execution.nodes > 1): off unless the cluster has the engine (its CRD and
@@ -120,4 +121,10 @@ def policy_from_env() -> Policy:
         secrets=parse_list(_env("POLICY_SECRETS", "")),
         buckets=parse_list(_env("POLICY_BUCKETS", "")),
         storage_endpoints=parse_list(_env("POLICY_STORAGE_ENDPOINTS", "")),
+        claims=parse_list(_env("POLICY_CLAIMS", "")),
+        priority_classes=parse_list(_env("POLICY_PRIORITY_CLASSES", "")),
+        toleration_keys=parse_list(_env("POLICY_TOLERATION_KEYS", GPU_TAINT)),
+        toleration_effects=parse_list(_env("POLICY_TOLERATION_EFFECTS", ",".join(EFFECTS))),
+        node_selectors=parse_list(_env("POLICY_NODE_SELECTORS", ",".join(GPU_LABELS))),
+        affinity=_env("POLICY_AFFINITY", "false").lower() in {"1", "true", "yes"},
     )

@@ -9,14 +9,16 @@ import json
 import re
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lora_ablation.api.resource import parse_spec
 from lora_ablation_operator.planning import plan_for
+from lora_ablation_operator.policy import Policy
 from lora_ablation_operator.settings import Settings
-from support.chart import CHART, admit, chart, helm, of_kind
-from support.policy_cases import CONTEXT, manifest, params, policy_values
+from support.chart import CHART, admit, chart, helm, of_kind, rendered
+from support.policy_cases import BASE_POLICY, CONTEXT, manifest, params, policy_values
 
 celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CEL")
 OPERATOR_USER = "system:serviceaccount:lora-system:release-lora-ablation-operator"
@@ -40,6 +42,17 @@ def test_the_rendered_operator_settings_refuse_the_same_fields(policy, patch, re
             monkeypatch.setenv(env["name"], env["value"])
     planned = plan_for("demo", "team-a", manifest(**patch)["spec"], Settings.from_env())
     assert paths((planned.problem or "").split("; ") if planned.reason == "Forbidden" else []) == refused
+
+
+def test_the_charts_default_policy_is_the_operators_and_the_tables(monkeypatch):
+    """A fresh install, an operator started without the chart's environment and the case table's base agree."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["policy"]
+    assert {k: v for k, v in values.items() if k != "admission"} == {**BASE_POLICY, "allowedBuckets": []}
+    (deployment,) = of_kind(list(rendered(json.dumps(CONTEXT, sort_keys=True))), "Deployment")
+    for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if env["name"].startswith("LORA_ABLATION_POLICY_"):
+            monkeypatch.setenv(env["name"], env["value"])
+    assert Settings.from_env().policy == Settings().policy == Policy()
 
 
 def test_the_operator_and_status_writes_and_unchanged_specs_are_not_judged():
@@ -84,6 +97,9 @@ def test_a_trailing_newline_is_refused_by_cel_and_the_crd_pattern():
     {"allowedImageRepositories": ["ghcr.io/x/trainer@sha256:" + "a" * 64]},
     {"allowedImageDigests": ["latest"]}, {"allowedBuckets": ["Bad_Bucket"]},
     {"allowedStorageEndpoints": ["minio:9000"]}, {"allowedSecrets": ["a,b"]},
+    {"allowedClaims": ["Team_B"]}, {"allowedPriorityClasses": ["a,b"]}, {"allowedTolerationKeys": ["a b"]},
+    {"allowedTolerationEffects": ["NoEvict"]}, {"allowedNodeSelectors": ["pool=a,b"]},
+    {"allowedNodeSelectors": ["pool=bad value"]}, {"allowAffinity": "yes"},
 ])  # fmt: skip
 def test_policy_values_the_two_checks_could_read_differently_are_refused(values):
     done = helm("template", "r", str(CHART), "--values", "-", input_text=json.dumps({"policy": values}))

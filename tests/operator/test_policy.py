@@ -4,6 +4,7 @@ gets (Forbidden, no Job), the storage the operator opens itself, and the real op
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from test_reconcile import NOW
@@ -29,11 +30,14 @@ from support.reconcile_cases import observed
 pytestmark = pytest.mark.timeout(120)
 
 
-def settings_for(values: dict[str, list[str]]) -> Settings:
+def settings_for(values: dict[str, Any]) -> Settings:
     """Settings as the chart's values make them (the chart side: tests/chart/test_admission_policy.py)."""
     policy = Policy(tuple(values["allowedImageRepositories"]), tuple(values["allowedImageDigests"]),
                     tuple(values["allowedServiceAccounts"]), tuple(values["allowedSecrets"]),
-                    tuple(values["allowedBuckets"]), tuple(values["allowedStorageEndpoints"]))  # fmt: skip
+                    tuple(values["allowedBuckets"]), tuple(values["allowedStorageEndpoints"]),
+                    tuple(values["allowedClaims"]), tuple(values["allowedPriorityClasses"]),
+                    tuple(values["allowedTolerationKeys"]), tuple(values["allowedTolerationEffects"]),
+                    tuple(values["allowedNodeSelectors"]), values["allowAffinity"])  # fmt: skip
     return Settings(trainer_image=CONTEXT["trainerImage"], default_storage_endpoint=DEFAULT_ENDPOINT,
                     default_credentials_secret=DEFAULT_SECRET, policy=policy)  # fmt: skip
 
@@ -50,7 +54,7 @@ def test_policy_cases(policy, patch, refused):
                      default_endpoint=DEFAULT_ENDPOINT)  # fmt: skip
     assert refused_paths(got) == refused, got
     for message in got:  # each names its rule and the chart value that changes it
-        assert "allowed" in message and "chart value policy." in message
+        assert "allowed" in message and ("chart value policy." in message), message
 
 
 def test_a_forbidden_spec_plans_nothing_and_says_why():
@@ -99,7 +103,7 @@ def test_a_trailing_newline_is_part_of_the_image_reference():
     """Python's `$` matches before a final newline (RE2's, in CEL and the CRD pattern, does not): the API type and the
     policy both read the whole string (fullmatch), so the two enforcement points agree."""
     image = "ghcr.io/lora-ablation/trainer:0.2.0\n"
-    with pytest.raises(SpecError, match="execution.image"):
+    with pytest.raises(SpecError, match=r"execution\.image"):
         parse_spec(case_manifest(execution={"image": image})["spec"])
     spec = parse_spec(case_manifest()["spec"])  # the policy on its own, as if the type let it through
     spec.execution = spec.execution.model_copy(update={"image": image})

@@ -16,13 +16,23 @@ DEFAULT_SECRET = "ablation-s3"
 # The chart's values around the policy: the operator's own image, endpoint and Secret are always allowed.
 CONTEXT = {"trainerImage": TRAINER_IMAGE,
            "storage": {"endpoint": DEFAULT_ENDPOINT, "credentialsSecret": DEFAULT_SECRET}}  # fmt: skip
-BASE_POLICY: dict[str, list[str]] = {
+# Spelled out rather than imported from policy.py: the chart's defaults (tested against these) must match them.
+EFFECTS = ["NoSchedule", "PreferNoSchedule", "NoExecute"]
+GPU_LABELS = ["nvidia.com/gpu.product", "nvidia.com/gpu.memory", "cloud.google.com/gke-accelerator"]
+# The chart's defaults, but for two buckets (the chart allows none until an admin lists them).
+BASE_POLICY: dict[str, Any] = {
     "allowedImageRepositories": [],
     "allowedImageDigests": [],
     "allowedServiceAccounts": [],
     "allowedSecrets": [],
     "allowedBuckets": ["data", "results"],
     "allowedStorageEndpoints": [],
+    "allowedClaims": [],
+    "allowedPriorityClasses": [],
+    "allowedTolerationKeys": ["nvidia.com/gpu"],
+    "allowedTolerationEffects": EFFECTS,
+    "allowedNodeSelectors": GPU_LABELS,
+    "allowAffinity": False,
 }
 DIGEST = "sha256:" + "a" * 64
 OTHER_DIGEST = "sha256:" + "b" * 64
@@ -48,15 +58,21 @@ CREDS = "spec.storage.credentialsSecretRef.name"
 TOKEN = "spec.baseModel.tokenSecretRef.name"
 STORE, ENDPOINT, BASE = "spec.storage.uri", "spec.storage.endpoint", "spec.baseModel.uri"
 TRAIN, EVAL = "spec.datasets[*].train", "spec.datasets[*].eval"
+CACHE, PRIORITY = "spec.execution.modelCacheClaim", "spec.execution.priorityClassName"
+TOL_KEY, TOL_EFFECT = "spec.execution.tolerations[*].key", "spec.execution.tolerations[*].effect"
+NODES, AFFINITY = "spec.execution.nodeSelector", "spec.execution.affinity"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+TEAM_B_NODES = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "dedicated", "operator": "In", "values": ["team-b"]}]}]}}}
 
 # (id, policy overrides, spec patch, refused field paths)
-CASES: list[tuple[str, dict[str, list[str]], dict[str, Any], set[str]]] = [
+CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ("allowed-as-is", {}, {}, set()),
     ("bucket-not-listed", {}, {"storage": {"uri": "s3://other-team/x"}}, {STORE}),
     ("bucket-name-is-a-prefix-of-an-allowed-one", {}, {"storage": {"uri": "s3://result/x"}}, {STORE}),
     ("bucket-any", {"allowedBuckets": ["*"]}, {"storage": {"uri": "s3://other-team/x"}}, set()),
     ("no-bucket-allowed", {"allowedBuckets": []}, {}, {STORE, TRAIN, EVAL}),
-    ("dataset-bucket", {}, {"datasets": [
+    ("dataset-bucket", {"allowedClaims": ["claim"]}, {"datasets": [
         {"name": "a", "train": "s3://data/a.jsonl", "eval": "s3://data/b.jsonl"},
         {"name": "b", "train": "s3://secret-data/a.jsonl", "eval": "pvc://claim/b.jsonl"}]}, {TRAIN}),
     ("base-model-bucket", {}, {"baseModel": {"uri": "s3://models-of-b/llama/"}}, {BASE}),
@@ -100,6 +116,53 @@ CASES: list[tuple[str, dict[str, list[str]], dict[str, Any], set[str]]] = [
      {"storage": {"endpoint": "https://s3.corp:9000"}}, set()),
     ("endpoint-listed-is-exact", {"allowedStorageEndpoints": ["https://s3.corp"]},
      {"storage": {"endpoint": "https://s3.corp.evil.com"}}, {ENDPOINT}),
+    # Volumes: every claim a trial pod mounts.
+    ("claim-base-model-not-listed", {}, {"baseModel": {"uri": "pvc://team-b-models/llama"}}, {BASE}),
+    ("claim-base-model-listed", {"allowedClaims": ["models"]}, {"baseModel": {"uri": "pvc://models/llama"}}, set()),
+    ("claim-whole-volume", {"allowedClaims": ["models"]}, {"baseModel": {"uri": "pvc://models"}}, set()),
+    ("claim-name-is-a-prefix-of-an-allowed-one", {"allowedClaims": ["models"]},
+     {"baseModel": {"uri": "pvc://models-b/llama"}}, {BASE}),
+    ("claim-dataset-not-listed", {"allowedClaims": ["data"]}, {"datasets": [
+        {"name": "a", "train": "pvc://payroll-db-backup/a.jsonl", "eval": "pvc://data/b.jsonl"}]}, {TRAIN}),
+    ("claim-model-cache-not-listed", {}, {"execution": {"modelCacheClaim": "team-b-private"}}, {CACHE}),
+    ("claim-model-cache-listed", {"allowedClaims": ["hf-cache"]}, {"execution": {"modelCacheClaim": "hf-cache"}},
+     set()),
+    ("claim-any", {"allowedClaims": ["*"]}, {"baseModel": {"uri": "pvc://x/m"},
+                                             "execution": {"modelCacheClaim": "y"}}, set()),
+    # Placement: whom trials may preempt, which taints they tolerate, which nodes they pick.
+    ("priority-class-not-listed", {}, {"execution": {"priorityClassName": "system-cluster-critical"}}, {PRIORITY}),
+    ("priority-class-listed", {"allowedPriorityClasses": ["research"]},
+     {"execution": {"priorityClassName": "research"}}, set()),
+    ("toleration-gpu-taint", {}, {"execution": {"tolerations": [GPU_TOLERATION]}}, set()),
+    ("toleration-every-taint", {}, {"execution": {"tolerations": [{"operator": "Exists"}]}}, {TOL_KEY}),
+    ("toleration-every-taint-allowed-by-any-key", {"allowedTolerationKeys": ["*"]},
+     {"execution": {"tolerations": [{"operator": "Exists"}]}}, set()),
+    ("toleration-other-key", {}, {"execution": {"tolerations": [
+        GPU_TOLERATION, {"key": "dedicated", "operator": "Equal", "value": "team-b", "effect": "NoSchedule"}]}},
+     {TOL_KEY}),
+    ("toleration-effect-not-listed", {"allowedTolerationEffects": ["NoSchedule"]},
+     {"execution": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}]}},
+     {TOL_EFFECT}),
+    ("toleration-without-effect-needs-every-effect", {"allowedTolerationEffects": ["NoSchedule", "NoExecute"]},
+     {"execution": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}, {TOL_EFFECT}),
+    ("toleration-without-effect-all-effects-listed", {},
+     {"execution": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}, set()),
+    ("node-selector-gpu-product", {}, {"execution": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"}}},
+     set()),
+    ("node-selector-other-key", {}, {"execution": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100",
+                                                                    "dedicated": "team-b"}}}, {NODES}),
+    ("node-selector-key-value", {"allowedNodeSelectors": ["pool=shared"]},
+     {"execution": {"nodeSelector": {"pool": "shared"}}}, set()),
+    ("node-selector-other-value", {"allowedNodeSelectors": ["pool=shared"]},
+     {"execution": {"nodeSelector": {"pool": "shared-b"}}}, {NODES}),
+    ("node-selector-any", {"allowedNodeSelectors": ["*"]}, {"execution": {"nodeSelector": {"dedicated": "b"}}},
+     set()),
+    ("affinity-not-allowed", {}, {"execution": {"affinity": TEAM_B_NODES}}, {AFFINITY}),
+    ("affinity-empty", {}, {"execution": {"affinity": {}}}, set()),
+    ("affinity-allowed", {"allowAffinity": True}, {"execution": {"affinity": TEAM_B_NODES}}, set()),
+    ("placement-all-at-once", {}, {"execution": {
+        "priorityClassName": "system-cluster-critical", "tolerations": [{"operator": "Exists"}],
+        "nodeSelector": {"dedicated": "team-b"}, "affinity": TEAM_B_NODES}}, {PRIORITY, TOL_KEY, NODES, AFFINITY}),
     ("everything-at-once", {}, {"execution": {"image": "x:1", "serviceAccountName": "sa"},
                                 "storage": {"uri": "s3://zz-bucket/p", "endpoint": "http://10.0.0.1",
                                             "credentialsSecretRef": {"name": "s"}}},
@@ -111,5 +174,5 @@ def params() -> list[Any]:
     return [pytest.param(policy, patch, refused, id=name) for name, policy, patch, refused in CASES]
 
 
-def policy_values(overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+def policy_values(overrides: dict[str, Any]) -> dict[str, Any]:
     return {**BASE_POLICY, **overrides}
