@@ -142,3 +142,40 @@ def test_operator_refuses_a_forbidden_spec_without_a_job_and_keeps_other_buckets
     cluster.apply(manifest("fine", cluster.bucket, search={"moduleSets": [["o_proj"]]}))
     wait_for(lambda: cluster.jobs(component="preflight"), what="a preflight Job")
     assert trial_jobs(cluster) == {}
+
+
+def test_volumes_priority_and_placement_are_refused_at_apply_time_and_in_status_without_a_job(operated):
+    """A tenant's reach past the pod (another team's claims, a system PriorityClass, every taint, nodes kept for
+    another team) under the chart's defaults: the rendered ValidatingAdmissionPolicy refuses the manifest, and the
+    operator, which sees objects created before a policy existed, says the same in status and makes no Job."""
+    cluster = operated()  # every policy setting but buckets and endpoints at the operator's (and chart's) default
+    bad = manifest("reach", cluster.bucket, search={"moduleSets": [["o_proj"]]},
+                   baseModel={"uri": "pvc://team-b-models/llama"},
+                   execution={"priorityClassName": "system-cluster-critical", "modelCacheClaim": "team-b-private",
+                              "tolerations": [{"operator": "Exists"}],
+                              "nodeSelector": {"dedicated": "team-b"}})  # fmt: skip
+    bad["spec"]["datasets"] = [{**bad["spec"]["datasets"][0], "train": "pvc://payroll-db-backup/train.jsonl"}]
+    fields = {"spec.baseModel.uri", "spec.datasets[*].train", "spec.execution.modelCacheClaim",
+              "spec.execution.priorityClassName", "spec.execution.tolerations[*].key", "spec.execution.nodeSelector"}
+    from support.chart import admit, chart  # the chart side, on the very manifest the operator gets
+
+    at_apply = admit(chart({**policy_values({}), "allowedBuckets": ["*"]}), bad)
+    assert refused_paths(at_apply or []) == fields, at_apply
+    cluster.apply(bad)
+    ready = wait_for(lambda: cluster.condition("reach") if cluster.condition("reach").get("reason") == "Forbidden"
+                     else None, what="Forbidden")  # fmt: skip
+    assert refused_paths(ready["message"].split("; ")) == fields, ready["message"]
+    for value in ("policy.allowedClaims", "policy.allowedPriorityClasses", "policy.allowedTolerationKeys",
+                  "policy.allowedNodeSelectors", "'team-b-models'", "'payroll-db-backup'", "'team-b-private'"):
+        assert value in ready["message"]
+    assert cluster.jobs() == {} and "Forbidden" in cluster.events("reach")
+    # Within the policy (the GPU taint, a GPU model, the namespace's default priority) the same ablation runs.
+    # A merge patch: None removes a field, and a map is merged (so the refused label is removed by name).
+    placement = {"priorityClassName": None, "modelCacheClaim": None,
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                 "nodeSelector": {"dedicated": None, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}  # fmt: skip
+    cluster.patch_spec("reach", {"baseModel": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+                                 "datasets": manifest("x", cluster.bucket)["spec"]["datasets"],
+                                 "execution": placement})  # fmt: skip
+    wait_for(lambda: cluster.jobs(component="preflight"), what="a preflight Job")
+    assert cluster.condition("reach").get("reason") != "Forbidden"
