@@ -138,3 +138,32 @@ def test_random_images_get_the_same_answer_from_cel_and_the_operator(warm_cel, h
     spec = parse_spec(manifest(execution={"image": image})["spec"])
     python = violations(spec, policy, trainer_image=CONTEXT["trainerImage"])
     assert len(cel) == len(python), (image, cel, python)
+
+
+def notes(*args: str) -> str:
+    done = helm("install", "release", str(CHART), "--dry-run=client", "--namespace", "lora-system", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_the_notes_of_a_default_install_print_the_lines_that_admit_the_example(monkeypatch):
+    """A fresh install refuses every bucket (safe); NOTES.txt says so and prints the --set lines the example needs,
+    and those lines, given to helm as printed, make the chart's CEL and the operator's settings both admit it."""
+    fresh = notes()
+    assert "policy.allowedBuckets is empty" in fresh and "policy.allowedClaims is empty" in fresh
+    block = fresh.split("is refused by this policy until:", 1)[1].split("\n\n", 1)[0]
+    sets = [a for line in re.findall(r"--set '([^']+)'", block) for a in ("--set", line)]
+    assert len(sets) == 8, block
+    example = yaml.safe_load((CHART.parents[1] / "examples" / "module-study.yaml").read_text())
+    assert len(admit(rendered(json.dumps({})), example)) == 6  # bucket (x3), Secrets (x2), endpoint
+    out = helm("template", "release", str(CHART), "--namespace", "lora-system", *sets)
+    assert out.returncode == 0, out.stderr
+    docs = tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+    assert admit(docs, example) == []
+    (deployment,) = of_kind(list(docs), "Deployment")
+    for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if env["name"].startswith("LORA_ABLATION_") and "value" in env:
+            monkeypatch.setenv(env["name"], env["value"])
+    planned = plan_for(example["metadata"]["name"], "ml-research", example["spec"], Settings.from_env())
+    assert planned.problem is None, planned.problem
+    assert "is refused by this policy" not in notes(*sets), "once set, the notes stop asking"
