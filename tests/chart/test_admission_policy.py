@@ -167,3 +167,36 @@ def test_the_notes_of_a_default_install_print_the_lines_that_admit_the_example(m
     planned = plan_for(example["metadata"]["name"], "ml-research", example["spec"], Settings.from_env())
     assert planned.problem is None, planned.problem
     assert "is refused by this policy" not in notes(*sets), "once set, the notes stop asking"
+
+
+# Placement has the most shapes (absent keys and effects, "*", key=value entries): random tolerations, node labels
+# and lists must get the same fields refused by CEL and by the operator.
+_keys = st.sampled_from([None, "nvidia.com/gpu", "dedicated", "example.com/pool"])
+_effects = st.sampled_from([None, "NoSchedule", "PreferNoSchedule", "NoExecute"])
+_toleration = st.builds(lambda k, e: {"operator": "Exists", **({"key": k} if k else {}),
+                                      **({"effect": e} if e else {})}, _keys, _effects)  # fmt: skip
+_tolerations = st.lists(_toleration, max_size=3)
+_labels = st.dictionaries(st.sampled_from(["pool", "dedicated", "nvidia.com/gpu.product"]),
+                          st.sampled_from(["shared", "team-b", "H100"]), max_size=3)  # fmt: skip
+_entries = st.lists(st.sampled_from(["*", "pool", "pool=shared", "dedicated=team-b", "nvidia.com/gpu.product"]),
+                    unique=True, max_size=3)  # fmt: skip
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tolerations=_tolerations, labels=_labels, entries=_entries,
+       keys=st.lists(st.sampled_from(["*", "nvidia.com/gpu", "dedicated"]), unique=True, max_size=2),
+       effects=st.lists(st.sampled_from(["*", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
+                        unique=True))  # fmt: skip
+def test_random_placements_get_the_same_answer_from_cel_and_the_operator(warm_cel, tolerations, labels, entries,
+                                                                          keys, effects):  # fmt: skip
+    from lora_ablation_operator.policy import violations
+
+    values = policy_values({"allowedTolerationKeys": keys, "allowedTolerationEffects": effects,
+                            "allowedNodeSelectors": entries})  # fmt: skip
+    body = manifest(execution={"tolerations": tolerations, "nodeSelector": labels})
+    cel = paths(admit(chart(values), body) or [])
+    policy = Policy(buckets=("*",), toleration_keys=tuple(keys), toleration_effects=tuple(effects),
+                    node_selectors=tuple(entries))  # fmt: skip
+    python = paths(violations(parse_spec(body["spec"]), policy, trainer_image=CONTEXT["trainerImage"]))
+    assert cel == python, (tolerations, labels, values)
