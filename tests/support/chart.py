@@ -47,12 +47,23 @@ def _program(expression: str) -> Any:
     return environment.program(environment.compile(expression))
 
 
+def _absent_nulls(value: Any) -> Any:
+    """Kubernetes' CEL treats a null-valued field as absent (has() is false; kubernetes/kubernetes#106051), while
+    cel-python's has() sees it: drop nulls so the harness reads an object as the API server does."""
+    if isinstance(value, dict):
+        return {k: _absent_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_absent_nulls(v) for v in value]
+    return value
+
+
 def admit(docs: tuple[dict, ...], obj: dict, old: dict | None = None, user: str = "jane") -> list[str] | None:
     """The failed validations' messages, as the API server would evaluate the policy; None when it does not
     apply (a matchCondition is false). A CEL error fails the test: in the API it would refuse everything."""
     import celpy
 
     (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    obj, old = _absent_nulls(obj), _absent_nulls(old)
     request = {"operation": "UPDATE" if old else "CREATE", "userInfo": {"username": user}}
     activation: dict[str, Any] = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old),
                                   "request": celpy.json_to_cel(request)}  # fmt: skip

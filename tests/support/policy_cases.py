@@ -163,6 +163,9 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ("placement-all-at-once", {}, {"execution": {
         "priorityClassName": "system-cluster-critical", "tolerations": [{"operator": "Exists"}],
         "nodeSelector": {"dedicated": "team-b"}, "affinity": TEAM_B_NODES}}, {PRIORITY, TOL_KEY, NODES, AFFINITY}),
+    ("explicit-nulls-are-unset", {}, {"execution": {
+        "image": None, "serviceAccountName": None, "priorityClassName": None, "modelCacheClaim": None,
+        "tolerations": None, "nodeSelector": None, "affinity": None}}, set()),
     ("everything-at-once", {}, {"execution": {"image": "x:1", "serviceAccountName": "sa"},
                                 "storage": {"uri": "s3://zz-bucket/p", "endpoint": "http://10.0.0.1",
                                             "credentialsSecretRef": {"name": "s"}}},
