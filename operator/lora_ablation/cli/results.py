@@ -72,7 +72,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lora_ablation.storage.results import SUMMARY_FILE, read_all_results
     from lora_ablation.storage.store import StorageError
     from lora_ablation.summary.build import summarize
-    from lora_ablation.summary.plots import write_plots
+    from lora_ablation.summary.plots import PlotsUnavailable, write_plots
     from lora_ablation.summary.report import render_markdown, render_text
 
     try:
@@ -95,7 +95,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(render_text(summary))
     if args.plots:
-        for plot in write_plots(summary, Path(args.plots)):
+        try:
+            plots = write_plots(summary, Path(args.plots))
+        except PlotsUnavailable as error:  # the summary above is printed; the flag cannot be honoured
+            raise SpecError([f"--plots {args.plots}: {error}"]) from None
+        for plot in plots:
             print(f"wrote {plot}", file=sys.stderr)
     return 0
 

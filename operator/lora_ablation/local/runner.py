@@ -32,7 +32,7 @@ from lora_ablation.storage.publish import summary_of, write_summary
 from lora_ablation.storage.results import SUMMARY_FILE, read_failure, read_result, read_stage_one
 from lora_ablation.storage.store import LocalStore, Store
 from lora_ablation.summary.models import Summary
-from lora_ablation.summary.plots import write_plots
+from lora_ablation.summary.plots import INSTALL_REPORT, PlotsUnavailable, write_plots
 from lora_ablation.summary.report import render_text
 
 EXIT_INTERRUPTED = 130
@@ -301,11 +301,15 @@ def run_ablation(
                          elimination=elimination, stage_ones=runner.stage_ones,
                          costs=budget_costs(runner.results, runner.stage_ones), skipped=runner.skipped)  # fmt: skip
     write_summary(store, summary)
-    plots = publish_plots(summary, store, plots_dir)
+    try:
+        plots = publish_plots(summary, store, plots_dir)
+        drawn = f"plots: {', '.join(map(str, plots))}"
+    except PlotsUnavailable:  # the report extra is not installed: the results and the summary stand
+        plots = []
+        drawn = (f"plots not drawn: matplotlib is not installed; {INSTALL_REPORT}, then "
+                 f"lora-ablation report {store.uri} --plots DIR")  # fmt: skip
     print("\n" + render_text(summary), file=out)
-    print(
-        f"\nsummary: {store.uri}/{SUMMARY_FILE}, {store.uri}/summary.md; plots: {', '.join(map(str, plots))}", file=out
-    )
+    print(f"\nsummary: {store.uri}/{SUMMARY_FILE}, {store.uri}/summary.md; {drawn}", file=out)
     return RunReport(summary, runner.outcomes, plots)
 
 

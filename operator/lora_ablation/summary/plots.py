@@ -10,11 +10,18 @@ from lora_ablation.summary.models import Summary
 MAX_PLOT_LABEL = 80  # longer labels would cover the points they name
 
 
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed (the `report` extra): the summary stands, the pictures are not drawn."""
+
+
+INSTALL_REPORT = "pip install 'lora-ablation-operator[report]'"
+
+
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("plots need matplotlib: pip install 'lora-ablation-operator[report]'") from None
+        raise PlotsUnavailable(f"plots need matplotlib: {INSTALL_REPORT}") from None
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
