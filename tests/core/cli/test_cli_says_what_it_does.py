@@ -125,3 +125,15 @@ def test_report_takes_a_plain_directory_as_run_store_does(tmp_path):
     assert plain.returncode == 0, plain.stderr
     assert len(json.loads(plain.stdout)["configs"]) == 2
     assert plain.stdout == run("report", f"file://{folder}", "-o", "json").stdout
+
+
+def test_the_module_study_example_states_its_gpu_and_fits_it_and_plan_warns_when_it_would_not(tmp_path, module_study):
+    result = run("plan", "examples/module-study.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "80 GiB per GPU (execution.resources.gpuMemory 80Gi)" in result.stdout
+    assert "WARNING" not in result.stdout
+    module_study["spec"]["training"]["gradientCheckpointing"] = False
+    path = tmp_path / "no-checkpointing.yaml"
+    path.write_text(yaml.safe_dump(module_study))
+    warned = [line for line in run("plan", str(path)).stdout.splitlines() if line.startswith("WARNING: ")]
+    assert len(warned) == 8 and any(line.startswith("WARNING: all r16 lora: needs about 110.2 GiB") for line in warned)
