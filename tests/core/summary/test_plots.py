@@ -43,3 +43,19 @@ def test_a_one_point_front_has_a_legend_entry_that_shows_a_marker():
     (entry,) = [h for h, t in zip(legend.legend_handles, legend.get_texts(), strict=True)
                 if t.get_text().startswith("Pareto front")]  # fmt: skip
     assert entry.get_marker() == "o" and entry.get_linestyle() == "None"
+
+
+def test_an_eliminated_cell_reads_eliminated_in_the_score_table_not_missing():
+    from lora_ablation.summary.models import EliminatedConfig
+    from lora_ablation.summary.report import dataset_matrix
+
+    results = [timed(None, 0.1, 10.0), timed("o_proj", 0.6, 11.0), timed("fc2", 0.4, 12.0)]
+    other = [r.model_copy(update={"dataset": "e", "trial": r.trial.replace("d-", "e-")}) for r in results[:2]]
+    summary = summarize(results + other, "s", tolerance=0.0)
+    gone = EliminatedConfig(dataset="e", config="fc2 r8 lora", stage_one_score=0.2, cutoff=0.3, step=2, steps=8)
+    summary = summary.model_copy(update={"eliminated": [gone]})
+    headers, rows = dataset_matrix(summary)
+    fc2 = next(row for row in rows if row[0] == "fc2 r8 lora")
+    assert fc2[headers.index("e")] == "eliminated"
+    missing = summary.model_copy(update={"eliminated": []})
+    assert next(row for row in dataset_matrix(missing)[1] if row[0] == "fc2 r8 lora")[headers.index("e")] == "missing"
