@@ -14,7 +14,13 @@ from transformers.pytorch_utils import Conv1D
 
 from lora_ablation.api.trial import TrialSpec
 from lora_ablation.modules import layers
-from lora_ablation.modules.inventory import ModelInventory, ModuleResolutionError, Resolution, resolve_module_set
+from lora_ablation.modules.inventory import (
+    ModelInventory,
+    ModuleResolutionError,
+    Resolution,
+    in_layers,
+    resolve_module_set,
+)
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.module_tree import tree_inventory
 from lora_ablation_trainer.vision import Vision, is_vision_language
@@ -63,16 +69,10 @@ def _in_layers(selection: str, resolution: Resolution, inventory: ModelInventory
         raise PermanentTrialError(f"search.layers: {error}") from None
     if picked is None:
         return Targets(resolution.module_set, resolution.by_entry)
-    prefix = inventory.layers_path + "."
-    keep = {f"{prefix}{index}" for index in picked}
-
-    def chosen(name: str) -> bool:  # "model.layers.3.self_attn.o_proj" -> "model.layers.3"
-        return name.startswith(prefix) and prefix + name[len(prefix) :].split(".", 1)[0] in keep
-
-    by_entry = {entry: [w for w in weights if chosen(w.name)] for entry, weights in resolution.by_entry.items()}
+    narrowed = in_layers(resolution, inventory, picked)
     # PEFT's layers_pattern is the container's own name ("layers", "h"); the exact names already pick the
     # layers, layers_to_transform records the choice in adapter_config.json.
-    return Targets(resolution.module_set, by_entry, picked, inventory.layers_path.rsplit(".", 1)[-1])
+    return Targets(resolution.module_set, narrowed.by_entry, picked, inventory.layers_path.rsplit(".", 1)[-1])
 
 
 def load_tokenizer(model_dir: Path):

@@ -100,6 +100,9 @@ def format_location(loc: tuple[Any, ...], root: str = "") -> str:
     return out or "(root)"
 
 
+_SCALAR_TYPES = {"int_type", "float_type", "bool_type", "int_parsing", "float_parsing", "bool_parsing"}
+
+
 def format_validation_error(error: ValidationError, root: str = "") -> list[str]:
     """One line per problem, each naming the field: 'spec.search.ranks[0]: must be >= 1 (got 0)'."""
     lines = []
@@ -116,6 +119,8 @@ def format_validation_error(error: ValidationError, root: str = "") -> list[str]
             got = item["input"]
             if isinstance(got, (str, int, float, bool)) or got is None:
                 message += f" (got {got!r})"
+            if isinstance(got, str) and item["type"] in _SCALAR_TYPES:
+                message += "; a quoted value is a string, which the API server refuses too: write it without quotes"
         lines.append(f"{where}: {message}")
     return lines
 

@@ -8,6 +8,7 @@ reported as such; a kind that looks like a misspelt LoraAblation, or any kind of
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,16 @@ from lora_ablation.api.base import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, S
 from lora_ablation.api.resource import LoraAblation, parse_ablation
 
 LIST_KINDS = ("List", f"{KIND}List")
+
+
+class KubeYamlLoader(yaml.SafeLoader):
+    """YAML as kubectl reads it: PyYAML's YAML 1.1 floats need a dot (`2e-4` would be a string), Kubernetes'
+    parser takes `2e-4` and `1e3` as numbers. Strict typing (parse_ablation) would refuse what kubectl accepts."""
+
+
+KubeYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 _OUR_NAMES = {KIND.lower(), PLURAL, SINGULAR, *SHORT_NAMES}
 
 
@@ -61,7 +72,7 @@ def read_manifest(path: str | Path) -> Manifest:
     """Every LoraAblation in a YAML file, plus a note for each document of another kind that was skipped."""
     path = Path(path)
     try:
-        documents = list(yaml.safe_load_all(path.read_text()))
+        documents = list(yaml.load_all(path.read_text(), Loader=KubeYamlLoader))
     except OSError as error:
         raise SpecError([f"{path}: cannot read ({error.strerror or error})"]) from None
     except yaml.YAMLError as error:

@@ -29,15 +29,8 @@ def _trim(part: str, size: int) -> str:
     return part[:size].rstrip("-")
 
 
-def bounded_name(parts: list[str], identity: Any, trim_order: list[int] | None = None) -> str:
-    """'<part>-<part>-...-<hash>': a DNS-1123 label of at most 63 characters.
-
-    Uniqueness comes from the hash of the full identity, so trimming readable parts never makes two names
-    collide. When the parts do not fit, they are trimmed in `trim_order` (indexes, first trimmed first;
-    default: left to right), each first down to MIN_PART characters and then, only if still needed, further,
-    so the parts trimmed last (the trial's module set, rank and variant) stay readable longest. A name that
-    fits is never changed, so names stay stable as this function learns new tricks.
-    """
+def _fitted(parts: list[str], identity: Any, trim_order: list[int] | None = None) -> tuple[list[str], str]:
+    """The readable parts as bounded_name trims them (empty parts dropped first), and the hash suffix."""
     suffix = "-" + config_hash(identity)
     budget = MAX_NAME - len(suffix)
     slugs = [s for s in (_slug(p) for p in parts) if s]
@@ -53,6 +46,19 @@ def bounded_name(parts: list[str], identity: Any, trim_order: list[int] | None =
             if excess <= 0:
                 break
             slugs[index] = _trim(slugs[index], max(floor, len(slugs[index]) - excess))
+    return slugs, suffix
+
+
+def bounded_name(parts: list[str], identity: Any, trim_order: list[int] | None = None) -> str:
+    """'<part>-<part>-...-<hash>': a DNS-1123 label of at most 63 characters.
+
+    Uniqueness comes from the hash of the full identity, so trimming readable parts never makes two names
+    collide. When the parts do not fit, they are trimmed in `trim_order` (indexes, first trimmed first;
+    default: left to right), each first down to MIN_PART characters and then, only if still needed, further,
+    so the parts trimmed last (the trial's module set, rank and variant) stay readable longest. A name that
+    fits is never changed, so names stay stable as this function learns new tricks.
+    """
+    slugs, suffix = _fitted(parts, identity, trim_order)
     head = "-".join(s for s in slugs if s)
     return (head + suffix) if head else suffix[1:]
 
@@ -61,6 +67,28 @@ def trial_name(ablation: str, dataset: str, config: list[str], identity: Any) ->
     """'<ablation>-<dataset>-<config...>-<hash>'. Trimmed first: the ablation name, then the dataset, then
     the config parts (module set, rank, variant) from the left, so the variant stays readable longest."""
     return bounded_name([ablation, dataset, *config], identity)
+
+
+def trial_names(ablation: str, trials: list[tuple[str, list[str], Any]]) -> list[str]:
+    """trial_name for each (dataset, config, identity) of one ablation, with one spelling of the ablation (and of
+    each dataset) in all of them: when a long configuration trims the prefix, every trial gets the same trim, so
+    `kubectl get jobs | grep llama-stud` finds them all. An ablation none of whose names needs trimming keeps
+    exactly trial_name's names."""
+    ablation_part, dataset_parts = _slug(ablation), {d: _slug(d) for d, _, _ in trials}
+    names: list[str] = []
+    for _ in range(8):  # lengths only shrink, so this settles in a pass or two
+        fitted = [_fitted([ablation_part, dataset_parts[d], *config], identity) for d, config, identity in trials]
+        names = [("-".join(s for s in slugs if s) + suffix) for slugs, suffix in fitted]
+        ablation_lengths = {len(slugs[0]) for slugs, _ in fitted}
+        dataset_lengths = {d: {len(f[0][1]) for f, (dd, _, _) in zip(fitted, trials, strict=True) if dd == d}
+                           for d in dataset_parts}  # fmt: skip
+        if len(ablation_lengths) <= 1 and all(len(lengths) == 1 for lengths in dataset_lengths.values()):
+            return names
+        if min(ablation_lengths) == 0 or any(min(lengths) == 0 for lengths in dataset_lengths.values()):
+            return names  # a part trimmed away entirely: no prefix left to keep common
+        ablation_part = _trim(ablation_part, min(ablation_lengths))
+        dataset_parts = {d: _trim(part, min(dataset_lengths[d])) for d, part in dataset_parts.items()}
+    return names
 
 
 def label_value(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -61,11 +62,16 @@ class LoraAblation(BaseModel):
 
 
 def parse_ablation(document: Any) -> LoraAblation:
-    """Validate one manifest; SpecError lists every problem with its field path."""
+    """Validate one manifest as the API server would; SpecError lists every problem with its field path.
+
+    Strictly typed, as JSON: `parallelism: "8"` or `gradientCheckpointing: "yes"` is a string where the CRD wants
+    an integer or a boolean, and the API server refuses it, so this does too (an integer still passes for a number).
+    YAML timestamps and other non-JSON scalars become strings, as kubectl sends them.
+    """
     if not isinstance(document, dict):
         raise SpecError([f"(root): expected a {KIND} mapping, got {type(document).__name__}"])
     try:
-        return LoraAblation.model_validate(document)
+        return LoraAblation.model_validate_json(json.dumps(document, default=str), strict=True)
     except ValidationError as error:
         raise SpecError(format_validation_error(error)) from None
 

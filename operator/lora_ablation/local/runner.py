@@ -27,12 +27,12 @@ from lora_ablation.run.budget import admit
 from lora_ablation.run.budget import costs as budget_costs
 from lora_ablation.run.lifecycle import Evidence, Run, judge
 from lora_ablation.run.schedule import Elimination, Schedule, Unit, schedule
-from lora_ablation.storage.open import open_store
+from lora_ablation.storage.open import open_store, plain_path_uri
 from lora_ablation.storage.publish import summary_of, write_summary
 from lora_ablation.storage.results import SUMMARY_FILE, read_failure, read_result, read_stage_one
 from lora_ablation.storage.store import LocalStore, Store
 from lora_ablation.summary.models import Summary
-from lora_ablation.summary.plots import write_plots
+from lora_ablation.summary.plots import INSTALL_REPORT, PlotsUnavailable, write_plots
 from lora_ablation.summary.report import render_text
 
 EXIT_INTERRUPTED = 130
@@ -266,8 +266,8 @@ def with_storage(ablation: LoraAblation, uri: str | None = None, endpoint: str |
     """
     if uri is None and endpoint is None:
         return ablation
-    if uri is not None and "://" not in uri:
-        uri = "file://" + os.path.abspath(uri)
+    if uri is not None:
+        uri = plain_path_uri(uri)
     flags = {"uri": ("--store", uri), "endpoint": ("--endpoint", endpoint)}
     wire = {**ablation.spec.storage.model_dump(), **{k: v for k, (_, v) in flags.items() if v is not None}}
     try:
@@ -289,7 +289,8 @@ def run_ablation(
     Everything goes to the ablation's folder of spec.storage (see with_storage for `--store`).
     """
     spec, meta = ablation.spec, ablation.metadata
-    store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region).child(meta.namespace, meta.name)
+    store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region, local=True)
+    store = store.child(meta.namespace, meta.name)
     runner = LocalRunner(ablation, plan, store, parallel, logs, out)
     if spec.execution.nodes > 1:  # the same results either way; only where the processes run differs
         print(f"note: execution.nodes {spec.execution.nodes} is for a cluster; here every trial runs on this "
@@ -300,11 +301,15 @@ def run_ablation(
                          elimination=elimination, stage_ones=runner.stage_ones,
                          costs=budget_costs(runner.results, runner.stage_ones), skipped=runner.skipped)  # fmt: skip
     write_summary(store, summary)
-    plots = publish_plots(summary, store, plots_dir)
+    try:
+        plots = publish_plots(summary, store, plots_dir)
+        drawn = f"plots: {', '.join(map(str, plots))}"
+    except PlotsUnavailable:  # the report extra is not installed: the results and the summary stand
+        plots = []
+        drawn = (f"plots not drawn: matplotlib is not installed; {INSTALL_REPORT}, then "
+                 f"lora-ablation report {store.uri} --plots DIR")  # fmt: skip
     print("\n" + render_text(summary), file=out)
-    print(
-        f"\nsummary: {store.uri}/{SUMMARY_FILE}, {store.uri}/summary.md; plots: {', '.join(map(str, plots))}", file=out
-    )
+    print(f"\nsummary: {store.uri}/{SUMMARY_FILE}, {store.uri}/summary.md; {drawn}", file=out)
     return RunReport(summary, runner.outcomes, plots)
 
 

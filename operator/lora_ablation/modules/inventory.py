@@ -73,6 +73,21 @@ class Resolution:
         return sum(w.lora_params(rank, dora=variant == "dora") for w in self.weights)
 
 
+def in_layers(resolution: Resolution, inventory: ModelInventory, picked: list[int] | None) -> Resolution:
+    """The resolution narrowed to the decoder layers `picked` (search.layers; None: every layer, unchanged).
+    The planner and the trainer share it, so `plan` lists exactly the weights a trial adapts."""
+    if picked is None:
+        return resolution
+    prefix = inventory.layers_path + "."
+    keep = {f"{prefix}{index}" for index in picked}
+
+    def chosen(name: str) -> bool:  # "model.layers.3.self_attn.o_proj" -> "model.layers.3"
+        return name.startswith(prefix) and prefix + name[len(prefix) :].split(".", 1)[0] in keep
+
+    by_entry = {entry: [w for w in weights if chosen(w.name)] for entry, weights in resolution.by_entry.items()}
+    return Resolution(resolution.module_set, by_entry)
+
+
 class ModuleResolutionError(ValueError):
     """A group or raw module name that selects nothing in this model."""
 

@@ -106,14 +106,26 @@ def _rate_rules(spec: LoraAblationSpec) -> list[Guardrail]:
     lr, ranks = spec.training.learning_rate, sorted(spec.search.ranks)
     scaled = [str(v) for v in spec.search.variants if v != "rslora"]
     if len(ranks) > 1 and scaled:
+        if "rslora" in [str(v) for v in spec.search.variants]:  # already in the grid: say how to read it
+            brief_fix = "compare ranks on the rslora trials"
+            fix = (
+                "rslora is already in spec.search.variants (alpha/sqrt(r): 'optimal learning rate independent of "
+                "rank'): compare ranks on its trials, and read the other variants' rank comparison as a "
+                "learning-rate one too, or run one study per rank with its own rate"
+            )
+        else:
+            brief_fix = "add rslora"
+            fix = (
+                "add rslora to spec.search.variants (alpha/sqrt(r): 'optimal learning rate independent of rank') "
+                "or run one study per rank with its own rate"
+            )
         out.append(Guardrail(
             "lr-across-ranks", "spec.training.learningRate",
-            f"one rate ({lr:g}) for ranks {ranks} with alpha = {spec.search.alpha_over_rank:g} x r; add rslora",
+            f"one rate ({lr:g}) for ranks {ranks} with alpha = {spec.search.alpha_over_rank:g} x r; {brief_fix}",
             f"one learning rate ({lr:g}) serves ranks {ranks} for {', '.join(scaled)} while alpha = "
             f"{spec.search.alpha_over_rank:g} x r: with alpha/r scaling the stable rate falls as O(1/r) ('at r=64 "
-            "you need 8x lower learning rate than at r=8'), so the rank comparison is also a learning-rate one; "
-            "add rslora to spec.search.variants (alpha/sqrt(r): 'optimal learning rate independent of rank') or "
-            "run one study per rank with its own rate",
+            f"you need 8x lower learning rate than at r=8'), so the rank comparison is also a learning-rate one; "
+            f"{fix}",
             SEED_002,
         ))  # fmt: skip
     if not LR_LOW <= lr <= LR_HIGH:
@@ -212,5 +224,7 @@ def for_plan(spec: LoraAblationSpec, plan) -> list[Guardrail]:
     return check(spec, local_sizes(spec), planned_params(plan.trials))
 
 
-def render(guardrails: list[Guardrail]) -> list[str]:
-    return [f"warning: {g}" for g in guardrails]
+def render(guardrails: list[Guardrail], where: object = None) -> list[str]:
+    """One 'warning: ...' line each; `where` (the manifest's file) starts every line when given."""
+    prefix = f"{where}: " if where is not None else ""
+    return [f"warning: {prefix}{g}" for g in guardrails]

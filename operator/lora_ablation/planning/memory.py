@@ -199,18 +199,25 @@ class MemoryReport:
     gpu_bytes: int | None
     source: str  # where gpu_bytes came from, or why it is unknown
     warnings: list[str]
+    on_cpu: bool = False  # execution.resources.gpus is 0: there is no GPU memory to check against
 
     def lines(self) -> list[str]:
         """What `lora-ablation plan` prints under its table."""
         if not self.estimates:
             return []
+        if self.on_cpu:
+            return [f"Memory: estimated peak in host memory; {self.source}.", *(f"WARNING: {w}" for w in self.warnings)]
         gpu = f"{self.gpu_bytes / GIB:.0f} GiB per GPU ({self.source})" if self.gpu_bytes else self.source
         return [f"Memory: estimated peak per GPU; {gpu}.", *(f"WARNING: {w}" for w in self.warnings)]
 
 
 def plan_memory(plan: Plan, inventory: ModelInventory, config: Mapping[str, Any], execution: Any) -> MemoryReport:
     """Estimates for every trial of a plan, and one warning per configuration that would not fit."""
-    gpu_bytes, source = gpu_memory(execution.resources.gpu_memory, execution.node_selector)
+    on_cpu = execution.resources.gpus == 0
+    if on_cpu:
+        gpu_bytes, source = None, "trials run on CPU (execution.resources.gpus is 0), so no GPU memory is checked"
+    else:
+        gpu_bytes, source = gpu_memory(execution.resources.gpu_memory, execution.node_selector)
     estimates: dict[str, MemoryEstimate] = {}
     warnings: dict[str, str] = {}
     resolutions: dict[tuple[str, ...], Resolution | None] = {}
@@ -229,7 +236,7 @@ def plan_memory(plan: Plan, inventory: ModelInventory, config: Mapping[str, Any]
             warning = fit_warning(trial.label, estimate, gpu_bytes, source, trial.spec)
             if warning:
                 warnings[trial.label] = warning
-    return MemoryReport(estimates, gpu_bytes, source, list(warnings.values()))
+    return MemoryReport(estimates, gpu_bytes, source, list(warnings.values()), on_cpu)
 
 
 def offline_memory_warnings(spec: Any, plan: Plan) -> list[str]:

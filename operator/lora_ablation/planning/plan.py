@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lora_ablation.api.naming import trial_name
+from lora_ablation.api.naming import trial_names
 from lora_ablation.api.spec import LoraAblationSpec, TrainingSpec
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
 from lora_ablation.modules.groups import canonical_module_set, module_set_label
-from lora_ablation.modules.inventory import ModelInventory, Resolution, resolve_module_set
+from lora_ablation.modules.inventory import ModelInventory, Resolution, in_layers, resolve_module_set
 from lora_ablation.modules.layers import ALL as ALL_LAYERS
-from lora_ablation.modules.layers import fraction as layer_fraction
 from lora_ablation.modules.layers import indices as layer_indices
 from lora_ablation.modules.layers import slug as layers_slug
 from lora_ablation.planning.sharding import assign_sharding
@@ -56,6 +55,36 @@ def _identity(
     return identity
 
 
+Combo = tuple[int, "int | None", list[str], int, str, int, str]  # dataset, module set, modules, rank, variant, seed,
+# layers (module set None: the baseline)
+
+
+def _combos(spec: LoraAblationSpec) -> list[Combo]:
+    """Every trial's coordinates, in plan order: per dataset its baseline, then the grid."""
+    combos: list[Combo] = []
+    for d_index in range(len(spec.datasets)):
+        if spec.search.include_baseline:
+            combos.append((d_index, None, [], 0, BASELINE_VARIANT, spec.training.seed, ALL_LAYERS))
+        for s_index, module_set in enumerate(spec.search.module_sets):
+            for rank in spec.search.ranks:
+                for variant in spec.search.variants:
+                    for layers in spec.search.layers:
+                        cell = (d_index, s_index, list(module_set), rank, str(variant))
+                        combos += [(*cell, seed, layers) for seed in spec.seeds]
+    return combos
+
+
+def _name_parts(spec: LoraAblationSpec, ablation: str, combo: Combo) -> tuple[list[str], dict]:
+    """A trial's readable name parts after the dataset, and the identity its hash is taken of."""
+    d_index, _, modules, rank, variant, seed, layers = combo
+    config = ["base"] if variant == BASELINE_VARIANT else [module_set_label(modules), f"r{rank}", variant]
+    if layers != ALL_LAYERS:
+        config.append(layers_slug(layers))
+    if len(spec.seeds) > 1 and variant != BASELINE_VARIANT:
+        config.append(f"s{seed}")  # readable; with one seed the name stays what it always was
+    return config, {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant, seed, layers)}
+
+
 def plan_trials(
     ablation: str,
     namespace: str,
@@ -79,56 +108,45 @@ def plan_trials(
             except ValueError as error:
                 raise LayerSelectionError(f"spec.search.layers[{index}]: {error}") from None
 
-    seeds = spec.seeds
+    combos = _combos(spec)
+    parts = [_name_parts(spec, ablation, combo) for combo in combos]
+    names = trial_names(ablation, [(spec.datasets[c[0]].name, config, identity) for c, (config, identity) in
+                                   zip(combos, parts, strict=True)])  # fmt: skip
     trials: list[PlannedTrial] = []
-    for d_index, dataset in enumerate(spec.datasets):
-        combos: list[tuple[int | None, list[str], int, str, int, str]] = []
-        if spec.search.include_baseline:
-            combos.append((None, [], 0, BASELINE_VARIANT, spec.training.seed, ALL_LAYERS))
-        for s_index, module_set in enumerate(spec.search.module_sets):
-            for rank in spec.search.ranks:
-                for variant in spec.search.variants:
-                    for layers in spec.search.layers:
-                        combos += [(s_index, list(module_set), rank, str(variant), seed, layers) for seed in seeds]
-        for s_index, modules, rank, variant, seed, layers in combos:
-            resolution = resolutions.get(s_index) if s_index is not None else None
-            label = config_label(modules, rank, variant, layers)
-            config = ["base"] if variant == BASELINE_VARIANT else [module_set_label(modules), f"r{rank}", variant]
-            if layers != ALL_LAYERS:
-                config.append(layers_slug(layers))
-            if len(seeds) > 1 and variant != BASELINE_VARIANT:
-                config.append(f"s{seed}")  # readable; with one seed the name stays what it always was
-            identity = {"ablation": ablation, **_identity(spec, d_index, modules, rank, variant, seed, layers)}
-            name = trial_name(ablation, dataset.name, config, identity)
-            trial_spec = TrialSpec(
-                ablation=ablation,
-                namespace=namespace,
-                name=name,
-                base_model=spec.base_model,
-                dataset=dataset,
-                modules=modules,
-                target_modules=resolution.target_modules if resolution else None,
-                target_parameters=(resolution.target_parameters or None) if resolution else None,
-                rank=rank,
-                alpha=spec.search.alpha_over_rank * rank,
-                variant=variant,
-                layers=layers,
-                training=spec.training if variant == BASELINE_VARIANT else _training(spec, seed),
-                latency=spec.latency,
-                storage=TrialStorage(
-                    uri=trial_uri(spec.storage.uri, namespace, ablation, name),
-                    endpoint=spec.storage.endpoint,
-                    region=spec.storage.region,
-                ),
-            )
-            if variant == BASELINE_VARIANT:
-                params: int | None = 0
-            elif resolution is not None:
-                share = layer_fraction(layers, inventory.layers if inventory else None) or 1.0
-                params = round(resolution.lora_params(rank, variant) * share)
-            else:
-                params = None
-            trials.append(PlannedTrial(trial_spec, label, params, None if variant == BASELINE_VARIANT else seed))
+    for (d_index, s_index, modules, rank, variant, seed, layers), name in zip(combos, names, strict=True):
+        dataset = spec.datasets[d_index]
+        resolution = resolutions.get(s_index) if s_index is not None else None
+        if resolution is not None and inventory is not None:  # the weights of the chosen layers only
+            resolution = in_layers(resolution, inventory, layer_indices(layers, inventory.layers))
+        label = config_label(modules, rank, variant, layers)
+        trial_spec = TrialSpec(
+            ablation=ablation,
+            namespace=namespace,
+            name=name,
+            base_model=spec.base_model,
+            dataset=dataset,
+            modules=modules,
+            target_modules=resolution.target_modules if resolution else None,
+            target_parameters=(resolution.target_parameters or None) if resolution else None,
+            rank=rank,
+            alpha=spec.search.alpha_over_rank * rank,
+            variant=variant,
+            layers=layers,
+            training=spec.training if variant == BASELINE_VARIANT else _training(spec, seed),
+            latency=spec.latency,
+            storage=TrialStorage(
+                uri=trial_uri(spec.storage.uri, namespace, ablation, name),
+                endpoint=spec.storage.endpoint,
+                region=spec.storage.region,
+            ),
+        )
+        if variant == BASELINE_VARIANT:
+            params: int | None = 0
+        elif resolution is not None:  # already narrowed to the chosen layers
+            params = resolution.lora_params(rank, variant)
+        else:
+            params = None
+        trials.append(PlannedTrial(trial_spec, label, params, None if variant == BASELINE_VARIANT else seed))
     names = [t.name for t in trials]
     assert len(set(names)) == len(names), "trial names collide"  # identities are unique by construction
     notes = (

@@ -28,7 +28,13 @@ _DENIED = {"AccessDenied", "Forbidden", "NoSuchBucket", "InvalidAccessKeyId", "S
 _DENIED |= {"AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable", "InternalError"}
-_HINT = "check storage.credentialsSecretRef and storage.endpoint"
+# What to check when access fails, as the caller's user would fix it: in the cluster the Secret the Job mounts,
+# on a workstation (the CLI) the AWS_* environment and the endpoint flag.
+CLUSTER_HINT = "check storage.credentialsSecretRef and storage.endpoint"
+LOCAL_HINT = (
+    "check the AWS_* credentials in this shell (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and the "
+    "endpoint (--endpoint, spec.storage.endpoint or AWS_ENDPOINT_URL_S3)"
+)
 
 
 def _range_total(content_range: str | None) -> int | None:
@@ -37,15 +43,15 @@ def _range_total(content_range: str | None) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-def _translate_client_error(error: Any, *, uri: str, bucket: str, endpoint: str) -> Exception:
+def _translate_client_error(error: Any, *, uri: str, bucket: str, endpoint: str, hint: str) -> Exception:
     """Map a botocore ClientError to FileNotFoundError or one of our errors. Credentials never appear."""
     code = str(error.response.get("Error", {}).get("Code", ""))
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     operation = getattr(error, "operation_name", "request")
     if code == "NoSuchBucket":
-        return StorageAccessDenied(f"bucket {bucket!r} does not exist at {endpoint} (for {uri}): {_HINT}")
+        return StorageAccessDenied(f"bucket {bucket!r} does not exist at {endpoint} (for {uri}): {hint}")
     if code in _DENIED or status == 403:
-        return StorageAccessDenied(f"access to {uri} denied at {endpoint} ({code or status} on {operation}): {_HINT}")
+        return StorageAccessDenied(f"access to {uri} denied at {endpoint} ({code or status} on {operation}): {hint}")
     if code in _MISSING:
         return _not_found(uri)
     if code in _TRANSIENT or status >= 500:
@@ -56,9 +62,10 @@ def _translate_client_error(error: Any, *, uri: str, bucket: str, endpoint: str)
 class S3Store(Store):
     """A bucket and key prefix on AWS S3 or any S3-compatible endpoint (MinIO, Ceph, ...)."""
 
-    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
-        """Use open_store(); `client` is a boto3 S3 client from make_client(), shared with child stores."""
-        self.bucket, self.prefix, self._client = bucket, prefix, client
+    def __init__(self, bucket: str, prefix: str, client: Any, hint: str = CLUSTER_HINT) -> None:
+        """Use open_store(); `client` is a boto3 S3 client from make_client(), shared with child stores; `hint`
+        ends every access error (CLUSTER_HINT or LOCAL_HINT)."""
+        self.bucket, self.prefix, self._client, self.hint = bucket, prefix, client, hint
         self.uri = f"s3://{_join(bucket, prefix)}"
         self._bucket_checked = False
 
@@ -111,10 +118,10 @@ class S3Store(Store):
             name = type(error).__name__
             raise StorageUnavailable(f"storage endpoint {self.endpoint} unreachable for {uri}: {name}") from error
         except BotoCoreError as error:  # NoCredentialsError, PartialCredentialsError, bad config
-            raise StorageAccessDenied(f"cannot access {uri} ({type(error).__name__}): {_HINT}") from error
+            raise StorageAccessDenied(f"cannot access {uri} ({type(error).__name__}): {self.hint}") from error
 
     def _raise(self, error: Any, uri: str) -> None:
-        translated = _translate_client_error(error, uri=uri, bucket=self.bucket, endpoint=self.endpoint)
+        translated = _translate_client_error(error, uri=uri, bucket=self.bucket, endpoint=self.endpoint, hint=self.hint)
         if isinstance(translated, FileNotFoundError):
             raise translated from None  # the botocore chain adds nothing to "no such object"
         raise translated from error
@@ -127,12 +134,13 @@ class S3Store(Store):
             with self._errors():
                 self._client.head_bucket(Bucket=self.bucket)
         except FileNotFoundError:
-            raise StorageAccessDenied(f"bucket {self.bucket!r} does not exist at {self.endpoint}: {_HINT}") from None
+            missing = f"bucket {self.bucket!r} does not exist at {self.endpoint}: {self.hint}"
+            raise StorageAccessDenied(missing) from None
         self._bucket_checked = True
 
     def child(self, *parts: str) -> S3Store:
         prefix = _join(self.prefix, _clean("/".join(p.rstrip("/") for p in parts), "child path"))
-        return S3Store(self.bucket, prefix, self._client)
+        return S3Store(self.bucket, prefix, self._client, self.hint)
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         from botocore.exceptions import ClientError

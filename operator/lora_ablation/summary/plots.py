@@ -10,11 +10,18 @@ from lora_ablation.summary.models import Summary
 MAX_PLOT_LABEL = 80  # longer labels would cover the points they name
 
 
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed (the `report` extra): the summary stands, the pictures are not drawn."""
+
+
+INSTALL_REPORT = "pip install 'lora-ablation-operator[report]'"
+
+
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("plots need matplotlib: pip install 'lora-ablation-operator[report]'") from None
+        raise PlotsUnavailable(f"plots need matplotlib: {INSTALL_REPORT}") from None
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
@@ -64,8 +71,13 @@ def pareto_figure(summary: Summary):
         ax.annotate(pareto_label(name, c.latency_within_noise), (c.tpot_p95_ms, c.mean_score),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
     front = sorted((c for c in timed if c.config in summary.pareto_front), key=lambda c: c.tpot_p95_ms)
-    ax.plot([c.tpot_p95_ms for c in front], [c.mean_score for c in front], color="tab:blue", linewidth=1.5,
-            zorder=2, label="Pareto front (beaten by none beyond noise)")  # fmt: skip
+    if len(front) > 1:
+        ax.plot([c.tpot_p95_ms for c in front], [c.mean_score for c in front], color="tab:blue", linewidth=1.5,
+                zorder=2, label="Pareto front (beaten by none beyond noise)")  # fmt: skip
+    elif front:  # one point has no line to show in the legend: its marker stands for the front
+        ax.plot([front[0].tpot_p95_ms], [front[0].mean_score], linestyle="none", marker="o", markersize=8,
+                color="tab:blue", markeredgecolor="black", zorder=3,
+                label=f"Pareto front: {plot_text(front[0].config)} alone")  # fmt: skip
     picks = (("balanced", rec.balanced, "*", "tab:green"), ("accuracy-first", rec.accuracy_first, "D", "tab:red"))
     for label, name, marker, color in picks:
         chosen = next((c for c in timed if c.config == name), None)
@@ -80,6 +92,8 @@ def pareto_figure(summary: Summary):
     ax.set_ylabel("mean score over datasets (higher is better)")
     ax.set_title(f"{plot_text(summary.ablation)}: quality vs latency")
     ax.grid(alpha=0.3)
+    if ax.get_xlim()[0] < 0:  # a latency is never negative: symmetric noise bars must not draw the axis below 0
+        ax.set_xlim(left=0)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig

@@ -102,12 +102,13 @@ def dataset_matrix(summary: Summary, text: Text = plain_text) -> tuple[list[str]
     """Rows: configurations (plus the baseline); columns: datasets; cells: score (delta vs baseline)."""
     headers = ["CONFIG", *(text(t.name) for t in summary.datasets)]
     rows = [["base (no adapter)", *(_fmt(t.baseline_score) for t in summary.datasets)]]
+    eliminated = {(e.dataset, e.config) for e in summary.eliminated}  # stopped after stage one, on purpose
     for config in summary.configs:
         row = [text(config.config)]
         for table in summary.datasets:
             cell = next((c for c in table.cells if c.config == config.config), None)
             if cell is None:
-                row.append("missing")
+                row.append("eliminated" if (table.name, config.config) in eliminated else "missing")
                 continue
             score = with_interval(cell.score, cell.score_ci_low, cell.score_ci_high)
             row.append(score if cell.delta_vs_baseline is None else f"{score} ({cell.delta_vs_baseline:+.3f})")

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from lora_ablation.storage.open import open_store
-from lora_ablation.storage.s3 import S3Store, _translate_client_error
+from lora_ablation.storage.s3 import CLUSTER_HINT, S3Store, _translate_client_error
 from lora_ablation.storage.store import LocalStore, StorageAccessDenied, StorageError, StorageUnavailable, Store
 from support.s3 import free_port
 
@@ -235,7 +235,9 @@ def _client_error(code: str, status: int) -> ClientError:
     ],
 )
 def test_client_errors_are_classified(code: str, status: int, expected: type[Exception]) -> None:
-    error = _translate_client_error(_client_error(code, status), uri="s3://b/k", bucket="b", endpoint="http://e")
+    error = _translate_client_error(
+        _client_error(code, status), uri="s3://b/k", bucket="b", endpoint="http://e", hint=CLUSTER_HINT
+    )
     assert type(error) is expected
     assert "s3://b/k" in str(error) or "'b'" in str(error)
     if expected is StorageUnavailable:
