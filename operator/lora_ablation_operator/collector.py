@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -38,24 +39,36 @@ class ResultCache:
         self._listings: dict[str, Listing] = {}
 
     def collect(self, uid: str, store: Store, trials: list[str], file: str = RESULT_FILE,
-                reader: Callable[[Store, str], Any] = read_result, scope: str = "") -> dict[str, Any]:  # fmt: skip
+                reader: Callable[[Store, str], Any] = read_result, scope: str = "",
+                listed: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
         """`file` of each trial as `reader` reads it (result.json by default; stage-one.json, failure.json).
         `scope` names what the read belongs to (a unit and whether its Job finished): a new scope reads afresh,
-        so a file absent while a trial's first stage ran is looked for again when its second stage finishes."""
-        out = {}
+        so a file absent while a trial's first stage ran is looked for again when its second stage finishes.
+        `listed`: versions a listing of the prefix saw, which spare a first read its version request. Storage
+        requests run in a bounded pool: a restarted operator reads thousands of small files."""
+        out: dict[str, Any] = {}
         now = self._clock()
+        due: list[tuple[str, tuple[str | None, Any, float] | None]] = []
         for trial in trials:
-            key = (uid, trial, file, scope)
-            cached = self._reads.get(key)
-            if cached is not None and cached[2] == float("inf"):  # noted: this process wrote it
-                out[trial] = cached[1]
-                continue
-            if cached is None or now - cached[2] >= self._recheck:
+            cached = self._reads.get((uid, trial, file, scope))
+            if cached is not None and (cached[2] == float("inf") or now - cached[2] < self._recheck):
+                out[trial] = cached[1]  # noted (this process wrote it), or checked recently
+            else:
+                due.append((trial, cached))
+
+        def refresh(item: tuple[str, tuple[str | None, Any, float] | None]) -> tuple[str | None, Any, float]:
+            trial, cached = item
+            if cached is None and listed is not None and listed.get(trial):
+                version: str | None = listed[trial]
+            else:
                 version = _version(store, f"{trial}/{file}")
-                if cached is None or version != cached[0]:
-                    cached = (version, reader(store, trial), now)
-                self._reads[key] = (cached[0], cached[1], now)
-            out[trial] = self._reads[key][1]
+            if cached is not None and version == cached[0]:
+                return (version, cached[1], now)
+            return (version, reader(store, trial), now)
+
+        for (trial, _), fresh in zip(due, _in_pool(refresh, due), strict=True):
+            self._reads[(uid, trial, file, scope)] = fresh
+            out[trial] = fresh[1]
         return out
 
     def listing(self, uid: str, store: Store) -> Listing:
@@ -94,6 +107,22 @@ class ResultCache:
 
     def __len__(self) -> int:
         return len(self._reads)
+
+
+_POOL_SIZE = 16  # storage requests in flight per pass; the S3 client's connection pool is as large
+_POOL_LOCK = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _in_pool(work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """work(item) for each item, in order; in the shared pool when there is more than a handful."""
+    global _pool
+    if len(items) <= 4:
+        return [work(item) for item in items]
+    with _POOL_LOCK:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix="storage-read")
+    return list(_pool.map(work, items))
 
 
 def _version(store: Store, key: str) -> str | None:

@@ -16,6 +16,7 @@ from lora_ablation.api.naming import bounded_name
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
 from lora_ablation.planning.plan import PlannedTrial
 from lora_ablation.run.schedule import ROUND_TWO, Schedule, Unit, schedule
+from lora_ablation.storage.record import Listing
 from lora_ablation.storage.results import ResultRead, read_failure, read_result, read_stage_one
 from lora_ablation.storage.store import Store
 from lora_ablation_operator import workload
@@ -43,10 +44,11 @@ def _merge(out: Gathered, results: dict[str, Any], stage_ones: dict[str, Any], f
 
 
 def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: str, files: Iterable[str],
-          out: Gathered, planned: dict[str, PlannedTrial]) -> None:  # fmt: skip
+          out: Gathered, planned: dict[str, PlannedTrial], listing: Listing | None = None) -> None:  # fmt: skip
     """Read through the cache; each file is credited to the configuration the plan runs under its trial's name."""
     readers = {RESULT: read_result, STAGE_ONE: read_stage_one, FAILURE: read_failure}
-    found = {f: cache.collect(uid, store, names, f, partial(readers[f], planned=planned), scope) for f in set(files)}
+    found = {f: cache.collect(uid, store, names, f, partial(readers[f], planned=planned), scope,
+                              listed=listing.versions(f) if listing else None) for f in set(files)}  # fmt: skip
     results, stage_ones, failures = (found.get(f, {}) for f in (RESULT, STAGE_ONE, FAILURE))
     _merge(out, results, stage_ones, failures)
     if scope != LISTED:  # what a unit's read found outlives its workload
@@ -80,7 +82,7 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
     for file in (RESULT, STAGE_ONE, FAILURE):
         listed = [n for n in by_name if listing.has(n, file)]
         if listed:
-            _read(cache, uid, store, listed, LISTED, [file], out, by_name)
+            _read(cache, uid, store, listed, LISTED, [file], out, by_name, listing)
     for trial in by_name:
         if (recorded := cache.noted(uid, trial, FAILURE)) is not None:
             out.failures.setdefault(trial, recorded)

@@ -126,6 +126,22 @@ def test_result_cache_rereads_only_a_rewritten_result(tmp_path):
     assert len(cache) == 0
 
 
+def test_result_cache_trusts_a_listed_version_once_then_checks_it(tmp_path):
+    store = open_store(str(tmp_path))
+    clock = [0.0]
+    cache = ResultCache(recheck_seconds=60, clock=lambda: clock[0])
+    names = [f"t{i}" for i in range(20)]  # more than a handful: read in the pool
+    for i, name in enumerate(names):
+        store.write_json(f"{name}/result.json", result_for(name, i / 100).result.model_dump(mode="json", by_alias=True))
+    listed = {k.split("/")[0]: v for k, v in store.list_versions().items()}
+    got = cache.collect("u", store, names, listed=listed)
+    assert [got[n].result.eval.score for n in names] == [i / 100 for i in range(20)]  # in order, each its own
+    store.write_text("t3/result.json", "garbage")
+    clock[0] = 61  # the listed version is stale now: the recheck asks storage, not the listing
+    again = cache.collect("u", store, names, listed=listed)
+    assert "not valid JSON" in again["t3"].problem and again["t4"].result.eval.score == 0.04
+
+
 def test_preflight_report_is_distrusted(tmp_path):
     store = open_store(str(tmp_path))
     assert preflight_problems(store) is None

@@ -28,25 +28,30 @@ def elimination_key(dataset: str) -> str:
 class Listing:
     """What one listing of the prefix found: each trial's files, and the recorded decisions."""
 
-    files: dict[str, set[str]] = field(default_factory=dict)  # trial -> which of TRIAL_FILES it has
+    # trial -> each of TRIAL_FILES it has -> the version the listing saw ("" for a file added since)
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
     eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # dataset -> its decision
 
     def has(self, trial: str, file: str) -> bool:
         return file in self.files.get(trial, ())
 
-    def add(self, trial: str, file: str) -> None:
-        self.files.setdefault(trial, set()).add(file)
+    def add(self, trial: str, file: str, version: str = "") -> None:
+        self.files.setdefault(trial, {}).setdefault(file, version)
+
+    def versions(self, file: str) -> dict[str, str]:
+        """trial -> the listed version of its `file`, for the trials whose version the listing saw."""
+        return {trial: v for trial, files in self.files.items() if (v := files.get(file))}
 
 
 def list_record(store: Store) -> Listing:
     out = Listing()
     decisions = []
-    for key in store.list():
+    for key, version in store.list_versions().items():
         head, _, tail = key.partition("/")
         if head == DECISIONS:
             decisions.append(key)
         elif tail in TRIAL_FILES:
-            out.add(head, tail)
+            out.add(head, tail, version)
     for key in decisions:
         if (decision := read_elimination(store, key)) is not None:
             out.eliminations[decision.dataset] = decision

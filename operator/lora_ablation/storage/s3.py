@@ -81,6 +81,7 @@ class S3Store(Store):
             # boto3 >= 1.36 sends CRC checksums by default, which older MinIO and Ceph reject.
             "request_checksum_calculation": "when_required",
             "response_checksum_validation": "when_required",
+            "max_pool_connections": 16,  # the operator reads a restart's results 16 at a time
         }
         if endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
             # MinIO and friends rarely have wildcard DNS for virtual-hosted buckets.
@@ -179,21 +180,30 @@ class S3Store(Store):
             return False
         return True
 
-    def _full_keys(self, prefix: str) -> list[str]:
+    def _full_items(self, prefix: str) -> dict[str, str]:
+        """Full key -> version, as version() spells it (a listing reports each object's ETag and size)."""
         full = _join(self.prefix, _clean(prefix, "prefix", allow_empty=True))
-        keys = []
+        items = {}
         with self._errors(prefix):
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full + "/" if full else ""
             )
             for page in pages:
-                # Keys ending in '/' are "folder" markers some consoles create, not objects.
-                keys.extend(item["Key"] for item in page.get("Contents", []) if not item["Key"].endswith("/"))
-        return sorted(keys)
+                for item in page.get("Contents", []):
+                    if not item["Key"].endswith("/"):  # "folder" markers some consoles create are not objects
+                        items[item["Key"]] = f"{item.get('ETag', '')}-{item.get('Size', '')}"
+        return dict(sorted(items.items()))
+
+    def _full_keys(self, prefix: str) -> list[str]:
+        return list(self._full_items(prefix))
 
     def list(self, prefix: str = "") -> list[str]:
         skip = len(self.prefix) + 1 if self.prefix else 0
         return [key[skip:] for key in self._full_keys(prefix)]
+
+    def list_versions(self, prefix: str = "") -> dict[str, str]:
+        skip = len(self.prefix) + 1 if self.prefix else 0
+        return {key[skip:]: version for key, version in self._full_items(prefix).items()}
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self._full_keys(prefix)

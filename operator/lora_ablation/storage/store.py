@@ -127,6 +127,10 @@ class Store(abc.ABC):
     def list(self, prefix: str = "") -> list[str]: ...
 
     @abc.abstractmethod
+    def list_versions(self, prefix: str = "") -> dict[str, str]:
+        """Every key under prefix with its version() token, from one listing (no request per object)."""
+
+    @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int: ...
 
     @abc.abstractmethod
@@ -212,6 +216,13 @@ class LocalStore(Store):
                 if not name.endswith(_TMP_SUFFIX):
                     keys.append(Path(directory, name).relative_to(self.root).as_posix())
         return sorted(keys)
+
+    def list_versions(self, prefix: str = "") -> dict[str, str]:
+        out = {}
+        for key in self.list(prefix):
+            with suppress(FileNotFoundError):  # removed since the walk saw it
+                out[key] = self.version(key)
+        return out
 
     def delete_prefix(self, prefix: str) -> int:
         base = self.root / _clean(prefix, "prefix", allow_empty=True)

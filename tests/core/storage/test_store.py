@@ -68,6 +68,17 @@ def test_list_paginates_past_1000(store: Store) -> None:
     assert store.list() == []
 
 
+def test_a_listing_reports_each_version_as_version_does(store: Store) -> None:
+    store.write_text("t/result.json", "one")
+    store.write_text("t/sub/stage-one.json", "two")
+    listed = store.list_versions()
+    assert listed == {key: store.version(key) for key in store.list()} and len(listed) == 2
+    store.write_text("t/result.json", "rewritten")
+    assert store.list_versions("t")["t/result.json"] == store.version("t/result.json") != listed["t/result.json"]
+    assert store.child("t").list_versions() == {"result.json": store.version("t/result.json"),
+                                                "sub/stage-one.json": listed["t/sub/stage-one.json"]}  # fmt: skip
+
+
 def test_delete_prefix_counts_and_spares_neighbours(store: Store) -> None:
     for key in ["t/a/1", "t/a/deep/2", "t/ab/3", "keep"]:
         store.write_text(key, "x")
