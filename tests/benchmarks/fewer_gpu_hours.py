@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--modes", default="exhaustive,trials-per-pod,two-stage",
                         help="which of the three to run (two-stage is compared with trials-per-pod)")  # fmt: skip
     args = parser.parse_args()
-    subprocess.run([sys.executable, "-m", "lora_ablation_trainer.quickstart", "examples"], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "lora_ablation_demo.quickstart", "examples"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
     early = {"earlyStopping": {"stageOneFraction": args.fraction, "rule": "topK", "keep": args.keep,
                                "evalSamples": args.eval_samples}}  # fmt: skip

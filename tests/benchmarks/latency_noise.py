@@ -24,8 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lora_ablation.api.spec import LatencySpec
+from lora_ablation_demo.tiny import build_tiny_model
 from lora_ablation_trainer.latency import _one_run, cv_pct, fixed_prompt, measure, paired_overhead
-from lora_ablation_trainer.tiny import build_tiny_model
 
 
 def naive(model, tokenizer, spec: LatencySpec, device) -> tuple[float, float, float]:

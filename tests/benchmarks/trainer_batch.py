@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lora_ablation.api.trial import TrialBatch, TrialResult
-from lora_ablation_trainer.tiny import build_tiny_model
+from lora_ablation_demo.tiny import build_tiny_model
 from support.trainer_data import choice_records, corpus, trial_spec, write_jsonl
 
 MODULES = (["o_proj"], ["qkv"], ["fc2"], ["o_proj", "fc2"], ["qkv", "o_proj"], ["fc1", "fc2"])

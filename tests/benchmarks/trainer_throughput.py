@@ -34,9 +34,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lora_ablation.api.spec import LatencySpec, TrainingSpec
+from lora_ablation_demo.tiny import build_tiny_model
 from lora_ablation_trainer.data import Example, collate, encode, to_example
 from lora_ablation_trainer.packing import pack
-from lora_ablation_trainer.tiny import build_tiny_model
 from lora_ablation_trainer.train import train_adapter
 from support.trainer_data import choice_records, corpus, long_records
 

@@ -57,7 +57,7 @@ def install(tmp_path: Path, **extra: str) -> tuple[str, str]:
 
     endpoint, bucket = os.environ["LORA_ABLATION_E2E_S3_ENDPOINT"], os.environ["LORA_ABLATION_E2E_BUCKET"]
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    run("python", "-m", "lora_ablation_trainer.quickstart", str(tmp_path))  # the tiny model and data
+    run("python", "-m", "lora_ablation_demo.quickstart", str(tmp_path))  # the tiny model and data
     for path in (tmp_path / "models" / "tiny-llama").iterdir():
         s3.upload_file(str(path), bucket, f"e2e/models/tiny-llama/{path.name}")
     for path in (tmp_path / "data").rglob("*.jsonl"):

@@ -13,7 +13,7 @@ from support.trainer_data import chat_records, choice_records, corpus, write_jso
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from lora_ablation_trainer.tiny import build_tiny_model
+    from lora_ablation_demo.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     return {

@@ -207,11 +207,11 @@ def test_run_without_the_quickstart_model_says_how_to_build_it(tmp_path):
     path.write_text(yaml.safe_dump(manifest))
     done = lora_ablation("run", str(path), cwd=root)
     assert done.returncode == 2
-    assert "no config.json there (build it with: python -m lora_ablation_trainer.quickstart examples)" in done.stderr
+    assert "no config.json there (build it with: python -m lora_ablation_demo.quickstart examples)" in done.stderr
 
 
 def test_quickstart_data_are_what_the_generator_writes(tmp_path):
-    from lora_ablation_trainer.quickstart import write_datasets
+    from lora_ablation_demo.quickstart import write_datasets
 
     write_datasets(tmp_path)
     root = Path(__file__).resolve().parents[2] / "examples" / "data"

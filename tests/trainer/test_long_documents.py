@@ -19,7 +19,7 @@ WORDS = 2900  # ~8.7K tokens with the tiny tokenizer
 
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory) -> Path:
-    from lora_ablation_trainer.tiny import build_tiny_model
+    from lora_ablation_demo.tiny import build_tiny_model
 
     return build_tiny_model("llama", tmp_path_factory.mktemp("long") / "llama", corpus(), positions=16384)
 

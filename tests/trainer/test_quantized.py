@@ -21,7 +21,7 @@ bitsandbytes = pytest.importorskip("bitsandbytes")
 def nf4_llama(tmp_path_factory):
     """A tiny Llama whose every linear layer has a multiple of 32 outputs: on CPUs with AVX512-BF16, bitsandbytes
     packs 4-bit weights for inference in blocks of 32 output features (real models' widths all are multiples)."""
-    from lora_ablation_trainer.tiny import build_tiny_model
+    from lora_ablation_demo.tiny import build_tiny_model
     from support.trainer_data import corpus
 
     return build_tiny_model("llama", tmp_path_factory.mktemp("nf4") / "llama", corpus(), intermediate=128)

@@ -82,7 +82,7 @@ def readme_run(tmp_path_factory, s3_endpoint) -> dict:
     s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
     started = time.monotonic()
     built = subprocess.run(
-        [sys.executable, "-m", "lora_ablation_trainer.quickstart", "examples"],
+        [sys.executable, "-m", "lora_ablation_demo.quickstart", "examples"],
         cwd=work, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]

@@ -22,7 +22,7 @@ QUESTION = "which colour? options A=red B=green C=blue D=yellow answer"
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory) -> Path:
-    from lora_ablation_trainer.tiny import build_tiny_vlm
+    from lora_ablation_demo.tiny import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "llava", [*corpus(), QUESTION])
 
@@ -81,7 +81,7 @@ def test_an_image_text_trial_trains_only_the_language_model_and_times_with_an_im
 
 def test_a_gemma3_trial_trains_with_its_token_type_ids(image_data, tmp_path):
     """Gemma 3 needs token type ids (image tokens attend bidirectionally) padded like the input ids."""
-    from lora_ablation_trainer.tiny import build_tiny_vlm
+    from lora_ablation_demo.tiny import build_tiny_vlm
 
     gemma3 = build_tiny_vlm(tmp_path / "gemma3", [*corpus(), QUESTION], family="gemma3")
     latency = {"promptTokens": 12, "outputTokens": 3, "repeats": 1}

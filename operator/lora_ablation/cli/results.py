@@ -20,7 +20,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ablation = load_ablation(args.file)
     base = ablation.spec.base_model.uri
     if base.startswith("file://") and not (Path(base[len("file://") :]) / "config.json").is_file():
-        hint = " (build it with: python -m lora_ablation_trainer.quickstart examples)" if "tiny-llama" in base else ""
+        hint = " (build it with: python -m lora_ablation_demo.quickstart examples)" if "tiny-llama" in base else ""
         raise SpecError([f"{args.file}: spec.baseModel.uri {base}: no config.json there{hint}"])
     # --store/--endpoint replace spec.storage before planning: every trial, the summary and the plots follow it.
     ablation = with_storage(ablation, args.store, args.endpoint)

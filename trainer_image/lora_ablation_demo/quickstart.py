@@ -5,7 +5,7 @@ by full training here. The two fine-tuning tasks ask for something new: `reverse
 changes which positions attention reads from, `shift` ("next abc = bcd") changes what is written at
 each position. Which modules need adapters for each is exactly the question the ablation answers.
 
-    python -m lora_ablation_trainer.quickstart [ROOT]   # writes ROOT/models/tiny-llama and ROOT/data/*
+    python -m lora_ablation_demo.quickstart [ROOT]   # writes ROOT/models/tiny-llama and ROOT/data/*
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from lora_ablation_demo.tiny import tiny_config, train_tokenizer
 from lora_ablation_trainer.data import Example, collate, encode, iterate_micro_batches
-from lora_ablation_trainer.tiny import tiny_config, train_tokenizer
 
 ALPHABET = "abcdefghij"
 TASKS = {"copy": "copy", "reverse": "flip", "shift": "next"}
