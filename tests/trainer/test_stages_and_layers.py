@@ -13,9 +13,8 @@ from safetensors.torch import load_file
 
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialBatch, TrialResult
-from lora_ablation_trainer.batch import run_batch
 from lora_ablation_trainer.errors import PermanentTrialError
-from lora_ablation_trainer.run import run_trial
+from lora_ablation_trainer.run import run_batch, run_trial
 from support.trainer_data import trial_spec
 
 pytestmark = pytest.mark.trainer
@@ -58,9 +57,16 @@ def test_a_layer_subset_wraps_only_its_layers(family, layers, chosen, tiny_model
 
 
 def test_a_layer_the_model_lacks_is_a_permanent_error_naming_search_layers(tiny_models, choice_data, tmp_path):
+    spec = _spec(tiny_models, choice_data, tmp_path / "out", layers="0,2")
     with pytest.raises(PermanentTrialError, match=r"search\.layers: '0,2': layer 2 does not exist; the model has 2"):
-        run_trial(_spec(tiny_models, choice_data, tmp_path / "out", layers="0,2"))
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        run_trial(spec)
+    # A single trial is a batch of one: its permanent failure is recorded like a batch's, and nothing else is.
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert files == [f"{spec.name}/failure.json"]
+    failure = TrialFailure.model_validate_json((tmp_path / "out" / files[0]).read_text())
+    assert failure.exit_code == 42 and "layer 2 does not exist" in failure.message
+    with pytest.raises(PermanentTrialError, match=r"already failed for good: search\.layers"):
+        run_trial(spec)  # a retried pod does not train it again
 
 
 def test_every_result_counts_its_compute(tiny_models, choice_data, tmp_path):

@@ -74,7 +74,7 @@ def _sharded(work: TrialSpec | TrialBatch) -> bool:
 def _run(work: TrialSpec | TrialBatch, workdir: Path | None, dist=None):
     # Imported here: the launcher itself never loads transformers.
     if isinstance(work, TrialBatch):
-        from lora_ablation_trainer.batch import run_batch
+        from lora_ablation_trainer.run import run_batch
 
         return run_batch(work, workdir, dist)
     from lora_ablation_trainer.run import run_trial

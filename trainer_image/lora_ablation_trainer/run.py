@@ -1,5 +1,12 @@
-"""One trial, start to finish: resolve, fetch, train, evaluate, time, publish. result.json goes last.
-A stage-one trial (spec.stage_one) stops at its stage-one checkpoint and writes stage-one.json instead."""
+"""Trials in one process, start to finish: resolve, fetch, train, evaluate, time, publish (result.json last; a
+stage-one run stops at its checkpoint and writes stage-one.json). A single trial is a batch of one, so both take
+one path. execution.trialsPerPod makes batches of several: the base model is fetched and loaded once, the trials
+run one after another on it, each with its own adapter, taken off again before the next.
+
+Per trial the outcome is result.json (or stage-one.json) or, for a permanent failure, failure.json; a batch then
+goes on, and a single trial's process exits with the permanent code as well, so its Job is not retried. A transient
+failure ends the process with the transient exit code; the restarted pod skips every trial that already has its
+result, stage-one score or failure."""
 
 from __future__ import annotations
 
@@ -9,19 +16,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from lora_ablation.api.contract import RESULT
-from lora_ablation.api.stages import StageOneResult
-from lora_ablation.api.trial import TrialResult, TrialSpec
+from lora_ablation.api.stages import StageOneResult, TrialFailure
+from lora_ablation.api.trial import TrialBatch, TrialResult, TrialSpec
 from lora_ablation.storage.open import open_store
 from lora_ablation.storage.store import StorageAccessDenied, StorageUnavailable, Store
 from lora_ablation_trainer.base import Base
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
-from lora_ablation_trainer.outputs import existing_result, existing_stage_one, publish
+from lora_ablation_trainer.outputs import (
+    existing_failure,
+    existing_result,
+    existing_stage_one,
+    now,
+    publish,
+    write_failure,
+)
 from lora_ablation_trainer.train import Distributed
 from lora_ablation_trainer.trial import Clock, environment, run_on_base
 
-__all__ = ["RESULT", "environment", "open_trial_store", "publish", "run_trial", "storage_errors"]
+__all__ = ["RESULT", "environment", "open_trial_store", "publish", "run_batch", "run_trial", "storage_errors"]
 log = logging.getLogger(__name__)
+Outcome = TrialResult | StageOneResult | TrialFailure | None
 
 
 @contextmanager
@@ -40,31 +57,81 @@ def open_trial_store(spec: TrialSpec) -> Store:
         return open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region)
 
 
-def already_done(store: Store, spec: TrialSpec) -> TrialResult | StageOneResult | None:
-    """What a previous run left for this trial that makes this run a no-op: its result, or (for a stage-one
-    run) its stage-one score."""
+def already_done(store: Store, spec: TrialSpec) -> TrialResult | StageOneResult | TrialFailure | None:
+    """What a previous run left for this trial that makes this run a no-op: its result, (for a stage-one run) its
+    stage-one score, or the failure.json of a permanent failure."""
     with storage_errors():
         done = existing_result(store, spec)
         if done is None and spec.stage_one is not None:
-            return existing_stage_one(store, spec)
-    return done
+            done = existing_stage_one(store, spec)
+        return done if done is not None else existing_failure(store, spec)
 
 
 def run_trial(
-    spec: TrialSpec,
-    workdir: Path | None = None,
-    dist: Distributed | None = None,
+    spec: TrialSpec, workdir: Path | None = None, dist: Distributed | None = None
 ) -> TrialResult | StageOneResult | None:
+    """One trial: a batch of one. A permanent failure (this run's or a recorded one) leaves failure.json and
+    raises, so the process exits with the permanent code."""
+    try:
+        outcome = _run(TrialBatch(trials=[spec]), workdir, dist, alone=True)[0]
+    except _Failed as failed:
+        raise failed.error from None
+    if isinstance(outcome, TrialFailure):  # recorded by an earlier run of this trial
+        raise PermanentTrialError(f"trial {spec.name} already failed for good: {outcome.message}")
+    return outcome
+
+
+def run_batch(batch: TrialBatch, workdir: Path | None = None, dist: Distributed | None = None) -> list[Outcome]:
+    """Each trial's outcome, in order (None on ranks other than 0)."""
+    return _run(batch, workdir, dist, alone=False)
+
+
+class _Failed(Exception):
+    def __init__(self, error: PermanentTrialError) -> None:
+        self.error = error
+
+
+def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, alone: bool) -> list[Outcome]:
     dist = dist or Distributed()
-    store = open_trial_store(spec)
-    done = already_done(store, spec)
-    if done is not None:
-        log.info("trial %s already has a valid %s; nothing to do", spec.name, type(done).__name__)
-        return done
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="trials-", dir=workdir) as tmp:
+        base: Base | None = None
+        for index, spec in enumerate(batch.trials, 1):
+            if not alone:
+                log.info("trial %d of %d: %s", index, len(batch.trials), spec.name)
+            store = open_trial_store(spec)
+            if (done := already_done(store, spec)) is not None:
+                log.info("trial %s: nothing to do, it already has a %s", spec.name, type(done).__name__)
+                outcomes.append(done)
+                continue
+            # Shared by several trials, the base's weights are checked unchanged after each adapter comes off.
+            base = base or Base(batch.trials[0], Path(tmp) / "cache", dist, shared=len(batch.trials) > 1)
+            outcomes.append(_one(spec, store, base, Path(tmp), dist, alone=alone))
+            if dist.world > 1:
+                torch.distributed.barrier()  # every rank decides the next trial's skip on the same storage
+    if not alone:
+        failed = [o.trial for o in outcomes if isinstance(o, TrialFailure)]
+        log.info("batch done: %d trials, %d failed for good%s", len(outcomes), len(failed),
+                 f" ({', '.join(failed)}: see their failure.json)" if failed else "")  # fmt: skip
+    return outcomes
+
+
+def _one(spec: TrialSpec, store: Store, base: Base, tmp: Path, dist: Distributed, *, alone: bool) -> Outcome:
     clock = Clock()  # the trial's cost includes fetching and loading the base model
-    with tempfile.TemporaryDirectory(prefix="trial-", dir=workdir) as tmp, storage_errors():
-        # Everything that can be wrong with the inputs is checked before a weight is loaded.
-        base = Base(spec, Path(tmp) / "cache", dist)
-        targets = base.targets(spec)
-        data = base.data(spec)
-        return run_on_base(spec, store, base, targets, data, Path(tmp), clock)
+    try:
+        with tempfile.TemporaryDirectory(prefix="trial-", dir=tmp) as trial_tmp, storage_errors():
+            # Everything that can be wrong with the inputs is checked before a weight is loaded.
+            targets = base.targets(spec)
+            data = base.data(spec)
+            return run_on_base(spec, store, base, targets, data, Path(trial_tmp), clock)
+    except PermanentTrialError as error:  # DataError too; transient errors end the process
+        log.error("trial %s failed: %s (exit %d)%s", spec.name, error, error.exit_code,
+                  "" if alone else "; the batch goes on")  # fmt: skip
+        if dist.is_main:
+            failure = TrialFailure(trial=spec.name, message=str(error)[:4000], exit_code=error.exit_code,
+                                   finished_at=now())  # fmt: skip
+            with storage_errors():
+                write_failure(store, failure)
+        if alone:
+            raise _Failed(error) from error
+        return failure if dist.is_main else None
