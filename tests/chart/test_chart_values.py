@@ -194,3 +194,25 @@ def test_controller_values_reach_the_operator_settings(monkeypatch):
     zero = json.dumps({"controller": {"workers": 0}})
     done = helm("template", "release", str(CHART), "--values", "-", input_text=zero)
     assert done.returncode != 0 and "workers" in done.stderr
+
+
+def test_every_log_format_kopf_accepts_is_in_the_schema_and_documented():
+    import re
+
+    import kopf
+
+    accepted = {f.name.lower() for f in kopf.LogFormat}
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]["logFormat"]["enum"]) == accepted
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("logFormat:"))
+    comment = []
+    for line in reversed(lines[:at]):
+        if not line.startswith("#"):
+            break
+        comment.insert(0, line)
+    documented = set(re.findall(r"\b(\w+)\b", " ".join(comment))) & accepted
+    assert documented == accepted, f"values.yaml's logFormat comment omits {sorted(accepted - documented)}"
+    for name in sorted(accepted):
+        args = container(render_json({"logFormat": name}))["args"]
+        assert f"--log-format={name}" in args
