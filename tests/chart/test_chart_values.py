@@ -176,7 +176,24 @@ def test_notes_say_what_a_fresh_install_still_needs():
     assert "policy.allowedBuckets is empty" in done.stdout and "no release has published" in done.stdout
     done = helm("install", "release", str(CHART), "--dry-run=client", "--namespace", "lora-system", "--set",
                 "policy.allowedBuckets={results}", "--set", "image.repository=registry.corp/lao")  # fmt: skip
-    assert "policy.allowedBuckets is empty" not in done.stdout and "no release has published" not in done.stdout
+    assert "policy.allowedBuckets is empty" not in done.stdout and "no release has published" in done.stdout
+
+
+@pytest.mark.parametrize(("sets", "named"), [
+    ([], ["image.repository", "trainerImage"]),
+    (["image.repository=registry.corp/lao"], ["trainerImage"]),
+    (["trainerImage=registry.corp/trainer:0.1.0"], ["image.repository"]),
+    (["image.digest=sha256:" + "a" * 64, "trainerImage=ghcr.io/lora-ablation/trainer@sha256:" + "b" * 64], []),
+    (["image.repository=registry.corp/lao", "trainerImage=registry.corp/trainer:0.1.0"], []),
+])  # fmt: skip
+def test_the_unpublished_images_note_names_each_image_still_at_its_default(sets, named):
+    args = [a for s in sets for a in ("--set", s)]
+    done = helm("install", "release", str(CHART), "--dry-run=client", "--namespace", "lora-system", *args)
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert ("no release has published" in notes) == bool(named), notes
+    for value in ["image.repository", "trainerImage"]:
+        assert (f"\n  {value} (" in notes) == (value in named), (value, notes)
 
 
 def test_controller_values_reach_the_operator_settings(monkeypatch):
@@ -194,3 +211,25 @@ def test_controller_values_reach_the_operator_settings(monkeypatch):
     zero = json.dumps({"controller": {"workers": 0}})
     done = helm("template", "release", str(CHART), "--values", "-", input_text=zero)
     assert done.returncode != 0 and "workers" in done.stderr
+
+
+def test_every_log_format_kopf_accepts_is_in_the_schema_and_documented():
+    import re
+
+    import kopf
+
+    accepted = {f.name.lower() for f in kopf.LogFormat}
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]["logFormat"]["enum"]) == accepted
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("logFormat:"))
+    comment = []
+    for line in reversed(lines[:at]):
+        if not line.startswith("#"):
+            break
+        comment.insert(0, line)
+    documented = set(re.findall(r"\b(\w+)\b", " ".join(comment))) & accepted
+    assert documented == accepted, f"values.yaml's logFormat comment omits {sorted(accepted - documented)}"
+    for name in sorted(accepted):
+        args = container(render_json({"logFormat": name}))["args"]
+        assert f"--log-format={name}" in args

@@ -7,6 +7,7 @@ the ablations allowed by the policy the operator is installed with (operator and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,48 @@ def _installed_values() -> list[tuple[str, dict[str, Any]]]:
     return [("flux", release["spec"]["values"]), ("argocd", app["spec"]["source"]["helm"]["valuesObject"])]
 
 
+CHART_VALUES = yaml.safe_load((ROOT / "helm" / "lora-ablation-operator" / "values.yaml").read_text())
+
+
+def _paths(values: dict[str, Any], chart_values: dict[str, Any], prefix: str = "") -> list[tuple[str, bool]]:
+    """Every key path of `values`, each with whether values.yaml has it (below a free-form {} anything goes)."""
+    found = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        known = key in chart_values
+        found.append((path, known))
+        below = chart_values.get(key)
+        if known and isinstance(value, dict) and isinstance(below, dict) and below:
+            found += _paths(value, below, f"{path}.")
+    return found
+
+
+@pytest.mark.parametrize(("tool", "values"), _installed_values(), ids=["flux", "argocd"])
+def test_every_installed_value_is_a_chart_value(tool, values):
+    unknown = [path for path, known in _paths(values, CHART_VALUES) if not known]
+    assert not unknown, f"{tool}: keys not in values.yaml: {unknown}"
+
+
+@pytest.mark.parametrize("name", ["argocd/application.yaml", "flux/operator/helmrelease.yaml"])
+def test_the_values_a_comment_says_to_set_are_chart_values_and_set_there(name):
+    text = (GITOPS / name).read_text()
+    (doc,) = [d for d in yaml.safe_load_all(text) if d]
+    given = doc["spec"]["values"] if doc["kind"] == "HelmRelease" else doc["spec"]["source"]["helm"]["valuesObject"]
+    comments = " ".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    # Chart value paths named in prose: dotted or camelCase words whose first part is a top-level chart value.
+    named = {w for w in re.findall(r"\b[a-z][\w.]*\w\b", comments)
+             if ("." in w or not w.islower()) and w.split(".")[0] in CHART_VALUES}  # fmt: skip
+    assert {"image.repository", "trainerImage"} <= named
+    given_paths = {path for path, _ in _paths(given, CHART_VALUES)}
+    chart_paths = {path for path, _ in _paths(CHART_VALUES, CHART_VALUES)}
+    for path in sorted(named):
+        assert path in chart_paths, f"{name}: its comments name {path}, which values.yaml does not have"
+        assert path in given_paths, f"{name}: its comments say to set {path}, which its values do not"
+
+
 @pytest.mark.parametrize(("tool", "values"), _installed_values(), ids=["flux", "argocd"])
 def test_the_ablations_are_allowed_by_the_policy_they_are_installed_with(tool, values, monkeypatch):
-    docs = chart(values["policy"], storage=values["storage"])
+    docs = chart(values["policy"], **{k: v for k, v in values.items() if k != "policy"})
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     for env in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
         if env["name"].startswith("LORA_ABLATION_"):

@@ -101,9 +101,26 @@ def pareto_figure(summary: Summary):
 
 def heatmap_plot(summary: Summary, path: Path) -> Path | None:
     """Scores per dataset (rows) and configuration (columns), the baseline first, each cell annotated."""
+    fig = heatmap_figure(summary)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+NO_SCORE_COLOR = "#d9d9d9"  # cells without a score: light grey, their label in black
+
+
+def heatmap_figure(summary: Summary):
+    """The heatmap figure itself (None without datasets or configurations), so tests can read what it says. A
+    configuration eliminated at stage one on a dataset reads "eliminated" there (with its stage-one score); any
+    other cell without a score reads "missing", as in the score table."""
     if not summary.datasets or not summary.configs:
         return None
     plt = _pyplot()
+    eliminated = {(e.dataset, e.config): e.stage_one_score for e in summary.eliminated}
     configs = ["base", *(c.config for c in summary.configs)]
     grid: list[list[float | None]] = []
     spread: dict[tuple[int, int], float] = {}  # (row, column) -> 95% half-width, annotated as ±
@@ -117,7 +134,8 @@ def heatmap_plot(summary: Summary, path: Path) -> Path | None:
 
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(configs), 1.4 + 0.6 * len(summary.datasets)), dpi=120)
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    cmap = plt.get_cmap("viridis").with_extremes(bad=NO_SCORE_COLOR)
+    image = ax.imshow(values, cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(configs)), labels=[plot_text(c) for c in configs], rotation=35, ha="right", fontsize=8)
     rows = [f"{plot_text(t.name, 40)} ({plot_text(t.metric, 40)})" for t in summary.datasets]
     ax.set_yticks(range(len(summary.datasets)), labels=rows, fontsize=8)
@@ -125,18 +143,19 @@ def heatmap_plot(summary: Summary, path: Path) -> Path | None:
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i, row in enumerate(values):
         for j, value in enumerate(row):
-            text = "n/a" if np.isnan(value) else f"{value:.3f}"
+            gone = eliminated.get((summary.datasets[i].name, configs[j])) if j else None
+            if np.isnan(value):
+                text = "missing" if gone is None else f"eliminated\nstage 1: {gone:.3f}"
+            else:
+                text = f"{value:.3f}"
             if (i, j) in spread:
                 text += f"\n±{spread[(i, j)]:.3f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if np.isnan(value) or value < middle else "black")  # fmt: skip
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if np.isnan(value) else 8,
+                    color="black" if np.isnan(value) or value >= middle else "white")  # fmt: skip
     fig.colorbar(image, ax=ax, label="score")
     ax.set_title(f"{plot_text(summary.ablation)}: score per dataset and configuration")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_plots(summary: Summary, directory: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""What the Pareto plot shows: never a negative latency axis, a visible legend entry for a one-point front."""
+"""What the plots show: never a negative latency axis, a visible legend entry for a one-point front, eliminated
+cells labelled as such (in the heatmap and the score table)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,27 @@ def test_an_eliminated_cell_reads_eliminated_in_the_score_table_not_missing():
     assert fc2[headers.index("e")] == "eliminated"
     missing = summary.model_copy(update={"eliminated": []})
     assert next(row for row in dataset_matrix(missing)[1] if row[0] == "fc2 r8 lora")[headers.index("e")] == "missing"
+
+
+def test_an_eliminated_cell_is_labelled_in_the_heatmap_on_a_visible_background():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from lora_ablation.summary.models import EliminatedConfig
+    from lora_ablation.summary.plots import heatmap_figure
+
+    results = [timed(None, 0.1, 10.0), timed("o_proj", 0.6, 11.0), timed("fc2", 0.4, 12.0)]
+    other = [r.model_copy(update={"dataset": "e", "trial": r.trial.replace("d-", "e-")}) for r in results[:2]]
+    summary = summarize(results + other, "s", tolerance=0.0)
+    gone = EliminatedConfig(dataset="e", config="fc2 r8 lora", stage_one_score=0.2, cutoff=0.3, step=2, steps=8)
+    for eliminated, label in [([gone], "eliminated\nstage 1: 0.200"), ([], "missing")]:
+        fig = heatmap_figure(summary.model_copy(update={"eliminated": eliminated}))
+        (ax, _colorbar) = fig.axes
+        row = [t.get_text() for t in ax.get_yticklabels()].index("e (exact_match)")
+        column = [t.get_text() for t in ax.get_xticklabels()].index("fc2 r8 lora")
+        (cell,) = [t for t in ax.texts if t.get_position() == (column, row)]
+        assert cell.get_text() == label
+        background = ax.images[0].get_cmap().get_bad()
+        assert background[3] == 1 and min(background[:3]) < 0.95, "a blank (white or transparent) cell"
+        assert to_rgba(cell.get_color()) != to_rgba("white")
+        plt.close(fig)
