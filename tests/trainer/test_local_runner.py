@@ -105,12 +105,19 @@ def test_a_failing_trial_does_not_touch_the_others(tiny_models, choice_data, tmp
     done = lora_ablation("run", str(path), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
     assert done.returncode == 1
     assert done.stdout.count("FAILED") == 2  # the two adapter trials of the bad dataset; its baseline trains nothing
-    assert "exit 42" in done.stdout and "bad.jsonl:2: not valid JSON" in done.stdout
+    assert "bad.jsonl:2: not valid JSON" in done.stdout  # the trainer's own words, from its failure.json
     out = tmp_path / "results" / "default" / "mini"
     assert len(list(out.glob("*/result.json"))) == 4
     summary = json.loads((out / "summary.json").read_text())
     second = next(d for d in summary["datasets"] if d["name"] == "second")
     assert second["missing"] == ["fc2 r4 lora", "o_proj r4 lora"]
+    failures = [json.loads(f.read_text()) for f in out.glob("*/failure.json")]
+    assert [(f["exitCode"], f["recordedBy"]) for f in failures] == [(42, "trainer")] * 2
+    bad.write_text(choice_data["train"].read_text())  # fixed: a new run is a new attempt at the failed trials
+    again = lora_ablation("run", str(path), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert again.stdout.count("cached") == 4 and len(list(out.glob("*/result.json"))) == 6
+    assert not list(out.glob("*/failure.json"))
 
 
 def test_report_reads_any_store_including_s3(mini, tmp_path, s3_bucket):

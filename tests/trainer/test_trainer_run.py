@@ -142,7 +142,8 @@ def test_a_base_model_that_gives_nan_diverges_at_step_1(nan_model, choice_data, 
     spec = trial_spec(nan_model, choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out")
     with pytest.raises(PermanentTrialError, match=r"^diverged at step 1 of 30: the training loss is nan; that is befo"):
         run_trial(spec)
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["failure.json"]  # recorded, and nothing published
+    assert "diverged at step 1" in (tmp_path / "out" / "failure.json").read_text()
 
 
 def test_a_nan_eval_is_a_permanent_error_naming_the_field(nan_model, choice_data, tmp_path):

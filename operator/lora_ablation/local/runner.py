@@ -17,7 +17,7 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from lora_ablation.api.base import SpecError
-from lora_ablation.api.contract import TRIAL_ENV
+from lora_ablation.api.contract import FAILURE, TRIAL_ENV
 from lora_ablation.api.resource import LoraAblation
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
@@ -110,6 +110,9 @@ class LocalRunner:
 
     def _start(self, unit: Unit, slot: int) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
+        for trial in unit.trials:  # a new run is a new attempt: the trainer skips a trial with a recorded failure
+            if self._needs(unit, trial):
+                self.store.delete(f"{trial.name}/{FAILURE}")
         env_name, payload = unit.payload(self.spec)
         spec_file = self.logs / f"{unit.name}.{'trial' if env_name == TRIAL_ENV else 'trials'}.json"
         spec_file.write_text(payload)

@@ -205,6 +205,13 @@ class S3Store(Store):
         skip = len(self.prefix) + 1 if self.prefix else 0
         return {key[skip:]: version for key, version in self._full_items(prefix).items()}
 
+    def delete(self, key: str) -> bool:
+        if not self.exists(key):
+            return False
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return True
+
     def delete_prefix(self, prefix: str) -> int:
         keys = self._full_keys(prefix)
         for start in range(0, len(keys), _DELETE_BATCH):

@@ -134,6 +134,10 @@ class Store(abc.ABC):
     def delete_prefix(self, prefix: str) -> int: ...
 
     @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove one object; False when there was none."""
+
+    @abc.abstractmethod
     def _upload_file(self, path: Path, key: str) -> None: ...
 
     @abc.abstractmethod
@@ -223,6 +227,13 @@ class LocalStore(Store):
             with suppress(FileNotFoundError):  # removed since the walk saw it
                 out[key] = self.version(key)
         return out
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return False
+        return True
 
     def delete_prefix(self, prefix: str) -> int:
         base = self.root / _clean(prefix, "prefix", allow_empty=True)

@@ -79,6 +79,13 @@ def test_a_listing_reports_each_version_as_version_does(store: Store) -> None:
                                                 "sub/stage-one.json": listed["t/sub/stage-one.json"]}  # fmt: skip
 
 
+def test_delete_removes_one_object(store: Store) -> None:
+    store.write_text("t/failure.json", "x")
+    store.write_text("t/failure.json.bak", "y")
+    assert store.delete("t/failure.json") is True and store.delete("t/failure.json") is False
+    assert store.list() == ["t/failure.json.bak"] and store.delete("t") is False
+
+
 def test_delete_prefix_counts_and_spares_neighbours(store: Store) -> None:
     for key in ["t/a/1", "t/a/deep/2", "t/ab/3", "keep"]:
         store.write_text(key, "x")
