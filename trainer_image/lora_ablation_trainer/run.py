@@ -101,7 +101,7 @@ def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, a
                 log.info("trial %d of %d: %s", index, len(batch.trials), spec.name)
             store = open_trial_store(spec)
             if (done := already_done(store, spec)) is not None:
-                log.info("trial %s: nothing to do, it already has a %s", spec.name, type(done).__name__)
+                log.info("trial %s: skipped, it already has a %s", spec.name, type(done).__name__)
                 outcomes.append(done)
                 continue
             # Shared by several trials, the base's weights are checked unchanged after each adapter comes off.
@@ -125,8 +125,8 @@ def _one(spec: TrialSpec, store: Store, base: Base, tmp: Path, dist: Distributed
             data = base.data(spec)
             return run_on_base(spec, store, base, targets, data, Path(trial_tmp), clock)
     except PermanentTrialError as error:  # DataError too; transient errors end the process
-        log.error("trial %s failed: %s (exit %d)%s", spec.name, error, error.exit_code,
-                  "" if alone else "; the batch goes on")  # fmt: skip
+        if not alone:  # alone, the process's own last line (cli) says it once
+            log.error("trial %s failed: %s (exit %d); the batch goes on", spec.name, error, error.exit_code)
         if dist.is_main:
             failure = TrialFailure(trial=spec.name, message=str(error)[:4000], exit_code=error.exit_code,
                                    finished_at=now())  # fmt: skip
