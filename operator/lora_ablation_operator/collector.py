@@ -4,10 +4,12 @@ Kubernetes here. Everything read was written by a trial image, so nothing read i
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -18,7 +20,7 @@ from lora_ablation.api.stages import EliminationDecision
 from lora_ablation.api.trial import PreflightReport
 from lora_ablation.storage.open import open_store
 from lora_ablation.storage.record import Listing, list_record
-from lora_ablation.storage.results import RESULT_FILE, read_result
+from lora_ablation.storage.results import RESULT_FILE, ResultRead, read_result
 from lora_ablation.storage.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store
 from lora_ablation_operator.policy import Forbidden, storage_violations
 from lora_ablation_operator.settings import Settings
@@ -28,61 +30,103 @@ PREFLIGHT_FILE = "preflight/preflight.json"
 MAX_PREFLIGHT_BYTES = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What a listing of the prefix saw of one file: each trial's version, and when the listing was taken. A
+    read older than the listing is checked against it instead of asking storage per file; `complete` (a listing
+    taken after every workload the read looks at had finished) also answers a first read: unlisted is absent."""
+
+    versions: Mapping[str, str]
+    at: float
+    complete: bool = False
+
+
 class ResultCache:
     """Each finished trial's result is read once, then only its version (ETag and size) is checked, at most every
-    `recheck_seconds`: a result rewritten after it was read is read and validated again. A restarted operator
-    re-reads everything, which is what makes a restart lose nothing."""
+    `recheck_seconds`: a result rewritten after it was read is read and validated again. Versions come from a new
+    listing of the prefix when that takes fewer requests than asking per file (a request per 1,000 objects
+    against one per file). A restarted operator lists and reads everything, which is what makes a restart lose
+    nothing."""
 
     def __init__(self, recheck_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._recheck, self._clock = recheck_seconds, clock
         self._reads: dict[tuple[str, str, str, str], tuple[str | None, Any, float]] = {}
-        self._listings: dict[str, Listing] = {}
+        self._listings: dict[str, tuple[Listing, float]] = {}
+        self._versions: dict[tuple[str, str, str], tuple[str, Any]] = {}  # the last read of each object version
 
     def collect(self, uid: str, store: Store, trials: list[str], file: str = RESULT_FILE,
                 reader: Callable[[Store, str], Any] = read_result, scope: str = "",
-                listed: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-        """`file` of each trial as `reader` reads it (result.json by default; stage-one.json, failure.json).
-        `scope` names what the read belongs to (a unit and whether its Job finished): a new scope reads afresh,
-        so a file absent while a trial's first stage ran is looked for again when its second stage finishes.
-        `listed`: versions a listing of the prefix saw, which spare a first read its version request. Storage
-        requests run in a bounded pool: a restarted operator reads thousands of small files."""
+                listed: Mapping[str, str] | None = None, seen: Seen | None = None,
+                absent: Any = ...) -> dict[str, Any]:  # fmt: skip
+        """`file` of each trial as `reader` reads it (result.json by default; stage-one.json, failure.json), or
+        `absent` where there is none. `scope` names what the read belongs to (a unit and whether its Job finished):
+        a new scope reads afresh, so a file absent while a trial's first stage ran is looked for again when its
+        second stage finishes. `listed`: versions a listing saw, which spare a first read its version request;
+        `seen`: a listing that also answers rechecks (see Seen). Storage requests run in a bounded pool: a
+        restarted operator reads thousands of small files."""
+        if listed is not None and seen is None:
+            seen = Seen(listed, at=float("-inf"))
+        if absent is ...:  # what read_result, the default reader, reads where there is no file
+            absent = ResultRead(None)
         out: dict[str, Any] = {}
         now = self._clock()
         due: list[tuple[str, tuple[str | None, Any, float] | None]] = []
         for trial in trials:
             cached = self._reads.get((uid, trial, file, scope))
-            if cached is not None and (cached[2] == float("inf") or now - cached[2] < self._recheck):
+            # A listing newer than the read checks it for free; otherwise a read is checked every recheck_seconds.
+            free = seen is not None and cached is not None and seen.at > cached[2]
+            if cached is not None and (cached[2] == float("inf") or (now - cached[2] < self._recheck and not free)):
                 out[trial] = cached[1]  # noted (this process wrote it), or checked recently
             else:
                 due.append((trial, cached))
 
         def refresh(item: tuple[str, tuple[str | None, Any, float] | None]) -> tuple[str | None, Any, float]:
             trial, cached = item
-            if cached is None and listed is not None and listed.get(trial):
-                version: str | None = listed[trial]
-            else:
+            version = _listed_version(seen, trial, cached)
+            if version == "":  # the listing does not answer: ask storage
                 version = _version(store, f"{trial}/{file}")
             if cached is not None and version == cached[0]:
                 return (version, cached[1], now)
-            return (version, reader(store, trial), now)
+            if version is None:
+                return (None, absent, now)
+            known = self._versions.get((uid, trial, file))
+            if known is not None and known[0] == version:  # read in another scope: the same object
+                return (version, known[1], now)
+            value = reader(store, trial)
+            self._versions[(uid, trial, file)] = (version, value)
+            return (version, value, now)
 
         for (trial, _), fresh in zip(due, _in_pool(refresh, due), strict=True):
             self._reads[(uid, trial, file, scope)] = fresh
             out[trial] = fresh[1]
         return out
 
-    def listing(self, uid: str, store: Store) -> Listing:
-        """The ablation's record as one listing found it, the first time this process looks (a restart lists
-        again); then kept current by what this process reads and writes (note, note_decision)."""
-        if uid not in self._listings:
-            self._listings[uid] = list_record(store)
-        return self._listings[uid]
+    def listing(self, uid: str, store: Store, checks: int = 0) -> tuple[Listing, float, bool]:
+        """The ablation's record as a listing of the prefix found it, when it was taken, and whether this call
+        took it. Listed the first time this process looks (a restart lists again), and again when that costs
+        fewer requests than the `checks` per-file version requests the caller would otherwise make; in between,
+        kept current by what this process reads and writes (note, keep, note_decision)."""
+        current = self._listings.get(uid)
+        if current is None or (checks and math.ceil(max(current[0].keys, 1) / 1000) <= checks):
+            known = current[0].eliminations if current is not None else None
+            taken = self._clock()
+            self._listings[uid] = (list_record(store, known=known), taken)
+            return self._listings[uid][0], taken, True
+        return current[0], current[1], False
+
+    def checks_due(self, uid: str) -> int:
+        """Reads of this ablation whose version would be asked of storage now (read over `recheck_seconds` ago)."""
+        now = self._clock()
+        return sum(1 for (u, *_), (_, _, at) in self._reads.items() if u == uid and now - at >= self._recheck)
+
+    def read_before(self, uid: str, trial: str, file: str, scope: str) -> bool:
+        return (uid, trial, file, scope) in self._reads
 
     def note(self, uid: str, trial: str, file: str, value: Any) -> None:
         """What this process wrote itself (a recorded failure): known without reading it back."""
         self._reads[(uid, trial, file, NOTED)] = (None, value, float("inf"))
         if uid in self._listings:
-            self._listings[uid].add(trial, file)
+            self._listings[uid][0].add(trial, file)
 
     def keep(self, uid: str, trial: str, file: str, scope: str, into: str) -> None:
         """A file found by a read in `scope` (a unit's workload) is part of the record from now on: kept under
@@ -90,7 +134,7 @@ class ResultCache:
         if (cached := self._reads.get((uid, trial, file, scope))) is not None:
             self._reads.setdefault((uid, trial, file, into), cached)
             if uid in self._listings:
-                self._listings[uid].add(trial, file)
+                self._listings[uid][0].add(trial, file, cached[0] or "")
 
     def noted(self, uid: str, trial: str, file: str) -> Any:
         cached = self._reads.get((uid, trial, file, NOTED))
@@ -98,15 +142,30 @@ class ResultCache:
 
     def note_decision(self, uid: str, decision: EliminationDecision) -> None:
         if uid in self._listings:
-            self._listings[uid].eliminations[decision.dataset] = decision
+            self._listings[uid][0].eliminations[decision.dataset] = decision
 
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reads if k[0] == uid]:
             del self._reads[key]
+        for vkey in [k for k in self._versions if k[0] == uid]:
+            del self._versions[vkey]
         self._listings.pop(uid, None)
 
     def __len__(self) -> int:
         return len(self._reads)
+
+
+def _listed_version(seen: Seen | None, trial: str, cached: tuple[str | None, Any, float] | None) -> str | None:
+    """The version `seen` gives a due read: None for absent, "" when the listing cannot say (too old for this read,
+    or a file added since it was taken)."""
+    if seen is None:
+        return ""
+    listed = seen.versions.get(trial)
+    if cached is None:
+        if listed is None:
+            return None if seen.complete else ""
+        return listed
+    return listed if seen.at >= cached[2] else ""
 
 
 _POOL_SIZE = 16  # storage requests in flight per pass; the S3 client's connection pool is as large

@@ -20,7 +20,7 @@ from lora_ablation.storage.record import Listing
 from lora_ablation.storage.results import ResultRead, read_failure, read_result, read_stage_one
 from lora_ablation.storage.store import Store
 from lora_ablation_operator import workload
-from lora_ablation_operator.collector import ResultCache
+from lora_ablation_operator.collector import ResultCache, Seen
 from lora_ablation_operator.planning import Planned
 
 LISTED = "listed"  # the cache scope of files the listing found
@@ -43,17 +43,24 @@ def _merge(out: Gathered, results: dict[str, Any], stage_ones: dict[str, Any], f
     out.failures.update({n: f for n, f in failures.items() if f is not None})
 
 
+_READERS = {RESULT: (read_result, ResultRead(None)), STAGE_ONE: (read_stage_one, None), FAILURE: (read_failure, None)}
+
+
 def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: str, files: Iterable[str],
-          out: Gathered, planned: dict[str, PlannedTrial], listing: Listing | None = None) -> None:  # fmt: skip
-    """Read through the cache; each file is credited to the configuration the plan runs under its trial's name."""
-    readers = {RESULT: read_result, STAGE_ONE: read_stage_one, FAILURE: read_failure}
-    found = {f: cache.collect(uid, store, names, f, partial(readers[f], planned=planned), scope,
-                              listed=listing.versions(f) if listing else None) for f in set(files)}  # fmt: skip
+          out: Gathered, planned: dict[str, PlannedTrial], listing: Listing, at: float, complete: bool) -> None:  # fmt: skip
+    """Read through the cache; each file is credited to the configuration the plan runs under its trial's name.
+    The listing (taken at `at`; `complete` when taken in this pass) answers versions where it can."""
+    found = {}
+    for f in set(files):
+        reader, absent = _READERS[f]
+        seen = Seen(listing.versions(f), at=at, complete=complete)
+        found[f] = cache.collect(uid, store, names, f, partial(reader, planned=planned), scope, seen=seen,
+                                 absent=absent)  # fmt: skip
     results, stage_ones, failures = (found.get(f, {}) for f in (RESULT, STAGE_ONE, FAILURE))
     _merge(out, results, stage_ones, failures)
     if scope != LISTED:  # what a unit's read found outlives its workload
-        for file, found in ((RESULT, results), (STAGE_ONE, stage_ones), (FAILURE, failures)):
-            for name, value in found.items():
+        for file, got in ((RESULT, results), (STAGE_ONE, stage_ones), (FAILURE, failures)):
+            for name, value in got.items():
                 if value is not None and (file != RESULT or value.result is not None or value.problem):
                     cache.keep(uid, name, file, scope, LISTED)
 
@@ -77,23 +84,27 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
     spec, plan = planned.spec, planned.plan
     by_name = {t.name: t for t in plan.trials}
     out = Gathered()
-    listing = cache.listing(uid, store)
+    kept = kept_units(jobs, by_name)
+    # Units whose files are read in their own scope: finished ones, and multi-trial pods (each trial publishes
+    # while the pod goes on). A listing taken now answers all of them when it is cheaper than asking per file.
+    scoped = [(u, f"{u.name}:{workload.finished(jobs[u.name])}") for u in kept
+              if workload.finished(jobs[u.name]) or len(u.trials) > 1]  # fmt: skip
+    first_reads = sum(3 * len(u.trials) for u, scope in scoped if not cache.read_before(uid, u.trial_names[0], RESULT, scope))
+    listing, at, taken_now = cache.listing(uid, store, checks=first_reads + cache.checks_due(uid))
     out.eliminations = dict(listing.eliminations)
     for file in (RESULT, STAGE_ONE, FAILURE):
         listed = [n for n in by_name if listing.has(n, file)]
         if listed:
-            _read(cache, uid, store, listed, LISTED, [file], out, by_name, listing)
+            _read(cache, uid, store, listed, LISTED, [file], out, by_name, listing, at, complete=taken_now)
     for trial in by_name:
         if (recorded := cache.noted(uid, trial, FAILURE)) is not None:
             out.failures.setdefault(trial, recorded)
-    kept = kept_units(jobs, by_name)
-    for unit in kept:
-        job = jobs[unit.name]
-        if workload.finished(job) or len(unit.trials) > 1:
-            scope = f"{unit.name}:{workload.finished(job)}"
-            _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out, by_name)
+    for unit, scope in scoped:
+        _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out, by_name, listing, at,
+              complete=taken_now)  # fmt: skip
     if lost := [n for n in vanished if n in by_name and n not in out.results and n not in out.failures]:
-        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out, by_name)
+        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out, by_name, listing, at,
+              complete=taken_now)  # fmt: skip
     finished = {n for n, r in out.results.items() if r.result is not None}
     out.schedule = schedule(name, plan, spec, out.stage_ones, finished, set(out.failures),
                             recorded=out.eliminations, kept=kept)  # fmt: skip

@@ -31,6 +31,7 @@ class Listing:
     # trial -> each of TRIAL_FILES it has -> the version the listing saw ("" for a file added since)
     files: dict[str, dict[str, str]] = field(default_factory=dict)
     eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # dataset -> its decision
+    keys: int = 0  # objects under the prefix when listed: what listing it again costs (a request per 1,000)
 
     def has(self, trial: str, file: str) -> bool:
         return file in self.files.get(trial, ())
@@ -39,17 +40,23 @@ class Listing:
         self.files.setdefault(trial, {}).setdefault(file, version)
 
     def versions(self, file: str) -> dict[str, str]:
-        """trial -> the listed version of its `file`, for the trials whose version the listing saw."""
-        return {trial: v for trial, files in self.files.items() if (v := files.get(file))}
+        """trial -> the listed version of its `file` ("" for a file added since the listing was taken)."""
+        return {trial: v for trial, files in self.files.items() if (v := files.get(file)) is not None}
 
 
-def list_record(store: Store) -> Listing:
+def list_record(store: Store, known: dict[str, EliminationDecision] | None = None) -> Listing:
+    """`known`: decisions read before (a decision is written once): their files are not read again."""
     out = Listing()
     decisions = []
-    for key, version in store.list_versions().items():
+    known = known or {}
+    out.eliminations.update(known)
+    listed = store.list_versions()
+    out.keys = len(listed)
+    for key, version in listed.items():
         head, _, tail = key.partition("/")
         if head == DECISIONS:
-            decisions.append(key)
+            if not any(key == elimination_key(dataset) for dataset in known):
+                decisions.append(key)
         elif tail in TRIAL_FILES:
             out.add(head, tail, version)
     for key in decisions:
