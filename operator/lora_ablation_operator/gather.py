@@ -47,7 +47,8 @@ _READERS = {RESULT: (read_result, ResultRead(None)), STAGE_ONE: (read_stage_one,
 
 
 def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: str, files: Iterable[str],
-          out: Gathered, planned: dict[str, PlannedTrial], listing: Listing, at: float, complete: bool) -> None:  # fmt: skip
+          out: Gathered, planned: dict[str, PlannedTrial], listing: Listing, at: float,
+          complete: bool) -> None:  # fmt: skip
     """Read through the cache; each file is credited to the configuration the plan runs under its trial's name.
     The listing (taken at `at`; `complete` when taken in this pass) answers versions where it can."""
     found = {}
@@ -89,7 +90,8 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
     # while the pod goes on). A listing taken now answers all of them when it is cheaper than asking per file.
     scoped = [(u, f"{u.name}:{workload.finished(jobs[u.name])}") for u in kept
               if workload.finished(jobs[u.name]) or len(u.trials) > 1]  # fmt: skip
-    first_reads = sum(3 * len(u.trials) for u, scope in scoped if not cache.read_before(uid, u.trial_names[0], RESULT, scope))
+    first_reads = sum(3 * len(u.trials) for u, scope in scoped
+                      if not cache.read_before(uid, u.trial_names[0], RESULT, scope))  # fmt: skip
     listing, at, taken_now = cache.listing(uid, store, checks=first_reads + cache.checks_due(uid))
     out.eliminations = dict(listing.eliminations)
     for file in (RESULT, STAGE_ONE, FAILURE):
