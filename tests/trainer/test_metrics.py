@@ -97,8 +97,40 @@ def test_split_sentences() -> None:
         "Was he?",
         "Yes.",
         "J. Smith said 3 things.",
-        "4 were true. e.g. not this",  # lowercase after the dot: no split
+        "4 were true.",
+        "e.g. not this",
     ]
+
+
+# Report text as GovReport-style references are written: a month abbreviation before a day, a title before a name,
+# an inline numbered list and "Sept." before a number. A person splits it into these five sentences.
+REPORT = [
+    "On Jan. 5, 2024 Dr. Smith testified before the committee.",
+    "GAO made two recommendations.",
+    "1. Improve oversight of the 24 contracts.",
+    "2. Track costs by Sept. 30.",
+    "DOE agreed with both.",
+]
+SUMMARY = ["Dr. Smith testified on Jan. 5, 2024.", "1. Improve oversight of the contracts.", "2. Track costs.",
+           "DOE agreed."]  # fmt: skip
+# pysbd reads "1. ... 2. ..." as a numbered list; a lone "1." before a capital it takes for a sentence end.
+
+
+def test_report_sentences_split_where_a_person_splits_them() -> None:
+    assert split_sentences(" ".join(REPORT)) == REPORT
+    assert split_sentences(" ".join(SUMMARY)) == SUMMARY
+
+
+def test_rouge_lsum_on_report_text_is_rouge_scores_on_the_correct_sentences() -> None:
+    """The hand-written splitter this replaced broke after "Jan.", "1.", "2." and "Sept.", which moved Lsum away
+    from the reference package's score on the correctly split text."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    expected = scorer.score("\n".join(REPORT), "\n".join(SUMMARY))["rougeLsum"]
+    result = rouge_lsum([" ".join(SUMMARY)], [" ".join(REPORT)])
+    assert result.score == pytest.approx(expected.fmeasure, abs=1e-12)
+    assert result.details == pytest.approx({"precision": expected.precision, "recall": expected.recall}, abs=1e-12)
 
 
 def test_rouge_lsum_uses_sentence_level_lcs() -> None:
@@ -205,7 +237,7 @@ def test_dispatch() -> None:
 
 # ROUGE-Lsum as published numbers compute it: the reference package (Google's rouge-score, which Hugging Face's
 # `evaluate` wraps) on summaries with one sentence per line. Hugging Face splits with nltk's punkt, a download;
-# our splitter needs none. Shipped cases carry each summary's sentences as a person splits them.
+# pysbd needs none. Shipped cases carry each summary's sentences as a person splits them.
 ROUGE_CASES = json.loads((Path(__file__).parent / "data" / "rouge_lsum_cases.json").read_text())
 
 
