@@ -12,6 +12,7 @@ from lora_ablation.api.render_safe import label_text, plain_text
 from lora_ablation.api.status import LeaderboardEntry
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialResult
 from lora_ablation.planning.plan import config_label
+from lora_ablation.summary.effects import Observation, factorial_effects
 from lora_ablation.summary.models import Cell, ConfigSummary, DatasetSummary, Summary
 from lora_ablation.summary.recommend import faster, recommend, score_interval
 from lora_ablation.summary.serving import serving_notes
@@ -246,6 +247,11 @@ def summarize(
     for config in configs:
         config.pareto = config.config in front
     seeds = max((c.seeds for c in configs), default=1)
+    observations = sorted(
+        Observation(dataset, tuple(r.modules), r.rank, r.variant, r.layers, r.eval.score)
+        for (dataset, _), runs in keyed.items()
+        for r in runs
+    )
     every = [*(r for runs in keyed.values() for r in runs), *baselines.values()]
     cvs = [r.latency.base.tpot_cv_pct for r in every if r.latency and r.latency.base.tpot_cv_pct is not None]
     return Summary(
@@ -261,6 +267,7 @@ def summarize(
         notes=_notes(tables, configs, seeds),
         seeds=seeds,
         latency_cv_pct=round(statistics.median(cvs), 3) if cvs else None,
+        effects=factorial_effects(tuple(observations)) if observations else None,
     )
 
 
