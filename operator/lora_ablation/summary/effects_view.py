@@ -69,5 +69,5 @@ def effects_intro(effects: Effects) -> str:
     df = f"{effects.residual_df} residual df" if effects.residual_df is not None else "no residual df"
     return (
         f"{effects.observations} trial scores over {effects.datasets} dataset(s), {df}. Model: {effects.model}. An "
-        "effect is beyond noise when its Holm-adjusted p-value is below 0.05."
+        "effect is beyond noise when its Holm-adjusted p-value is at most 0.05."
     )

@@ -122,7 +122,7 @@ class Effect(OpenModel):
     ci_high: float | None = Field(None, description="Upper end of its 95% interval.")
     p_value: float | None = Field(None, description="Two-sided p-value of the estimate against 0 (uncorrected).")
     p_holm: float | None = Field(None, description="Holm-adjusted p-value over every tested effect of the summary.")
-    beyond_noise: bool = Field(False, description="Holm-adjusted p-value below 0.05: more than noise.")
+    beyond_noise: bool = Field(False, description="Holm-adjusted p-value at most 0.05: more than noise.")
     separable: bool = Field(False, description="The grid separates it from the other effects (it was estimated).")
     reason: str | None = Field(None, description="Why it has no estimate or no interval (confounded, no df).")
     aliased_with: list[str] = Field(

@@ -44,9 +44,32 @@ def test_main_effects_match_a_statsmodels_formula_fit_of_the_seed_table(seed_sum
     for group in GROUPS:
         mine = effect(seed_summary, group)
         assert mine.kind == "main" and mine.separable
-        assert mine.estimate == pytest.approx(fit.params[group], abs=5e-7)
-        assert (mine.ci_low, mine.ci_high) == pytest.approx(tuple(low_high.loc[group]), abs=5e-7)
-        assert mine.p_value == pytest.approx(fit.pvalues[group], rel=1e-3)
+        assert mine.estimate == pytest.approx(fit.params[group], abs=1e-9)
+        assert mine.std_error == pytest.approx(fit.bse[group], abs=1e-9)
+        assert (mine.ci_low, mine.ci_high) == pytest.approx(tuple(low_high.loc[group]), abs=1e-9)
+        assert mine.p_value == pytest.approx(fit.pvalues[group], abs=1e-9)
+
+
+def test_interactions_and_holm_match_statsmodels(seed_summary):
+    """The interaction model keeps the four best-supported pairs (qkv x o_proj and fc1 x fc2 are aliased); its
+    figures and the Holm adjustment over all eight tests are statsmodels' to 1e-9."""
+    smf = pytest.importorskip("statsmodels.formula.api")
+    from statsmodels.stats.multitest import multipletests
+
+    pairs = {"qkv x fc1": "qkv:fc1", "qkv x fc2": "qkv:fc2", "o_proj x fc1": "o_proj:fc1", "o_proj x fc2": "o_proj:fc2"}
+    formula = "score ~ C(dataset) + qkv + o_proj + fc1 + fc2 + " + " + ".join(pairs.values())
+    fit = smf.ols(formula, data=_seed_frame()).fit()
+    assert seed_summary.effects.interaction_residual_df == int(fit.df_resid) == 40
+    for term, name in pairs.items():
+        mine = effect(seed_summary, term)
+        assert mine.estimate == pytest.approx(fit.params[name], abs=1e-9)
+        assert mine.std_error == pytest.approx(fit.bse[name], abs=1e-9)
+        assert (mine.ci_low, mine.ci_high) == pytest.approx(tuple(fit.conf_int(alpha=0.05).loc[name]), abs=1e-9)
+        assert mine.p_value == pytest.approx(fit.pvalues[name], abs=1e-9)
+    tested = [e for e in seed_summary.effects.effects if e.p_value is not None]
+    reject, adjusted, _, _ = multipletests([e.p_value for e in tested], alpha=0.05, method="holm")
+    assert [e.p_holm for e in tested] == pytest.approx(list(adjusted), abs=1e-12)
+    assert [e.beyond_noise for e in tested] == list(reject)
 
 
 def test_the_seed_table_says_o_proj_is_the_effect_beyond_noise(seed_summary):
@@ -114,6 +137,7 @@ def test_effects_are_cached_by_the_results_identity():
 def test_status_markdown_and_text_show_the_effects(seed_summary):
     lines = beyond_noise(seed_summary.effects)
     assert lines == ["o_proj +0.1235 [+0.0474, +0.1997] Holm p=0.0168"]
+    assert len(lines) <= 10
     status = LoraAblationStatus.model_validate({"effects": lines})
     assert status.effects == lines
     markdown = render_markdown(seed_summary)

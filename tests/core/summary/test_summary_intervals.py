@@ -21,6 +21,14 @@ def test_t_quantile_matches_the_printed_table(df):
     assert t_quantile(0.975, df) == pytest.approx(T_TABLE[df], abs=5e-4)
 
 
+def test_t_quantile_is_scipys():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2.5, 4, 17.3, 1000):  # Welch's degrees of freedom are fractional
+        assert t_quantile(0.975, df) == pytest.approx(float(stats.t.ppf(0.975, df)), rel=1e-12)
+    with pytest.raises(ValueError, match="df > 0"):
+        t_quantile(0.975, 0)
+
+
 def test_three_seeds_give_the_textbook_interval():
     interval = mean_interval([0.80, 0.82, 0.84])  # sd 0.02: 4.303 x 0.02 / sqrt(3)
     assert interval.mean == pytest.approx(0.82) and interval.half_width == pytest.approx(0.049687, abs=1e-5)
