@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from lora_ablation.api.base import OpenModel
+from lora_ablation.api.curves import EvalPoint, LossCurve
 from lora_ablation.api.status import Recommendation
 
 
@@ -150,6 +151,16 @@ class Effects(OpenModel):
     notes: list[str] = Field(default_factory=list, description="Factors with one level only, missing libraries.")
 
 
+class TrialCurve(OpenModel):
+    dataset: str = Field(description="Dataset.")
+    config: str = Field(description="Configuration label.")
+    trial: str = Field(description="Trial name.")
+    seed: int | None = Field(None, description="Training seed.")
+    eliminated: bool = Field(False, description="Stopped after stage one: its curve ends at the stage-one step.")
+    curve: LossCurve = Field(default_factory=LossCurve, description="Training loss at evenly spaced steps.")
+    eval_points: list[EvalPoint] = Field(default_factory=list, description="Eval scores along the run.")
+
+
 class Summary(OpenModel):
     ablation: str = Field(description="LoraAblation name.")
     namespace: str = Field("default", description="Namespace.")
@@ -177,6 +188,12 @@ class Summary(OpenModel):
         default_factory=list, description="Every configuration's stage-one score, survivors included."
     )
     compute: Compute = Field(default_factory=Compute, description="What the ablation cost in device-hours.")
+    curves: list[TrialCurve] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="Every trial's training-loss curve and eval points (trials whose results have one), eliminated "
+        "ones included.",
+    )
     effects: Effects | None = Field(
         None, description="Factorial effects of module groups, rank, variant and layer subset on the score."
     )
