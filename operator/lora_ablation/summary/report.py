@@ -218,7 +218,7 @@ def render_markdown(summary: Summary) -> str:
     if summary.effects is not None:
         parts += ["", "## Factorial effects", "", markdown_text(effects_intro(summary.effects), NOTE_LIMIT), ""]
         if summary.effects.effects:
-            parts.append(_markdown_table(*effects_table(summary.effects, _md)))
+            parts += [_markdown_table(*effects_table(summary.effects, _md)), ""]
         parts += [f"- {markdown_text(note, NOTE_LIMIT)}" for note in summary.effects.notes]
     if summary.notes:
         parts += ["", "## Notes", "", *(f"- {markdown_text(note, NOTE_LIMIT)}" for note in summary.notes)]
