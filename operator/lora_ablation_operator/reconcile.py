@@ -19,6 +19,7 @@ from lora_ablation.run.schedule import schedule as build_schedule
 from lora_ablation.storage.publish import summary_of
 from lora_ablation.storage.results import ResultRead
 from lora_ablation.summary.build import leaderboard
+from lora_ablation.summary.effects_view import beyond_noise
 from lora_ablation.summary.models import Summary
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.gather import kept_units
@@ -379,6 +380,7 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         "trialStatusesTruncated": len(plan.trials) > settings.max_trial_statuses,
         "leaderboard": [e.to_wire() for e in leaderboard(summary, spec.selection.leaderboard_size)],
         "paretoFront": summary.pareto_front,
+        "effects": beyond_noise(summary.effects),
         "recommendation": rec.to_wire() if results else None,
         "resultsUri": f"{spec.storage.uri.rstrip('/')}/{observed.namespace}/{observed.name}",
         "gpuHours": round(costs.hours, 4),

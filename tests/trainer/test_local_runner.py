@@ -69,7 +69,9 @@ def test_run_writes_results_summary_and_plots(mini, tmp_path):
     assert {c["config"] for c in summary["configs"]} == {"o_proj r4 lora", "fc2 r4 lora"}
     assert summary["recommendation"]["accuracyFirst"] in {"o_proj r4 lora", "fc2 r4 lora"}
     assert "## Leaderboard" in (out / "summary.md").read_text()
-    assert _is_png(out / "pareto.png") and _is_png(out / "heatmap.png")
+    assert _is_png(out / "pareto.png") and _is_png(out / "heatmap.png") and _is_png(out / "curves.png")
+    assert len(summary["curves"]) == 4 and all(c["curve"]["steps"] == [1, 2, 3, 4] for c in summary["curves"])
+    assert all([p["stage"] for p in c["evalPoints"]] == ["final"] for c in summary["curves"])
     assert "Leaderboard: default/mini" in done.stdout and "Recommendation: accuracy-first" in done.stdout
     assert done.stdout.count(" done ") == 6
 
@@ -163,7 +165,9 @@ def test_run_store_puts_everything_under_the_given_directory(mini, tmp_path):
     assert not (tmp_path / "results").exists()  # the spec's storage.uri is untouched
     out = store / "default" / "mini"
     assert len(list(out.glob("*/result.json"))) == 6 and len(list(out.glob("*/adapter/*"))) > 0
-    assert {p.name for p in out.iterdir() if p.is_file()} == {"summary.json", "summary.md", "pareto.png", "heatmap.png"}
+    # [o_proj] and [fc2] alone: their presence is the dataset mean minus the other's, so no effect and no effects.png.
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"summary.json", "summary.md", "pareto.png", "heatmap.png",
+                                                              "curves.png"}  # fmt: skip
     assert _is_png(out / "pareto.png") and _is_png(out / "heatmap.png")
     trials = _trial_files(logs)
     assert len(trials) == 6

@@ -49,6 +49,15 @@ def test_two_stages_in_one_process_per_dataset_eliminate_and_resume(tiny_models,
     assert all(json.loads(p.read_text())["step"] == 2 for p in stage_ones)
     survivor = next(json.loads(p.read_text()) for p in results if json.loads(p.read_text())["variant"] != "none")
     assert survivor["train"]["resumedFromStep"] == 2 and survivor["train"]["steps"] == 8
+    # The survivor's curve spans both stages (its losses came back with the checkpoint); its eval points too.
+    assert survivor["train"]["curve"]["steps"] == list(range(1, 9)) and len(survivor["train"]["curve"]["loss"]) == 8
+    assert [(p["stage"], p["step"]) for p in survivor["train"]["evalPoints"]] == [("stage-one", 2), ("final", 8)]
+    assert survivor["train"]["evalPoints"][0]["score"] == next(
+        json.loads(p.read_text())["score"] for p in stage_ones if p.parent.name == survivor["trial"])
+    curves = summary["curves"]
+    assert sorted(c.get("eliminated", False) for c in curves) == [False, True, True]
+    assert all(c["curve"]["steps"] == [1, 2] for c in curves if c.get("eliminated"))
+    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert out.count("] eliminated ") == 2 and "below the topK cutoff" in out
     assert len(summary["eliminated"]) == 2 and [c["config"] for c in summary["configs"]] == [
         next(e["config"] for e in summary["stageOne"] if e["survived"])

@@ -26,6 +26,9 @@ def test_every_family_and_variant_trains_and_publishes(family, variant, tiny_mod
     result = run_trial(spec)
     assert result.train.steps == 30
     assert result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.train.curve.steps == list(range(1, 31)) and result.train.curve.loss[-1] == result.train.loss_curve[-1]
+    (final,) = result.train.eval_points
+    assert (final.stage, final.step, final.score) == ("final", 30, result.eval.score)
     assert result.train.tokens > 0 and result.train.tokens_per_second > 0
     assert result.eval.samples == 24 and result.eval.metric == "accuracy"
     assert 0.0 <= result.eval.score <= 1.0 and result.eval.eval_loss > 0

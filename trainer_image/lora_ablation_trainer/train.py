@@ -14,6 +14,7 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
 
+from lora_ablation.api.curves import downsample
 from lora_ablation.api.spec import TrainingSpec
 from lora_ablation.api.trial import TrainMetrics
 from lora_ablation.storage.store import Store
@@ -232,6 +233,7 @@ def train_adapter(
         loss_last=round(sum(state.losses[-window:]) / window, 5),
         loss_min=round(min(state.losses), 5),
         loss_curve=curve(state.losses),
+        curve=downsample(state.losses),  # a resumed run's losses come back with its checkpoint: the whole run
         peak_memory_bytes=_peak_memory(device),
         resumed_from_step=state.resumed_from,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from lora_ablation.api.curves import EvalPoint
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult, TrialSpec
 from lora_ablation.storage.store import Store
@@ -161,6 +162,12 @@ def _report(spec, store, base, targets, data, model, train_metrics, tmp, clock):
         cost["compute_seconds"] = round(cost["compute_seconds"] + earlier.compute_seconds, 3)
         cost["gpu_seconds"] = round(cost["gpu_seconds"] + earlier.gpu_seconds, 3)
         cost["cpu_seconds"] = round(cost["cpu_seconds"] + (earlier.cpu_seconds or 0.0), 3)
+    if train_metrics is not None:
+        points = [EvalPoint(stage="stage-one", step=earlier.step, score=earlier.score, eval_loss=earlier.eval_loss)
+                  ] if earlier is not None else []  # fmt: skip
+        points.append(EvalPoint(stage="final", step=train_metrics.steps, score=eval_metrics.score,
+                                eval_loss=eval_metrics.eval_loss))  # fmt: skip
+        train_metrics = train_metrics.model_copy(update={"eval_points": points})
     result = TrialResult(
         ablation=spec.ablation,
         namespace=spec.namespace,
@@ -211,6 +218,7 @@ def _stage_one(spec, store, base, data, model, train_metrics, steps, clock) -> S
         samples=metrics.samples,
         eval_loss=metrics.eval_loss,
         loss_last=train_metrics.loss_last,
+        curve=train_metrics.curve,
         compute_seconds=cost["compute_seconds"],
         gpu_seconds=cost["gpu_seconds"],
         cpu_seconds=cost["cpu_seconds"],

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
 from lora_ablation.api.bounds import MAX_STEPS, MAX_TEXT, ExitCode, Loss, Name, Score, Seconds, Short, Steps
+from lora_ablation.api.curves import LossCurve
 
 
 class EliminationRule(str, Enum):
@@ -83,6 +84,9 @@ class StageOneResult(OpenModel):
         None, description="Mean token cross-entropy on those records: breaks ties between stage-one scores."
     )
     loss_last: Loss | None = Field(None, description="Mean training loss over the last logged window.")
+    curve: LossCurve = Field(
+        default_factory=LossCurve, description="Training loss of stage one at up to 200 evenly spaced steps."
+    )
     compute_seconds: Seconds = Field(0.0, description="Device-seconds stage one used (see TrialResult).")
     gpu_seconds: Seconds = Field(0.0, description="GPU-seconds stage one used.")
     cpu_seconds: Seconds | None = Field(None, description="CPU time stage one used (see TrialResult).")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -117,6 +117,13 @@ class LoraAblationStatus(OpenModel):
         default_factory=list, description="Configurations on the score vs TPOT p95 Pareto front."
     )
     recommendation: Recommendation | None = Field(None, description="The answer: accuracy-first and balanced picks.")
+    effects: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Factorial effects beyond noise after the Holm correction, largest first, e.g. 'o_proj +0.1235 "
+        "[+0.0474, +0.1997] Holm p=0.017' (score change with the level, 95% interval); every effect, the ones the "
+        "grid cannot separate included, is in summary.json.",
+    )
     results_uri: str | None = Field(None, description="Storage prefix holding every result and summary.json.")
     gpu_hours: float | None = Field(
         None,

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lora_ablation.api.base import ApiModel, OpenModel
 from lora_ablation.api.bounds import MAX_NAME, Loss, Millis, Name, Percent, Score, Seconds, Short, Steps
+from lora_ablation.api.curves import MAX_EVAL_POINTS, EvalPoint, LossCurve
 from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, LayerSubset, TrainingSpec
 from lora_ablation.api.stages import StageOneSpec
 
@@ -145,6 +146,13 @@ class TrainMetrics(OpenModel):
     loss_min: Loss | None = Field(None, description="Lowest logged loss.")
     loss_curve: list[Loss] = Field(
         default_factory=list, max_length=1000, description="Loss at evenly spaced steps (at most 50 points)."
+    )
+    curve: LossCurve = Field(
+        default_factory=LossCurve,
+        description="Training loss at up to 200 evenly spaced steps (empty in results of older trainers).",
+    )
+    eval_points: list[EvalPoint] = Field(
+        default_factory=list, max_length=MAX_EVAL_POINTS, description="Eval scores along the run: stage one, final."
     )
     peak_memory_bytes: int | None = Field(None, description="Peak accelerator (or process) memory.")
     resumed_from_step: int | None = Field(None, description="Step of the checkpoint the run resumed from.")

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "uri", help="the ablation's folder: <storage.uri>/<namespace>/<name>, as a local DIR, file:// or s3://"
     )
     report.add_argument("-o", "--output", choices=["table", "markdown", "json"], default="table")
-    report.add_argument("--plots", help="write pareto.png and heatmap.png into this folder")
+    report.add_argument("--plots", help="write pareto.png, heatmap.png, effects.png and curves.png into this folder")
     report.add_argument("--tolerance", type=float, help="selection tolerance (default: the stored summary's, or 0.02)")
     report.add_argument("--endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3)")
     report.set_defaults(func=cmd_report)

@@ -12,7 +12,8 @@ from lora_ablation.api.render_safe import label_text, plain_text
 from lora_ablation.api.status import LeaderboardEntry
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialResult
 from lora_ablation.planning.plan import config_label
-from lora_ablation.summary.models import Cell, ConfigSummary, DatasetSummary, Summary
+from lora_ablation.summary.effects import Observation, factorial_effects
+from lora_ablation.summary.models import Cell, ConfigSummary, DatasetSummary, Summary, TrialCurve
 from lora_ablation.summary.recommend import faster, recommend, score_interval
 from lora_ablation.summary.serving import serving_notes
 from lora_ablation.summary.stats import Interval, mean_interval, mean_of_means, separable, tie_positions, within
@@ -246,6 +247,11 @@ def summarize(
     for config in configs:
         config.pareto = config.config in front
     seeds = max((c.seeds for c in configs), default=1)
+    observations = sorted(
+        Observation(dataset, tuple(r.modules), r.rank, r.variant, r.layers, r.eval.score)
+        for (dataset, _), runs in keyed.items()
+        for r in runs
+    )
     every = [*(r for runs in keyed.values() for r in runs), *baselines.values()]
     cvs = [r.latency.base.tpot_cv_pct for r in every if r.latency and r.latency.base.tpot_cv_pct is not None]
     return Summary(
@@ -261,7 +267,19 @@ def summarize(
         notes=_notes(tables, configs, seeds),
         seeds=seeds,
         latency_cv_pct=round(statistics.median(cvs), 3) if cvs else None,
+        effects=factorial_effects(tuple(observations)) if observations else None,
+        curves=_curves(keyed),
     )
+
+
+def _curves(keyed: dict[tuple[str, str], list[TrialResult]]) -> list[TrialCurve]:
+    curves = []
+    for (dataset, label), runs in keyed.items():
+        for r in runs:
+            if r.train is not None and r.train.curve.steps:
+                curves.append(TrialCurve(dataset=dataset, config=label, trial=r.trial, seed=r.seed,
+                                         curve=r.train.curve, eval_points=r.train.eval_points))  # fmt: skip
+    return curves
 
 
 def _notes(tables: list[DatasetSummary], configs: list[ConfigSummary], seeds: int) -> list[str]:

@@ -3,9 +3,12 @@ and the recommendation. Written to summary.json and (in part) into the resource 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from lora_ablation.api.base import OpenModel
+from lora_ablation.api.curves import EvalPoint, LossCurve
 from lora_ablation.api.status import Recommendation
 
 
@@ -106,6 +109,58 @@ class Compute(OpenModel):
     )
 
 
+class Effect(OpenModel):
+    term: str = Field(description="The level or pair: 'fc2' (present vs absent), 'rank r32 (vs r16)', 'qkv x fc2'.")
+    kind: Literal["main", "interaction"] = Field(description="A main effect or a two-way interaction.")
+    factors: list[str] = Field(default_factory=list, description="The factor(s) it belongs to: a module, rank...")
+    estimate: float | None = Field(
+        None,
+        description="Change in score (main: with the level vs without, the other factors held fixed; interaction: "
+        "what having both adds beyond the two main effects); None when the grid cannot separate it.",
+    )
+    std_error: float | None = Field(None, description="Standard error of the estimate.")
+    ci_low: float | None = Field(None, description="Lower end of its 95% interval (t, the residual df).")
+    ci_high: float | None = Field(None, description="Upper end of its 95% interval.")
+    p_value: float | None = Field(None, description="Two-sided p-value of the estimate against 0 (uncorrected).")
+    p_holm: float | None = Field(None, description="Holm-adjusted p-value over every tested effect of the summary.")
+    beyond_noise: bool = Field(False, description="Holm-adjusted p-value at most 0.05: more than noise.")
+    separable: bool = Field(False, description="The grid separates it from the other effects (it was estimated).")
+    reason: str | None = Field(None, description="Why it has no estimate or no interval (confounded, no df).")
+    aliased_with: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Not separable: the terms it is a combination of. Estimated: the unseparable interactions that "
+        "alias onto it (it is estimated as if they were 0).",
+    )
+
+
+class Effects(OpenModel):
+    observations: int = Field(0, description="Trial scores in the fit (one per dataset, configuration and seed).")
+    datasets: int = Field(0, description="Datasets: one intercept each (the blocking factor).")
+    residual_df: int | None = Field(None, description="Residual degrees of freedom of the main-effects model.")
+    interaction_residual_df: int | None = Field(
+        None, description="Residual degrees of freedom of the model with the two-way interactions added."
+    )
+    model: str = Field(
+        "OLS of each trial's score on one intercept per dataset and the factor levels (module groups present or "
+        "not, rank, variant, layer subset); interactions from the same model plus every estimable two-way product; "
+        "95% t intervals; Holm correction over all tested effects",
+        description="The linear model behind the effects.",
+    )
+    effects: list[Effect] = Field(default_factory=list, max_length=200, description="Main effects, then interactions.")
+    notes: list[str] = Field(default_factory=list, description="Factors with one level only, missing libraries.")
+
+
+class TrialCurve(OpenModel):
+    dataset: str = Field(description="Dataset.")
+    config: str = Field(description="Configuration label.")
+    trial: str = Field(description="Trial name.")
+    seed: int | None = Field(None, description="Training seed.")
+    eliminated: bool = Field(False, description="Stopped after stage one: its curve ends at the stage-one step.")
+    curve: LossCurve = Field(default_factory=LossCurve, description="Training loss at evenly spaced steps.")
+    eval_points: list[EvalPoint] = Field(default_factory=list, description="Eval scores along the run.")
+
+
 class Summary(OpenModel):
     ablation: str = Field(description="LoraAblation name.")
     namespace: str = Field("default", description="Namespace.")
@@ -133,3 +188,12 @@ class Summary(OpenModel):
         default_factory=list, description="Every configuration's stage-one score, survivors included."
     )
     compute: Compute = Field(default_factory=Compute, description="What the ablation cost in device-hours.")
+    curves: list[TrialCurve] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="Every trial's training-loss curve and eval points (trials whose results have one), eliminated "
+        "ones included.",
+    )
+    effects: Effects | None = Field(
+        None, description="Factorial effects of module groups, rank, variant and layer subset on the score."
+    )

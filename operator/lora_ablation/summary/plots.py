@@ -1,4 +1,5 @@
-"""The two pictures of an ablation: score vs latency (Pareto) and datasets x configurations (heatmap)."""
+"""The pictures of an ablation: score vs latency (Pareto), datasets x configurations (heatmap), the factorial
+effects with their intervals, and the training curves (curves.py)."""
 
 from __future__ import annotations
 
@@ -158,6 +159,109 @@ def heatmap_figure(summary: Summary):
     return fig
 
 
+def effects_figure(summary: Summary):
+    """One row per estimated effect: its point and 95% interval, those beyond noise (Holm) in colour; the effects the
+    grid cannot separate are listed under the axis. None when no effect was estimated."""
+    effects = summary.effects.effects if summary.effects else []
+    shown = [e for e in effects if e.estimate is not None]
+    if not shown:
+        return None
+    plt = _pyplot()
+    unseparable = [e for e in effects if e.estimate is None]
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.38 * len(shown) + 0.18 * min(len(unseparable), 12)), dpi=120)
+    for row, effect in enumerate(reversed(shown)):
+        color = "tab:red" if effect.beyond_noise else ("tab:blue" if effect.kind == "main" else "tab:purple")
+        if effect.ci_low is not None and effect.ci_high is not None:
+            ax.plot([effect.ci_low, effect.ci_high], [row, row], color=color, linewidth=2, alpha=0.8)
+        ax.scatter(effect.estimate, row, color=color, edgecolor="black", linewidth=0.5, zorder=3, s=45)
+    ax.axvline(0, color="black", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(shown)), labels=[plot_text(e.term) for e in reversed(shown)], fontsize=8)
+    caption = "change in score (95% interval); red: beyond noise after Holm correction"
+    if unseparable:
+        names = ", ".join(plot_text(e.term, 40) for e in unseparable[:12]) + (" ..." if len(unseparable) > 12 else "")
+        caption += f"\nnot separable on this grid: {names}"
+    ax.set_xlabel(caption, fontsize=8)
+    ax.set_title(f"{plot_text(summary.ablation)}: factorial effects (datasets as blocks)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def effects_plot(summary: Summary, path: Path) -> Path | None:
+    fig = effects_figure(summary)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def config_color(summary: Summary, config: str) -> tuple[str, str]:
+    """A configuration's colour and role as the Pareto plot draws it: the accuracy-first pick red, the balanced pick
+    green, the rest of the front blue, everything else grey."""
+    rec = summary.recommendation
+    if config == rec.accuracy_first:
+        return "tab:red", "accuracy-first"
+    if config == rec.balanced:
+        return "tab:green", "balanced"
+    if config in summary.pareto_front:
+        return "tab:blue", "Pareto front"
+    return "tab:gray", "other"
+
+
+MAX_CURVE_PANELS = 12
+
+
+def curves_figure(summary: Summary):
+    """One panel per dataset: every trial's training loss against steps, coloured as in the Pareto plot, eliminated
+    trials dashed, eval losses marked (o: final, s: stage one). None when no result carries a curve."""
+    datasets = list(dict.fromkeys(c.dataset for c in summary.curves))[:MAX_CURVE_PANELS]
+    if not datasets:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(datasets))
+    rows = -(-len(datasets) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), dpi=120, squeeze=False)
+    seen: dict[str, object] = {}  # legend: one entry per role
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        for trial in (c for c in summary.curves if c.dataset == dataset):
+            color, role = ("tab:gray", "eliminated after stage one") if trial.eliminated else config_color(
+                summary, trial.config)  # fmt: skip
+            (line,) = ax.plot(trial.curve.steps, trial.curve.loss, color=color, linewidth=1.2, alpha=0.85,
+                              linestyle="--" if trial.eliminated else "-")  # fmt: skip
+            seen.setdefault(role, line)
+            for point in trial.eval_points:
+                if point.eval_loss is not None:
+                    ax.scatter(point.step, point.eval_loss, color=color, edgecolor="black", linewidth=0.5, zorder=3,
+                               s=28, marker="s" if point.stage == "stage-one" else "o")  # fmt: skip
+        ax.set_title(plot_text(dataset, 40), fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel("loss (nats/token)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(datasets) :]:
+        ax.set_visible(False)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), 5), fontsize=8)
+    fig.suptitle(f"{plot_text(summary.ablation)}: training loss (lines) and eval loss (markers)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def curves_plot(summary: Summary, path: Path) -> Path | None:
+    fig = curves_figure(summary)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def write_plots(summary: Summary, directory: Path) -> list[Path]:
-    made = [pareto_plot(summary, directory / "pareto.png"), heatmap_plot(summary, directory / "heatmap.png")]
+    made = [
+        pareto_plot(summary, directory / "pareto.png"),
+        heatmap_plot(summary, directory / "heatmap.png"),
+        effects_plot(summary, directory / "effects.png"),
+        curves_plot(summary, directory / "curves.png"),
+    ]
     return [p for p in made if p is not None]

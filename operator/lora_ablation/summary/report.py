@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lora_ablation.api.render_safe import MAX_LABEL, markdown_text, plain_text
+from lora_ablation.summary.effects_view import beyond_noise, effects_intro, effects_table
 from lora_ablation.summary.models import Summary
 
 Text = Callable[[object], str]  # how an untrusted string is shown: plain_text or markdown_text
@@ -166,6 +167,9 @@ def render_text(summary: Summary) -> str:
         f"{plain_text(rec.balanced or '-')}",
         f"  {plain_text(rec.rationale or '', NOTE_LIMIT)}",
     ]
+    if summary.effects and summary.effects.effects:
+        found = beyond_noise(summary.effects)
+        parts.append("Effects beyond noise (Holm): " + ("; ".join(found) if found else "none"))
     parts += [f"Note: {plain_text(note, NOTE_LIMIT)}" for note in summary.notes]
     return "\n".join(parts)
 
@@ -211,6 +215,11 @@ def render_markdown(summary: Summary) -> str:
         _markdown_table(headers, rows),
     ]
     parts += ["", *latency_noise(summary)] if summary.latency_cv_pct is not None else []
+    if summary.effects is not None:
+        parts += ["", "## Factorial effects", "", markdown_text(effects_intro(summary.effects), NOTE_LIMIT), ""]
+        if summary.effects.effects:
+            parts += [_markdown_table(*effects_table(summary.effects, _md)), ""]
+        parts += [f"- {markdown_text(note, NOTE_LIMIT)}" for note in summary.effects.notes]
     if summary.notes:
         parts += ["", "## Notes", "", *(f"- {markdown_text(note, NOTE_LIMIT)}" for note in summary.notes)]
     return "\n".join(parts) + "\n"

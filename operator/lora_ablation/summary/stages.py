@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from lora_ablation.api.curves import EvalPoint
 from lora_ablation.api.render_safe import label_text
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.planning.plan import Plan
 from lora_ablation.run.budget import Costs
 from lora_ablation.run.schedule import Elimination
-from lora_ablation.summary.models import Compute, EliminatedConfig, StageOneEntry, Summary
+from lora_ablation.summary.models import Compute, EliminatedConfig, StageOneEntry, Summary, TrialCurve
 
 
 # Labels as summarize makes them (label_text), so an eliminated configuration is named as the leaderboard names it.
@@ -52,5 +53,13 @@ def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_on
                      "leaderboard ranks the completed ones")  # fmt: skip
     if compute.skipped_trials:
         notes.append(f"{len(compute.skipped_trials)} trial(s) never started: execution.maxGpuHours was reached")
+    curves = list(summary.curves)
+    for trial in plan.trials:  # an eliminated trial's curve is its stage one's, its eval point the stage-one score
+        one = stage_ones.get(trial.name)
+        if trial.name in elimination.eliminated and one is not None and one.curve.steps:
+            point = EvalPoint(stage="stage-one", step=one.step, score=one.score, eval_loss=one.eval_loss)
+            curves.append(TrialCurve(dataset=trial.spec.dataset.name, config=label_text(trial.label),
+                                     trial=trial.name, seed=trial.seed, eliminated=True, curve=one.curve,
+                                     eval_points=[point]))  # fmt: skip
     return summary.model_copy(update={"eliminated": eliminated, "stage_one": entries, "compute": compute,
-                                      "notes": notes})  # fmt: skip
+                                      "notes": notes, "curves": curves})  # fmt: skip

@@ -21,6 +21,14 @@ def test_t_quantile_matches_the_printed_table(df):
     assert t_quantile(0.975, df) == pytest.approx(T_TABLE[df], abs=5e-4)
 
 
+def test_t_quantile_is_scipys():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2.5, 4, 17.3, 1000):  # Welch's degrees of freedom are fractional
+        assert t_quantile(0.975, df) == pytest.approx(float(stats.t.ppf(0.975, df)), rel=1e-12)
+    with pytest.raises(ValueError, match="df > 0"):
+        t_quantile(0.975, 0)
+
+
 def test_three_seeds_give_the_textbook_interval():
     interval = mean_interval([0.80, 0.82, 0.84])  # sd 0.02: 4.303 x 0.02 / sqrt(3)
     assert interval.mean == pytest.approx(0.82) and interval.half_width == pytest.approx(0.049687, abs=1e-5)
@@ -176,7 +184,11 @@ def test_plots_draw_error_bars_and_label_latency_within_noise(tmp_path):
     assert len(ax.containers) == 3, "one error bar (score and latency interval) per configuration"
     assert "95% intervals" in ax.get_xlabel()
     paths = write_plots(summary, tmp_path)
-    assert [p.name for p in paths] == ["pareto.png", "heatmap.png"] and all(p.stat().st_size > 0 for p in paths)
+    # No result carries a curve, so no curves.png; in all, o_proj and qkv alone, qkv + o_proj - fc1 is 1 everywhere
+    # (and fc1 is fc2): no effect is separable from the dataset means, so no effects.png.
+    assert [p.name for p in paths] == ["pareto.png", "heatmap.png"]
+    assert all(e.estimate is None for e in summary.effects.effects)
+    assert all(p.stat().st_size > 0 for p in paths)
 
 
 def test_merged_timing_serving_facts_and_latency_noise_are_reported():
