@@ -16,7 +16,6 @@ from lora_ablation.api.naming import bounded_name
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
 from lora_ablation.planning.plan import PlannedTrial
 from lora_ablation.run.schedule import ROUND_TWO, Schedule, Unit, schedule
-from lora_ablation.storage.record import Listing
 from lora_ablation.storage.results import ResultRead, read_failure, read_result, read_stage_one
 from lora_ablation.storage.store import Store
 from lora_ablation_operator import workload
@@ -47,15 +46,13 @@ _READERS = {RESULT: (read_result, ResultRead(None)), STAGE_ONE: (read_stage_one,
 
 
 def _read(cache: ResultCache, uid: str, store: Store, names: list[str], scope: str, files: Iterable[str],
-          out: Gathered, planned: dict[str, PlannedTrial], listing: Listing, at: float,
-          complete: bool) -> None:  # fmt: skip
+          out: Gathered, planned: dict[str, PlannedTrial], seen: dict[str, Seen]) -> None:  # fmt: skip
     """Read through the cache; each file is credited to the configuration the plan runs under its trial's name.
-    The listing (taken at `at`; `complete` when taken in this pass) answers versions where it can."""
+    `seen`: what the pass's listing saw of each file, which answers versions where it can."""
     found = {}
     for f in set(files):
         reader, absent = _READERS[f]
-        seen = Seen(listing.versions(f), at=at, complete=complete)
-        found[f] = cache.collect(uid, store, names, f, partial(reader, planned=planned), scope, seen=seen,
+        found[f] = cache.collect(uid, store, names, f, partial(reader, planned=planned), scope, seen=seen[f],
                                  absent=absent)  # fmt: skip
     results, stage_ones, failures = (found.get(f, {}) for f in (RESULT, STAGE_ONE, FAILURE))
     _merge(out, results, stage_ones, failures)
@@ -94,19 +91,18 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
                       if not cache.read_before(uid, u.trial_names[0], RESULT, scope))  # fmt: skip
     listing, at, taken_now = cache.listing(uid, store, checks=first_reads + cache.checks_due(uid))
     out.eliminations = dict(listing.eliminations)
+    seen = {f: Seen(listing.versions(f), at=at, complete=taken_now) for f in (RESULT, STAGE_ONE, FAILURE)}
     for file in (RESULT, STAGE_ONE, FAILURE):
         listed = [n for n in by_name if listing.has(n, file)]
         if listed:
-            _read(cache, uid, store, listed, LISTED, [file], out, by_name, listing, at, complete=taken_now)
+            _read(cache, uid, store, listed, LISTED, [file], out, by_name, seen)
     for trial in by_name:
         if (recorded := cache.noted(uid, trial, FAILURE)) is not None:
             out.failures.setdefault(trial, recorded)
     for unit, scope in scoped:
-        _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out, by_name, listing, at,
-              complete=taken_now)  # fmt: skip
+        _read(cache, uid, store, unit.trial_names, scope, (RESULT, STAGE_ONE, FAILURE), out, by_name, seen)
     if lost := [n for n in vanished if n in by_name and n not in out.results and n not in out.failures]:
-        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out, by_name, listing, at,
-              complete=taken_now)  # fmt: skip
+        _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out, by_name, seen)
     finished = {n for n, r in out.results.items() if r.result is not None}
     out.schedule = schedule(name, plan, spec, out.stage_ones, finished, set(out.failures),
                             recorded=out.eliminations, kept=kept)  # fmt: skip
