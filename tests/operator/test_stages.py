@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lora_ablation.api.contract import TRIAL_ENV, TRIALS_ENV
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.storage.results import ResultRead
+from lora_ablation.summary.report import dataset_matrix
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.jobs import STAGE_ANNOTATION, TRIALS_ANNOTATION
 from lora_ablation_operator.reconcile import reconcile
@@ -160,3 +163,22 @@ def test_the_budget_stops_starting_trials_and_the_ablation_ends_with_what_finish
     assert "maxGpuHours 1.5" in ready["message"] and decision.finished
     assert decision.status["gpuHours"] == round(3660 / 3600, 4)
     assert len(decision.summary.compute.skipped_trials) == 3 and decision.summary.configs[0].config == "o_proj r16 lora"
+    # The configurations that never started show in the score table as skipped, not missing, and not left out.
+    skipped = {s.config for s in decision.summary.skipped}
+    assert skipped == {"fc2 r16 lora", "qkv r16 lora", "fc1 r16 lora"}
+    headers, rows = dataset_matrix(decision.summary)
+    cells = {row[0]: row[headers.index("med")] for row in rows}
+    assert {config: cells[config] for config in skipped} == dict.fromkeys(skipped, "skipped")
+    assert cells["o_proj r16 lora"].startswith("0.400")
+
+
+def test_a_skipped_configuration_reads_skipped_in_the_heatmap():
+    pytest.importorskip("matplotlib")
+    from lora_ablation.summary.models import SkippedConfig, Summary
+    from lora_ablation.summary.plots import heatmap_figure
+
+    summary = Summary.model_validate({"ablation": "demo", "namespace": "ns", "tolerance": 0.0, "datasets": [
+        {"name": "med", "metric": "accuracy", "baselineScore": 0.1, "cells": []}]})  # fmt: skip
+    summary = summary.model_copy(update={"skipped": [SkippedConfig(dataset="med", config="fc2 r16 lora")]})
+    (ax, _) = heatmap_figure(summary).axes
+    assert [t.get_text() for t in ax.texts] == ["0.100", "skipped\n(budget)"]

@@ -92,6 +92,12 @@ class EliminatedConfig(OpenModel):
     trials: list[str] = Field(default_factory=list, description="Its trials (one per seed).")
 
 
+class SkippedConfig(OpenModel):
+    dataset: str = Field(description="Dataset the configuration would have run on.")
+    config: str = Field(description="Configuration label.")
+    trials: list[str] = Field(default_factory=list, description="Its trials that never started (one per seed).")
+
+
 class StageOneEntry(OpenModel):
     dataset: str = Field(description="Dataset.")
     config: str = Field(description="Configuration label.")
@@ -183,6 +189,11 @@ class Summary(OpenModel):
         default_factory=list,
         description="Configurations stopped after stage one (search.earlyStopping), with their stage-one scores; "
         "they are not in the leaderboard, which ranks completed configurations only.",
+    )
+    skipped: list[SkippedConfig] = Field(
+        default_factory=list,
+        max_length=5000,
+        description="Configurations with no trial run on a dataset because execution.maxGpuHours was reached.",
     )
     stage_one: list[StageOneEntry] = Field(
         default_factory=list, description="Every configuration's stage-one score, survivors included."

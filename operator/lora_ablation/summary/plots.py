@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lora_ablation.api.render_safe import plain_text
 from lora_ablation.summary.models import Summary
+from lora_ablation.summary.report import matrix_configs, unscored_cell
 
 MAX_PLOT_LABEL = 80  # longer labels would cover the points they name
 
@@ -117,12 +118,13 @@ NO_SCORE_COLOR = "#d9d9d9"  # cells without a score: light grey, their label in 
 def heatmap_figure(summary: Summary):
     """The heatmap figure itself (None without datasets or configurations), so tests can read what it says. A
     configuration eliminated at stage one on a dataset reads "eliminated" there (with its stage-one score); any
-    other cell without a score reads "missing", as in the score table."""
-    if not summary.datasets or not summary.configs:
+    configuration none of whose trials started (execution.maxGpuHours reached) reads "skipped"; any other cell without
+    a score reads "missing", as in the score table."""
+    if not summary.datasets or not matrix_configs(summary):
         return None
     plt = _pyplot()
     eliminated = {(e.dataset, e.config): e.stage_one_score for e in summary.eliminated}
-    configs = ["base", *(c.config for c in summary.configs)]
+    configs = ["base", *matrix_configs(summary)]
     grid: list[list[float | None]] = []
     spread: dict[tuple[int, int], float] = {}  # (row, column) -> 95% half-width, annotated as ±
     for i, table in enumerate(summary.datasets):
@@ -130,7 +132,7 @@ def heatmap_figure(summary: Summary):
         for c in table.cells:
             if c.score_ci_low is not None and c.score_ci_high is not None:
                 spread[(i, configs.index(c.config))] = (c.score_ci_high - c.score_ci_low) / 2
-        grid.append([table.baseline_score, *(cells.get(c.config) for c in summary.configs)])
+        grid.append([table.baseline_score, *(cells.get(c) for c in configs[1:])])
     import numpy as np
 
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
@@ -145,8 +147,11 @@ def heatmap_figure(summary: Summary):
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             gone = eliminated.get((summary.datasets[i].name, configs[j])) if j else None
-            if np.isnan(value):
-                text = "missing" if gone is None else f"eliminated\nstage 1: {gone:.3f}"
+            if np.isnan(value) and gone is not None:
+                text = f"eliminated\nstage 1: {gone:.3f}"
+            elif np.isnan(value):
+                text = unscored_cell(summary, summary.datasets[i].name, configs[j]) if j else "missing"
+                text = "skipped\n(budget)" if text == "skipped" else text
             else:
                 text = f"{value:.3f}"
             if (i, j) in spread:

@@ -99,17 +99,33 @@ def leaderboard_rows(summary: Summary, text: Text = plain_text) -> list[list[str
     return rows
 
 
+def matrix_configs(summary: Summary) -> list[str]:
+    """The rows of the score table and the heatmap: the ranked configurations, then those with no score anywhere
+    because they were eliminated after stage one or never started (the budget), so every planned one shows."""
+    ranked = [c.config for c in summary.configs]
+    unscored = [x.config for x in [*summary.eliminated, *summary.skipped] if x.config not in ranked]
+    return ranked + list(dict.fromkeys(unscored))
+
+
+def unscored_cell(summary: Summary, dataset: str, config: str) -> str:
+    """Why a cell has no score: eliminated after stage one (on purpose), skipped (the budget), or missing."""
+    if any(e.dataset == dataset and e.config == config for e in summary.eliminated):
+        return "eliminated"
+    if any(s.dataset == dataset and s.config == config for s in summary.skipped):
+        return "skipped"
+    return "missing"
+
+
 def dataset_matrix(summary: Summary, text: Text = plain_text) -> tuple[list[str], list[list[str]]]:
     """Rows: configurations (plus the baseline); columns: datasets; cells: score (delta vs baseline)."""
     headers = ["CONFIG", *(text(t.name) for t in summary.datasets)]
     rows = [["base (no adapter)", *(_fmt(t.baseline_score) for t in summary.datasets)]]
-    eliminated = {(e.dataset, e.config) for e in summary.eliminated}  # stopped after stage one, on purpose
-    for config in summary.configs:
-        row = [text(config.config)]
+    for config in matrix_configs(summary):
+        row = [text(config)]
         for table in summary.datasets:
-            cell = next((c for c in table.cells if c.config == config.config), None)
+            cell = next((c for c in table.cells if c.config == config), None)
             if cell is None:
-                row.append("eliminated" if (table.name, config.config) in eliminated else "missing")
+                row.append(unscored_cell(summary, table.name, config))
                 continue
             score = with_interval(cell.score, cell.score_ci_low, cell.score_ci_high)
             row.append(score if cell.delta_vs_baseline is None else f"{score} ({cell.delta_vs_baseline:+.3f})")

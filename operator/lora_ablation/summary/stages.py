@@ -11,7 +11,14 @@ from lora_ablation.api.stages import StageOneResult
 from lora_ablation.planning.plan import Plan
 from lora_ablation.run.budget import Costs
 from lora_ablation.run.schedule import Elimination
-from lora_ablation.summary.models import Compute, EliminatedConfig, StageOneEntry, Summary, TrialCurve
+from lora_ablation.summary.models import (
+    Compute,
+    EliminatedConfig,
+    SkippedConfig,
+    StageOneEntry,
+    Summary,
+    TrialCurve,
+)
 
 
 # Labels as summarize makes them (label_text), so an eliminated configuration is named as the leaderboard names it.
@@ -62,4 +69,16 @@ def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_on
                                      trial=trial.name, seed=trial.seed, eliminated=True, curve=one.curve,
                                      eval_points=[point]))  # fmt: skip
     return summary.model_copy(update={"eliminated": eliminated, "stage_one": entries, "compute": compute,
-                                      "notes": notes, "curves": curves})  # fmt: skip
+                                      "notes": notes, "curves": curves,
+                                      "skipped": _skipped(summary, plan, set(compute.skipped_trials))})  # fmt: skip
+
+
+def _skipped(summary: Summary, plan: Plan, skipped: set[str]) -> list[SkippedConfig]:
+    """The configurations without a score on a dataset because none of their trials started (the budget)."""
+    scored = {(t.name, c.config) for t in summary.datasets for c in t.cells}
+    by_config: dict[tuple[str, str], list[str]] = {}
+    for trial in plan.trials:
+        if trial.name in skipped and trial.label != "base":
+            by_config.setdefault((trial.spec.dataset.name, label_text(trial.label)), []).append(trial.name)
+    return [SkippedConfig(dataset=d, config=c, trials=sorted(ts)) for (d, c), ts in sorted(by_config.items())
+            if (d, c) not in scored]  # fmt: skip
