@@ -99,7 +99,11 @@ def test_helm_test_hook_and_notes():
     docs = render()
     hooks = [d for d in docs if d.get("metadata", {}).get("annotations", {}).get("helm.sh/hook") == "test"]
     assert len(hooks) == 1 and hooks[0]["kind"] == "Pod"
-    assert (CHART / "templates" / "NOTES.txt").read_text().count("kubectl get loraablations") == 1
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert notes.count("kubectl get loraablations") == 1
+    # A newcomer is pointed at the page that goes from install to answer, and the page is there.
+    (page,) = re.findall(r"docs/[\w-]+\.md", notes)
+    assert (CHART.parents[1] / page).is_file() and "get lab -w" in (CHART.parents[1] / page).read_text()
 
 
 def test_every_value_has_a_comment():
