@@ -58,7 +58,8 @@ class Memory:
 class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.results = collector.ResultCache(settings.result_recheck_seconds)
+        self.results = collector.ResultCache(settings.result_recheck_seconds,
+                                             progress_seconds=settings.progress_recheck_seconds)  # fmt: skip
         self.plans = PlanCache()
         self.memory: dict[Key, Memory] = {}
         self.by_label: dict[tuple[str, str], str] = {}  # (namespace, ablation label value) -> name
@@ -150,6 +151,7 @@ class Controller:
             self.plans.forget(memory.uid)
             self.by_label.pop((key[0], label_value(key[1])), None)
         metrics.record_trials(key[0], key[1], None)
+        metrics.record_progress(key[0], key[1], None)
 
     def _enqueue(self, key: Key, memory: Memory, delay: float) -> None:
         if self.queue is None or key not in self.active:
