@@ -10,9 +10,10 @@ import pytest
 
 from lora_ablation.api.contract import PROGRESS_SECONDS_ENV
 from lora_ablation.api.progress import TrialProgress
+from lora_ablation.run.live import interval_from_env
 from lora_ablation.storage.open import open_store
 from lora_ablation.storage.results import MAX_PROGRESS_BYTES, read_progress
-from lora_ablation_trainer.progress import ProgressReporter, interval_from_env
+from lora_ablation_trainer.progress import ProgressReporter
 from lora_ablation_trainer.run import run_trial
 from support.trainer_data import trial_spec
 

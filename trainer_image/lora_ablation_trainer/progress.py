@@ -8,35 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
 
 from lora_ablation.api.bounds import MAX_SCORE, MAX_SECONDS
-from lora_ablation.api.contract import PROGRESS, PROGRESS_SECONDS, PROGRESS_SECONDS_ENV
+from lora_ablation.api.contract import PROGRESS
 from lora_ablation.api.progress import MAX_TOKENS_PER_SECOND, ProgressEval, TrialProgress
+from lora_ablation.run.live import interval_from_env
 from lora_ablation.storage.store import Store
 from lora_ablation_trainer.outputs import now
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 10.0  # seconds the end of training waits at most for the last write
-
-
-def interval_from_env(environ: dict[str, str] | None = None) -> float:
-    """The write interval in seconds; a value that is not a finite non-negative number is warned about and the
-    default used (a typo must not stop a trial)."""
-    raw = (os.environ if environ is None else environ).get(PROGRESS_SECONDS_ENV, "")
-    if not raw.strip():
-        return PROGRESS_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        log.warning("%s=%r is not a number of seconds >= 0; using %g", PROGRESS_SECONDS_ENV, raw, PROGRESS_SECONDS)
-        return PROGRESS_SECONDS
-    return value
 
 
 def _bounded(value: float, top: float) -> float | None:

@@ -1,19 +1,40 @@
-"""Live progress of running trials as the status shows it: per trial in trialStatuses, and the ablation's share
-done and ETA. Pure; collector.ProgressCache reads the files. Advisory: nothing here decides a trial's state."""
+"""Live progress of running trials as the operator's status and the local runner show it: per trial, and the
+ablation's share done and ETA. Pure: the operator (collector.ProgressCache) and the runner read the files.
+Advisory: nothing here decides a trial's state."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
+from lora_ablation.api.contract import PROGRESS_SECONDS, PROGRESS_SECONDS_ENV
 from lora_ablation.api.progress import TrialProgress
 from lora_ablation.api.trial_state import TrialState
 
+log = logging.getLogger(__name__)
 _DONE = {s.value for s in (TrialState.succeeded, TrialState.failed, TrialState.results_missing,
                            TrialState.eliminated, TrialState.skipped)}  # fmt: skip
 _RUNNING = {TrialState.running.value, TrialState.stuck.value}
 _WAITING = {TrialState.pending.value, TrialState.suspended.value}
+
+
+def interval_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The write interval in seconds; a value that is not a finite non-negative number is warned about and the
+    default used (a typo must not stop a trial)."""
+    raw = (os.environ if environ is None else environ).get(PROGRESS_SECONDS_ENV, "")
+    if not raw.strip():
+        return PROGRESS_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        log.warning("%s=%r is not a number of seconds >= 0; using %g", PROGRESS_SECONDS_ENV, raw, PROGRESS_SECONDS)
+        return PROGRESS_SECONDS
+    return value
 
 
 def trial_entry(progress: TrialProgress) -> dict[str, Any]:
@@ -33,6 +54,20 @@ def trial_entry(progress: TrialProgress) -> dict[str, Any]:
     if progress.eval is not None:
         entry["evalStep"], entry["evalScore"] = progress.eval.step, progress.eval.score
     return entry
+
+
+def trial_line(progress: TrialProgress) -> str:
+    """One running trial's progress for people: 'step 40/100 (40%) loss 1.5000, 4096 tok/s, ETA 2m00s'."""
+    parts = [f"step {progress.step}/{progress.total_steps} ({100 * progress.fraction:.0f}%)"]
+    if progress.train_loss is not None:
+        parts[0] += f" loss {progress.train_loss:.4f}"
+    if progress.tokens_per_second is not None:
+        parts.append(f"{progress.tokens_per_second:.0f} tok/s")
+    if progress.eta_seconds is not None:
+        parts.append(f"ETA {duration(progress.eta_seconds)}")
+    if progress.eval is not None:
+        parts.append(f"eval {progress.eval.score:.4f} at step {progress.eval.step}")
+    return ", ".join(parts)
 
 
 def duration(seconds: float) -> str:
