@@ -216,8 +216,12 @@ class Controller:
         if outcome.summary_written is not None:
             memory.summary_written, memory.summary_written_at = outcome.summary_written, time.monotonic()
         now = time.monotonic()
-        memory.expected.update({name: (now, compact_job(job) if job.get("kind", "Job") == "Job"
-                                       else compact_multi_node(job)) for name, job in outcome.created.items()})
+        memory.expected.update(
+            {
+                name: (now, compact_job(job) if job.get("kind", "Job") == "Job" else compact_multi_node(job))
+                for name, job in outcome.created.items()
+            }
+        )
 
     def _requeue(self, key: Key, outcome: Outcome) -> None:
         assert self.queue is not None

@@ -15,7 +15,8 @@ API_ERRORS = Counter("lora_ablation_api_errors_total", "Kubernetes API errors by
                      ["verb", "resource", "status"])  # fmt: skip
 QUEUE_DEPTH = Gauge("lora_ablation_queue_depth", "Ablations waiting for a reconcile (due now or later)")
 EVENT_TO_STATUS_SECONDS = Histogram(
-    "lora_ablation_event_to_status_seconds", "From a watch event queuing an ablation to its status patched",
+    "lora_ablation_event_to_status_seconds",
+    "From a watch event queuing an ablation to its status patched",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 STORAGE_ERRORS = Counter("lora_ablation_storage_errors_total", "Failed reads and writes of results storage")

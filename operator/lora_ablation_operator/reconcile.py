@@ -15,6 +15,7 @@ from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialF
 from lora_ablation.planning.plan import Plan
 from lora_ablation.run.budget import Admission, Costs, admit
 from lora_ablation.run.budget import costs as budget_costs
+from lora_ablation.run.live import ablation_progress, trial_entry
 from lora_ablation.run.schedule import ROUND_TWO, Schedule
 from lora_ablation.run.schedule import schedule as build_schedule
 from lora_ablation.storage.publish import summary_of
@@ -25,7 +26,6 @@ from lora_ablation.summary.models import Summary
 from lora_ablation_operator import conditions as c
 from lora_ablation_operator.gather import kept_units
 from lora_ablation_operator.jobs import preflight_job, preflight_name
-from lora_ablation.run.live import ablation_progress, trial_entry
 from lora_ablation_operator.multinode import unit_workload
 from lora_ablation_operator.observe import failure_message, is_trial_job, job_finished
 from lora_ablation_operator.planning import Planned, plan_for
