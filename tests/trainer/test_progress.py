@@ -73,3 +73,14 @@ def test_figures_out_of_range_are_clamped_or_left_out(tmp_path):
                                               ("soon", 30.0)])  # fmt: skip
 def test_the_interval_comes_from_the_environment(raw, seconds):
     assert interval_from_env({PROGRESS_SECONDS_ENV: raw}) == seconds
+
+
+def test_a_stage_one_run_reports_its_checkpoint_and_its_eval_point(tiny_models, choice_data, tmp_path):
+    from lora_ablation.api.stages import StageOneSpec
+
+    spec = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/out",
+                      training={"maxSteps": 8})  # fmt: skip
+    stage_one = run_trial(spec.model_copy(update={"stage_one": StageOneSpec(fraction=0.5)}))
+    progress = TrialProgress.model_validate(json.loads((tmp_path / "out" / "progress.json").read_text()))
+    assert (progress.step, progress.total_steps) == (4, 4)  # this run trains to its checkpoint
+    assert progress.eval is not None and (progress.eval.step, progress.eval.score) == (4, stage_one.score)
