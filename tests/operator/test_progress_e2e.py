@@ -4,6 +4,7 @@ Prometheus gauges; and a pass reads a running trial's progress at most once per 
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import urllib.request
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
+from lora_ablation.api.crdgen import build_crd
 from lora_ablation.storage.open import open_store
 from lora_ablation_operator.collector import ResultCache
 from lora_ablation_operator.gather import gather
@@ -73,6 +75,10 @@ def test_running_trials_progress_reaches_the_status_and_the_gauges(operated):
     live = cluster.status("live")["liveProgress"]
     # 0 of 4 done, one at 40%: 10%; ETA: its 120 s plus 2 pending trials in one wave of its length (200 s).
     assert live == {"percent": 10.0, "reporting": 1, "etaSeconds": 320, "eta": "5m20s"}
+    # What `kubectl get lab` prints in its ETA column: the CRD's column path, resolved on the stored object.
+    columns = build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    path = next(c["jsonPath"] for c in columns if c["name"] == "ETA").lstrip(".").split(".")
+    assert functools.reduce(lambda node, key: node[key], path, cluster.ablation("live")) == "5m20s"
     assert_schema_valid(cluster, "live")
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'lora_ablation_eta_seconds{ablation="live",namespace="default"} 320.0' in scraped
