@@ -145,3 +145,41 @@ def test_a_pass_within_the_period_reads_no_progress_again(s3_bucket, requests):
     shown = {t["name"]: t.get("progress", {}).get("step") for t in status["trialStatuses"]}
     assert shown == {t.name: {trained[0]: 50, trained[1]: 20}.get(t.name) for t in PLANNED.plan.trials}
     assert status["liveProgress"]["percent"] == 17.5 and status["liveProgress"]["reporting"] == 2
+
+
+def test_the_gauges_of_a_finished_ablation_go_away():
+    from prometheus_client import REGISTRY
+
+    from lora_ablation_operator import metrics
+
+    labels = {"namespace": "ns", "ablation": "gauged"}
+    metrics.record_progress("ns", "gauged", {"percent": 42.0, "reporting": 3, "etaSeconds": 90, "eta": "1m30s"})
+    assert REGISTRY.get_sample_value("lora_ablation_progress_ratio", labels) == 0.42
+    assert REGISTRY.get_sample_value("lora_ablation_eta_seconds", labels) == 90
+    metrics.record_progress("ns", "gauged", {"percent": 50.0, "reporting": 0})  # no report: no ETA to show
+    assert REGISTRY.get_sample_value("lora_ablation_eta_seconds", labels) is None
+    metrics.record_progress("ns", "gauged", None)  # finished or deleted
+    assert all(
+        REGISTRY.get_sample_value(name, labels) is None
+        for name in (
+            "lora_ablation_progress_ratio",
+            "lora_ablation_eta_seconds",
+            "lora_ablation_trials_reporting_progress",
+        )
+    )
+
+
+def test_storage_that_does_not_answer_keeps_the_last_progress(s3_bucket):
+    endpoint, bucket = s3_bucket
+    store = open_store(f"s3://{bucket}/ns/demo", endpoint, "us-east-1")
+    name = next(t.name for t in PLANNED.plan.trials if not t.spec.is_baseline)
+    store.write_json(f"{name}/progress.json", progress_doc(name, 30))
+    clock = [0.0]
+    cache = ResultCache(300.0, clock=lambda: clock[0])
+    assert cache.progress.collect("uid", store, [name], {t.name: t for t in PLANNED.plan.trials})[name].step == 30
+    unreachable = open_store(f"s3://{bucket}/ns/demo", f"http://127.0.0.1:{_free_port()}", "us-east-1", retries=1,
+                             timeout=0.5)  # fmt: skip
+    clock[0] = 31.0
+    kept = cache.progress.collect("uid", unreachable, [name], {t.name: t for t in PLANNED.plan.trials})
+    assert kept[name].step == 30  # what was known stays; the pass goes on
+    assert cache.progress.collect("uid", store, [], {}) == {} and len(cache.progress) == 0  # no longer running
