@@ -4,10 +4,11 @@ Kubernetes here. Everything read was written by a trial image, so nothing read i
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,19 +16,24 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lora_ablation.api.progress import TrialProgress
 from lora_ablation.api.spec import LoraAblationSpec, StorageSpec
 from lora_ablation.api.stages import EliminationDecision
 from lora_ablation.api.trial import PreflightReport
+from lora_ablation.planning.plan import PlannedTrial
 from lora_ablation.storage.open import open_store
 from lora_ablation.storage.record import Listing, list_record
-from lora_ablation.storage.results import RESULT_FILE, ResultRead, read_result
+from lora_ablation.storage.results import RESULT_FILE, ResultRead, read_progress, read_result
 from lora_ablation.storage.store import ObjectTooLarge, StorageAccessDenied, StorageError, Store
+from lora_ablation_operator import metrics
 from lora_ablation_operator.policy import Forbidden, storage_violations
 from lora_ablation_operator.settings import Settings
 
+log = logging.getLogger(__name__)
 NOTED = "noted"  # the cache scope of what this process wrote itself
 PREFLIGHT_FILE = "preflight/preflight.json"
 MAX_PREFLIGHT_BYTES = 1024 * 1024
+PROGRESS_RECHECK_SECONDS = 30.0  # the issue's cost: at most one storage read per running trial per 30 s
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,54 @@ class Seen:
     complete: bool = False
 
 
+class ProgressCache:
+    """Live progress of running trials: each one's progress.json read at most once per `recheck_seconds` (30 s:
+    one request per running trial per period, a missing file included), never checked by version first (that
+    would be a second request). Advisory: a bad file reads as no progress, and storage that does not answer keeps
+    what was known. Trials no longer running are dropped at the next collect: the cache holds the running ones."""
+
+    def __init__(self, recheck_seconds: float = PROGRESS_RECHECK_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.recheck_seconds, self._clock = recheck_seconds, clock
+        self._reads: dict[str, dict[str, tuple[TrialProgress | None, float]]] = {}
+
+    def collect(self, uid: str, store: Store, running: Iterable[str],
+                planned: Mapping[str, PlannedTrial]) -> dict[str, TrialProgress]:  # fmt: skip
+        now, names = self._clock(), sorted(set(running))
+        known = self._reads.get(uid, {})
+        kept = {n: known[n] for n in names if n in known}
+        due = [n for n in names if n not in kept or now - kept[n][1] >= self.recheck_seconds]
+
+        def read(name: str) -> tuple[TrialProgress | None, float]:
+            try:
+                return read_progress(store, name, planned=planned), now
+            except StorageError as error:  # keep what was known; try again next period
+                metrics.STORAGE_ERRORS.inc()
+                log.warning("progress of %s not read: %s", name, str(error)[:200])
+                return (kept[name][0] if name in kept else None), now
+
+        for name, fresh in zip(due, _in_pool(read, due), strict=True):
+            kept[name] = fresh
+        if kept:
+            self._reads[uid] = kept
+        else:
+            self._reads.pop(uid, None)
+        return {n: value for n, (value, _) in kept.items() if value is not None}
+
+    def next_due(self, uid: str) -> float | None:
+        """Seconds until the first of this ablation's progress reads is due again; None when it has none."""
+        reads = self._reads.get(uid)
+        if not reads:
+            return None
+        return max(0.0, min(at for _, at in reads.values()) + self.recheck_seconds - self._clock())
+
+    def forget(self, uid: str) -> None:
+        self._reads.pop(uid, None)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._reads.values())
+
+
 class ResultCache:
     """Each finished trial's result is read once, then only its version (ETag and size) is checked, at most every
     `recheck_seconds`: a result rewritten after it was read is read and validated again. Versions come from a new
@@ -48,8 +102,10 @@ class ResultCache:
     against one per file). A restarted operator lists and reads everything, which is what makes a restart lose
     nothing."""
 
-    def __init__(self, recheck_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, recheck_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 progress_seconds: float = PROGRESS_RECHECK_SECONDS) -> None:  # fmt: skip
         self._recheck, self._clock = recheck_seconds, clock
+        self.progress = ProgressCache(progress_seconds, clock)  # its own period: progress changes every step
         self._reads: dict[tuple[str, str, str, str], tuple[str | None, Any, float]] = {}
         self._listings: dict[str, tuple[Listing, float]] = {}
         self._versions: dict[tuple[str, str, str], tuple[str, Any]] = {}  # the last read of each object version
@@ -145,6 +201,7 @@ class ResultCache:
             self._listings[uid][0].eliminations[decision.dataset] = decision
 
     def forget(self, uid: str) -> None:
+        self.progress.forget(uid)
         for key in [k for k in self._reads if k[0] == uid]:
             del self._reads[key]
         for vkey in [k for k in self._versions if k[0] == uid]:

@@ -58,7 +58,8 @@ class Memory:
 class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.results = collector.ResultCache(settings.result_recheck_seconds)
+        self.results = collector.ResultCache(settings.result_recheck_seconds,
+                                             progress_seconds=settings.progress_recheck_seconds)  # fmt: skip
         self.plans = PlanCache()
         self.memory: dict[Key, Memory] = {}
         self.by_label: dict[tuple[str, str], str] = {}  # (namespace, ablation label value) -> name
@@ -150,6 +151,7 @@ class Controller:
             self.plans.forget(memory.uid)
             self.by_label.pop((key[0], label_value(key[1])), None)
         metrics.record_trials(key[0], key[1], None)
+        metrics.record_progress(key[0], key[1], None)
 
     def _enqueue(self, key: Key, memory: Memory, delay: float) -> None:
         if self.queue is None or key not in self.active:
@@ -214,8 +216,12 @@ class Controller:
         if outcome.summary_written is not None:
             memory.summary_written, memory.summary_written_at = outcome.summary_written, time.monotonic()
         now = time.monotonic()
-        memory.expected.update({name: (now, compact_job(job) if job.get("kind", "Job") == "Job"
-                                       else compact_multi_node(job)) for name, job in outcome.created.items()})
+        memory.expected.update(
+            {
+                name: (now, compact_job(job) if job.get("kind", "Job") == "Job" else compact_multi_node(job))
+                for name, job in outcome.created.items()
+            }
+        )
 
     def _requeue(self, key: Key, outcome: Outcome) -> None:
         assert self.queue is not None

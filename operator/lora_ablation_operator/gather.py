@@ -13,6 +13,7 @@ from typing import Any
 
 from lora_ablation.api.contract import FAILURE, RESULT, STAGE_ONE
 from lora_ablation.api.naming import bounded_name
+from lora_ablation.api.progress import TrialProgress
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
 from lora_ablation.planning.plan import PlannedTrial
 from lora_ablation.run.schedule import ROUND_TWO, Schedule, Unit, schedule
@@ -32,6 +33,7 @@ class Gathered:
     failures: dict[str, TrialFailure] = field(default_factory=dict)
     eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # recorded, by dataset
     schedule: Schedule | None = None
+    progress: dict[str, TrialProgress] = field(default_factory=dict)  # running trials' live progress
 
 
 def _merge(out: Gathered, results: dict[str, Any], stage_ones: dict[str, Any], failures: dict[str, Any]) -> None:
@@ -74,6 +76,13 @@ def kept_units(jobs: dict[str, dict[str, Any]], planned: dict[str, PlannedTrial]
     return [u for _, u in sorted(units, key=lambda pair: not pair[0])]
 
 
+def running_trials(kept: list[Unit], jobs: dict[str, dict[str, Any]], done: set[str]) -> list[str]:
+    """Trials whose workload runs now (not finished, not suspended) and that have no result or failure yet: the
+    only ones whose progress is read. A baseline trains nothing and writes no progress."""
+    return [t.name for u in kept if not workload.finished(jobs[u.name]) and not (jobs[u.name].get("spec") or {})
+            .get("suspend") for t in u.trials if t.name not in done and not t.spec.is_baseline]  # fmt: skip
+
+
 def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cache: ResultCache, uid: str,
            name: str, vanished: Iterable[str] = ()) -> Gathered:  # fmt: skip
     """`vanished`: trials that had a workload at the last pass and have none now: looked for in storage before
@@ -104,6 +113,7 @@ def gather(planned: Planned, jobs: dict[str, dict[str, Any]], store: Store, cach
     if lost := [n for n in vanished if n in by_name and n not in out.results and n not in out.failures]:
         _read(cache, uid, store, lost, "vanished", (RESULT, STAGE_ONE, FAILURE), out, by_name, seen)
     finished = {n for n, r in out.results.items() if r.result is not None}
+    out.progress = cache.progress.collect(uid, store, running_trials(kept, jobs, {*finished, *out.failures}), by_name)
     out.schedule = schedule(name, plan, spec, out.stage_ones, finished, set(out.failures),
                             recorded=out.eliminations, kept=kept)  # fmt: skip
     return out

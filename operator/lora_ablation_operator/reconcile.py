@@ -9,11 +9,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from lora_ablation.api.progress import TrialProgress
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import EliminationDecision, StageOneResult, TrialFailure
 from lora_ablation.planning.plan import Plan
 from lora_ablation.run.budget import Admission, Costs, admit
 from lora_ablation.run.budget import costs as budget_costs
+from lora_ablation.run.live import ablation_progress, trial_entry
 from lora_ablation.run.schedule import ROUND_TWO, Schedule
 from lora_ablation.run.schedule import schedule as build_schedule
 from lora_ablation.storage.publish import summary_of
@@ -54,6 +56,7 @@ class Observed:
     failures: dict[str, TrialFailure] = field(default_factory=dict)  # trials that failed inside a multi-trial pod
     schedule: Schedule | None = None  # units and the elimination; computed here when None
     eliminations: dict[str, EliminationDecision] = field(default_factory=dict)  # recorded decisions, by dataset
+    progress: dict[str, TrialProgress] = field(default_factory=dict)  # running trials' progress.json (advisory)
 
 
 @dataclass(kw_only=True)
@@ -332,6 +335,8 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
                 entry["tpotP95Ms"] = read.result.latency.adapter.tpot_p95_ms
         if message:
             entry["message"] = message[:512]
+        if state in {c.RUNNING, c.STUCK} and trial.name in observed.progress:
+            entry["progress"] = trial_entry(observed.progress[trial.name])
         trial_statuses.append(entry)
 
     conds, gen, now = observed.status.get("conditions") or [], observed.generation, observed.now
@@ -384,6 +389,8 @@ def _status(observed: Observed, spec: LoraAblationSpec, plan: Plan, states: dict
         "recommendation": rec.to_wire() if results else None,
         "resultsUri": f"{spec.storage.uri.rstrip('/')}/{observed.namespace}/{observed.name}",
         "gpuHours": round(costs.hours, 4),
+        "liveProgress": None if finished else ablation_progress({n: s for n, (s, _) in states.items()},
+                                                                observed.progress, spec.execution.parallelism),
     }  # fmt: skip
     if _changed(conds, c.READY, ready[1]) and (finished or ready[1] == c.JOB_REJECTED):
         decision.events.append(("Normal" if ready[0] else "Warning", ready[1], ready[2]))

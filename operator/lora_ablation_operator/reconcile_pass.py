@@ -103,6 +103,7 @@ def observe(snapshot: Snapshot, planned: Planned, results_cache: collector.Resul
         failures=gathered.failures,
         schedule=gathered.schedule,
         eliminations=gathered.eliminations,
+        progress=gathered.progress,
     )
 
 
@@ -180,6 +181,8 @@ def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.Re
     rechecks = [next_stuck_check(snapshot.pods, observed.now, settings.unschedulable_after)]
     if observed.results and not decision.finished:
         rechecks.append(settings.result_recheck_seconds)
+    if not decision.finished:  # trials run: their progress is read again when its period is over
+        rechecks.append(results_cache.progress.next_due(meta.get("uid") or ""))
     if wanted is None:  # results added, summary.json written recently: write it when the interval is over
         rechecks.append(settings.summary_interval - waited)
     outcome.recheck_after = min((r for r in rechecks if r is not None), default=None)
@@ -251,4 +254,5 @@ def apply(decision: Decision, snapshot: Snapshot) -> Outcome:
             if snapshot.queued_at is not None:
                 metrics.EVENT_TO_STATUS_SECONDS.observe(time.perf_counter() - snapshot.queued_at)
     metrics.record_trials(namespace, name, decision.status.get("trials"))
+    metrics.record_progress(namespace, name, decision.status.get("liveProgress"))
     return outcome

@@ -44,6 +44,7 @@ class Settings:
     max_trials: int = MAX_TRIALS  # trials one ablation may plan; the chart's maxTrials can lower it
     summary_interval: float = 30.0  # seconds between summary.json writes while results come in (always at the end)
     result_recheck_seconds: float = 300.0  # how often a collected result.json is checked for a rewrite (ETag/size)
+    progress_recheck_seconds: float = 30.0  # how often a running trial's progress.json is read (one request each)
     unschedulable_after: float = 600.0  # a pod Unschedulable this long makes its trial Stuck (autoscalers are slow)
     storage_timeout: float = 5.0  # seconds per storage request: a handler thread must never hang on storage
     storage_retries: int = 2  # botocore attempts per storage request
@@ -86,6 +87,7 @@ class Settings:
             max_trials=min(MAX_TRIALS, int(_env("MAX_TRIALS", str(MAX_TRIALS)))),
             summary_interval=float(_env("SUMMARY_INTERVAL", str(cls.summary_interval))),
             result_recheck_seconds=float(_env("RESULT_RECHECK_SECONDS", str(cls.result_recheck_seconds))),
+            progress_recheck_seconds=max(0.1, float(_env("PROGRESS_RECHECK_SECONDS", "30"))),
             unschedulable_after=float(_env("UNSCHEDULABLE_AFTER", str(cls.unschedulable_after))),
             storage_timeout=float(_env("STORAGE_TIMEOUT", str(cls.storage_timeout))),
             storage_retries=int(_env("STORAGE_RETRIES", str(cls.storage_retries))),

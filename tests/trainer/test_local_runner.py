@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -230,3 +231,21 @@ def test_quickstart_data_are_what_the_generator_writes(tmp_path):
         for split in ("train", "eval"):
             assert (tmp_path / task / f"{split}.jsonl").read_text() == (root / task / f"{split}.jsonl").read_text()
     assert write_jsonl  # the shared helper stays importable for the data generator's callers
+
+
+def test_run_prints_the_running_trials_progress(mini, tmp_path, monkeypatch):
+    manifest = yaml.safe_load(mini.read_text())
+    manifest["spec"]["datasets"] = manifest["spec"]["datasets"][:1]
+    manifest["spec"]["search"]["moduleSets"] = [["o_proj"]]
+    manifest["spec"]["training"]["maxSteps"] = 12
+    mini.write_text(yaml.safe_dump(manifest))
+    monkeypatch.setenv("LORA_ABLATION_PROGRESS_SECONDS", "0.05")  # the trainer writes and the runner reads as often
+    done = lora_ablation("run", str(mini), "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trial = re.compile(r"^    (\S+): step (\d+)/12 \((\d+)%\) loss \d+\.\d{4}, \d+ tok/s, ETA \d+s", re.M)
+    seen = trial.findall(done.stdout)
+    assert seen, done.stdout
+    steps = [int(step) for _, step, _ in seen]
+    assert steps == sorted(steps) and steps[-1] == 12  # the trainer's last write, read before the trial ended
+    assert all("base" not in name for name, _, _ in seen)  # the baseline trains nothing and reports nothing
+    assert re.search(r"^    progress \d+\.\d%, ETA \d+", done.stdout, re.M), done.stdout

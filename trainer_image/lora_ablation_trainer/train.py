@@ -23,6 +23,7 @@ from lora_ablation_trainer.data import collate, iterate_micro_batches
 from lora_ablation_trainer.errors import PermanentTrialError
 from lora_ablation_trainer.loss import completion_loss, keeps_scored_logits
 from lora_ablation_trainer.packing import require_isolation
+from lora_ablation_trainer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/latest.pt"
@@ -163,8 +164,10 @@ def train_adapter(
     dist: Distributed | None = None,
     log_every: int = 10,
     stop_at: int | None = None,
+    progress: ProgressReporter | None = None,
 ) -> TrainMetrics:
-    """Train to the end, or to step `stop_at` (stage one: checkpointed there, the schedule still spans every step)."""
+    """Train to the end, or to step `stop_at` (stage one: checkpointed there, the schedule still spans every step).
+    `progress` (rank 0's) hears of every step and writes progress.json at its own interval."""
     dist = dist or Distributed()
     steps = total_steps(training, len(features), dist.world)
     stop = min(stop_at or steps, steps)
@@ -212,6 +215,8 @@ def train_adapter(
         state.seconds += time.perf_counter() - started
         state.tokens += step_tokens * dist.world
         state.losses.append(step_loss)
+        if progress is not None:
+            progress.step(state.step, stop, step_loss, state.tokens, state.seconds)
         if state.step % log_every == 0 or state.step == stop:
             log.info(
                 "step %d/%d loss %.4f tokens/s %.0f",

@@ -24,6 +24,7 @@ from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
 from lora_ablation_trainer.outputs import existing_stage_one, now, publish, write_stage_one
 from lora_ablation_trainer.packing import pack
+from lora_ablation_trainer.progress import ProgressReporter
 from lora_ablation_trainer.train import total_steps, train_adapter
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,15 @@ def run_on_base(
     adapter and evaluates, times and publishes it on the unsharded base, like any other trial."""
     model = None
     sharded = base.dist.sharded and targets is not None
+    # Rank 0 alone reports; the baseline trains nothing, so it has no progress to report.
+    progress = ProgressReporter(store, spec.name) if base.dist.is_main and targets is not None else None
     try:
         model = base.host_model() if sharded else base.model()
         if targets is not None:
             model = adapters.attach_adapter(spec, targets, model)
             if sharded:
                 model = fsdp.shard(model, base.device, base.dist.world)
-        train_metrics, steps = _train(spec, store, base, targets, data, model)
+        train_metrics, steps = _train(spec, store, base, targets, data, model, progress)
         if sharded:
             trained = fsdp.gathered_peft_adapter(model)
             model = None
@@ -103,13 +106,15 @@ def run_on_base(
         if not base.dist.is_main:
             return None  # rank 0 alone evaluates, times and publishes
         if spec.stage_one is not None:
-            return _stage_one(spec, store, base, data, model, train_metrics, steps, clock)
-        return _report(spec, store, base, targets, data, model, train_metrics, tmp, clock)
+            return _stage_one(spec, store, base, data, model, train_metrics, steps, clock, progress)
+        return _report(spec, store, base, targets, data, model, train_metrics, tmp, clock, progress)
     finally:
+        if progress is not None:
+            progress.close()
         base.release(model)
 
 
-def _train(spec, store, base, targets, data, model):
+def _train(spec, store, base, targets, data, model, progress=None):
     tokenizer, vision, device, dist = base.tokenizer, base.vision, base.device, base.dist
     max_length = spec.training.max_seq_length
     train_metrics, steps = None, 0
@@ -129,16 +134,19 @@ def _train(spec, store, base, targets, data, model):
             store,  # every rank reads a checkpoint to resume; rank 0 alone writes them
             dist,
             stop_at=stop_at,
+            progress=progress,
         )
     return train_metrics, steps
 
 
-def _report(spec, store, base, targets, data, model, train_metrics, tmp, clock):
+def _report(spec, store, base, targets, data, model, train_metrics, tmp, clock, progress=None):
     tokenizer, vision, device = base.tokenizer, base.vision, base.device
     max_length = spec.training.max_seq_length
     trainable, total = adapters.count_params(model)
     eval_metrics = evaluate(model, tokenizer, data.eval, spec.dataset.metric, max_length, device, vision)
     log.info("eval %s = %.4f on %d samples", spec.dataset.metric, eval_metrics.score, eval_metrics.samples)
+    if progress is not None and train_metrics is not None:
+        progress.evaluated(train_metrics.steps, eval_metrics.score, eval_metrics.eval_loss)
     # Text prompts only: an image record's features come from the processor (the check is about the adapter).
     checkable = targets is not None and vision is None
     effect = adapter_effect(model, tokenizer, data.eval, max_length, device) if checkable else None
@@ -198,7 +206,7 @@ def _report(spec, store, base, targets, data, model, train_metrics, tmp, clock):
     return result
 
 
-def _stage_one(spec, store, base, data, model, train_metrics, steps, clock) -> StageOneResult:
+def _stage_one(spec, store, base, data, model, train_metrics, steps, clock, progress=None) -> StageOneResult:
     """Score at the stage-one checkpoint (already saved by the training loop); no latency, no adapter upload."""
     limit = spec.stage_one.eval_samples or len(data.eval)  # data.eval already holds maxEvalSamples at most
     max_length = spec.training.max_seq_length
@@ -207,6 +215,8 @@ def _stage_one(spec, store, base, data, model, train_metrics, steps, clock) -> S
     )
     log.info("stage one: step %d of %d, eval %s = %.4f on %d samples", train_metrics.steps, steps,
              spec.dataset.metric, metrics.score, metrics.samples)  # fmt: skip
+    if progress is not None:
+        progress.evaluated(train_metrics.steps, metrics.score, metrics.eval_loss)
     cost = clock.figures(base.device)
     stage_one = StageOneResult(
         trial=spec.name,

@@ -17,3 +17,8 @@ EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage or hub unreachable after retries: re
 RESULT = "result.json"  # written last: its presence means the trial is complete
 STAGE_ONE = "stage-one.json"  # a two-stage trial's score at its stage-one checkpoint
 FAILURE = "failure.json"  # a trial that failed for good inside a multi-trial pod
+PROGRESS = "progress.json"  # a running trial's live progress, rewritten at a bounded interval; advisory only
+# Seconds between two progress.json writes at least (the first step and the end are always written); 0 turns
+# progress off. Read by the trainer from its environment, so the operator, runner and tests can set it.
+PROGRESS_SECONDS_ENV = "LORA_ABLATION_PROGRESS_SECONDS"
+PROGRESS_SECONDS = 30.0

@@ -24,6 +24,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Finished trials / total"},
+    {
+        "name": "ETA",
+        "type": "string",
+        "jsonPath": ".status.liveProgress.eta",
+        "description": "Estimated time left, from the running trials' progress",
+    },
     {"name": "Best", "type": "string", "jsonPath": ".status.bestConfig", "description": "Best mean score so far"},
     {
         "name": "Recommendation",

@@ -35,6 +35,34 @@ class TrialCounts(OpenModel):
     skipped: int = Field(0, description="Trials never started because execution.maxGpuHours was reached.")
 
 
+class TrialProgressStatus(OpenModel):
+    """A running trial's progress.json as last read (at most every 30 s): advisory, written by the trial image."""
+
+    step: int = Field(description="Optimizer steps done so far.")
+    total_steps: int = Field(description="Optimizer steps this run trains to (a stage-one run: its checkpoint).")
+    percent: float = Field(description="step / totalSteps, in percent.")
+    train_loss: float | None = Field(None, description="Training loss of the last reported step.")
+    tokens_per_second: float | None = Field(None, description="Training throughput so far.")
+    eta_seconds: int | None = Field(None, description="Estimated seconds of training left, at the pace so far.")
+    eval_step: int | None = Field(None, description="Step of the last evaluation the trial ran.")
+    eval_score: float | None = Field(None, description="Score of that evaluation.")
+    updated_at: str | None = Field(None, description="When the trial wrote it (RFC 3339).")
+
+
+class LiveProgress(OpenModel):
+    """The ablation's progress while trials run, from their progress.json (absent once it is finished)."""
+
+    percent: float = Field(description="Share of the trials done, in percent: finished trials count whole, running "
+                           "ones by their steps.")  # fmt: skip
+    reporting: int = Field(0, description="Running trials whose progress was read.")
+    eta_seconds: int | None = Field(
+        None,
+        description="Estimated seconds until every trial is done: the longest running trial's time left, plus the "
+        "pending trials in waves of execution.parallelism at the running trials' mean length. A rough guide.",
+    )
+    eta: str | None = Field(None, description="etaSeconds for people, e.g. 1h05m.")
+
+
 class TrialStatus(OpenModel):
     name: str = Field(description="Trial name (also the Job name and the storage folder).")
     dataset: str = Field(description="Dataset the trial trains and evaluates on.")
@@ -57,6 +85,7 @@ class TrialStatus(OpenModel):
     score: float | None = Field(None, description="Eval score (higher is better).")
     tpot_p95_ms: float | None = Field(None, description="Adapter time per output token, p95, in milliseconds.")
     message: str | None = Field(None, description="Why the trial is in this state (failure reason, exit code).")
+    progress: TrialProgressStatus | None = Field(None, description="Live progress while it runs (progress.json).")
 
 
 class LeaderboardEntry(OpenModel):
@@ -107,6 +136,9 @@ class LoraAblationStatus(OpenModel):
     )
     progress: str | None = Field(None, description="Finished trials over total, e.g. 7/12.")
     best_config: str | None = Field(None, description="Leader of the leaderboard so far.")
+    live_progress: LiveProgress | None = Field(
+        None, description="Progress and ETA from the running trials' own reports, while trials run."
+    )
     trials: TrialCounts = Field(default_factory=TrialCounts, description="Trial counts by state.")
     trial_statuses: list[TrialStatus] = Field(
         default_factory=list, description="Per-trial state, capped in size; the full list is in storage."

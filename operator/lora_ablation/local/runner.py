@@ -22,6 +22,7 @@ from lora_ablation.api.resource import LoraAblation
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.api.trial_state import FAILED, TrialState
+from lora_ablation.local.progress import ProgressLines
 from lora_ablation.planning.plan import Plan, PlannedTrial
 from lora_ablation.run.budget import admit
 from lora_ablation.run.budget import costs as budget_costs
@@ -95,6 +96,7 @@ class LocalRunner:
         self.by_name = {t.name: t for t in plan.trials}
         self.units: dict[str, Unit] = {}  # every unit this run started, by name: kept as they are, like workloads
         self.running: set[str] = set()
+        self.lines = ProgressLines(store, self.by_name, self._say)
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -180,6 +182,17 @@ class LocalRunner:
         self._say(f"[{len(self.outcomes):>{width}}/{len(self.plan.trials)}] {state:10s} {outcome.trial.name:56s} "
                   f"{timing}  {outcome.message}")  # fmt: skip
 
+    def _progress(self) -> None:
+        """The running trials' progress lines, with every trial's state as the operator would name it."""
+        running = [t.name for n in self.running for t in self.units[n].trials]
+        eliminated = self.schedule.elimination.eliminated if self.schedule else {}
+        states = {n: TrialState.succeeded.value if n in self.results else TrialState.skipped.value
+                  if n in self.skipped else TrialState.failed.value if n in self.dropped
+                  else TrialState.eliminated.value if n in eliminated else TrialState.pending.value
+                  for n in self.by_name}  # fmt: skip
+        states.update({n: TrialState.running.value for n in running if states[n] == TrialState.pending.value})
+        self.lines.poll(running, states, self.parallel)
+
     def _schedule(self) -> Schedule:
         """The operator's schedule, with the units this run started kept as they are (their workloads)."""
         kept = [u for n, u in self.units.items() if n not in self.running] + [self.units[n] for n in self.running]
@@ -243,6 +256,7 @@ class LocalRunner:
                         del running[slot]
                         self.running.discard(unit.name)
                         self._finish(unit, code, time.perf_counter() - begun)
+                self._progress()
                 time.sleep(0.1)
         except KeyboardInterrupt:
             for _, process, _ in running.values():

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from lora_ablation.api.base import format_location
 from lora_ablation.api.bounds import MAX_TEXT
-from lora_ablation.api.contract import FAILURE, STAGE_ONE
+from lora_ablation.api.contract import FAILURE, PROGRESS, STAGE_ONE
+from lora_ablation.api.progress import TrialProgress
 from lora_ablation.api.render_safe import plain_text
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialResult
@@ -30,6 +31,7 @@ RESULT_FILE = "result.json"
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 SUMMARY_FILE = "summary.json"
 MAX_SMALL_BYTES = 64 * 1024  # stage-one.json and failure.json are a few hundred bytes
+MAX_PROGRESS_BYTES = 8 * 1024  # progress.json is a few hundred bytes, and it is read again every 30 s
 
 
 @dataclass
@@ -124,13 +126,22 @@ def read_failure(store: Store, trial: str, *, planned: Mapping[str, PlannedTrial
     return found.model_copy(update={"message": plain_text(found.message, MAX_TEXT)}) if found is not None else None
 
 
-def _read_small(store: Store, trial: str, name: str, model: type, planned: Mapping[str, PlannedTrial] | None) -> Any:
+def read_progress(
+    store: Store, trial: str, *, planned: Mapping[str, PlannedTrial] | None = None
+) -> TrialProgress | None:
+    """A running trial's progress.json, or None when absent or unusable (too large, not JSON, a figure out of
+    bounds, another trial's): progress is advisory, so a bad file is logged and reads as no progress."""
+    return _read_small(store, trial, PROGRESS, TrialProgress, planned, MAX_PROGRESS_BYTES)
+
+
+def _read_small(store: Store, trial: str, name: str, model: type, planned: Mapping[str, PlannedTrial] | None,
+                limit: int = MAX_SMALL_BYTES) -> Any:  # fmt: skip
     key = f"{trial}/{name}"
     if planned is not None and trial not in planned:
         log.warning("ignoring %s: not a planned trial", key)
         return None
     try:
-        raw = _utf8(store.read_json(key, MAX_SMALL_BYTES))
+        raw = _utf8(store.read_json(key, limit))
         if _depth(raw) > MAX_DEPTH:
             raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
         found = model.model_validate(raw)

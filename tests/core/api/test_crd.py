@@ -85,6 +85,7 @@ def test_crd_metadata_columns_subresource_and_cel():
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Progress"] == ".status.progress"
+    assert columns["ETA"] == ".status.liveProgress.eta"
     assert columns["Recommendation"] == ".status.recommendation.balanced"
     assert columns["Age"] == ".metadata.creationTimestamp"
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
