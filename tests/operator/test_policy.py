@@ -178,4 +178,5 @@ def test_volumes_priority_and_placement_are_refused_at_apply_time_and_in_status_
                                  "datasets": manifest("x", cluster.bucket)["spec"]["datasets"],
                                  "execution": placement})  # fmt: skip
     wait_for(lambda: cluster.jobs(component="preflight"), what="a preflight Job")
-    assert cluster.condition("reach").get("reason") != "Forbidden"
+    # The pass creates the Job before it patches the status: the condition follows within the same pass.
+    wait_for(lambda: cluster.condition("reach").get("reason") != "Forbidden", what="Forbidden cleared")
