@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import logging
 import math
+import random
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_linear_schedule_with_warmup
@@ -77,7 +80,7 @@ def _save(store: Store, model, optimizer, scheduler, state: TrainState, dist: Di
             "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "state": state.__dict__,
-            "rng": torch.get_rng_state(),
+            **_rng_states(),
         },
         buffer,
     )
@@ -99,16 +102,65 @@ def _load(store: Store, model, optimizer, scheduler, dist: Distributed) -> Train
         set_peft_model_state_dict(model, payload["adapter"])
         optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    torch.set_rng_state(payload["rng"])
+    _restore_rng(payload)
     state = TrainState(**payload["state"])
     state.resumed_from = state.step
     return state
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+def _rng_states() -> dict:
+    """Every generator a resumed run must continue: torch's CPU one and, on GPUs, every device's (dropout draws
+    there), and Python's and numpy's global ones, which libraries in the process may draw from."""
+    states = {"rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": numpy.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(payload: dict) -> None:
+    """What the checkpoint holds; one written before a key existed (CPU state only) restores what it has."""
+    torch.set_rng_state(payload["rng"])
+    if "python_rng" in payload:
+        random.setstate(payload["python_rng"])
+    if "numpy_rng" in payload:
+        numpy.random.set_state(payload["numpy_rng"])
+    cuda_states = payload.get("cuda_rng")
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:  # written with another number of visible GPUs: the devices both runs have
+            log.warning("the checkpoint holds the RNG of %d GPUs, this process sees %d", len(cuda_states),
+                        torch.cuda.device_count())  # fmt: skip
+            for index, state in enumerate(cuda_states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, index)
+
+
+def _max_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+class PeakMemory:
+    """One trial's own peak memory, from the start of its training (several trials share a process in a batch).
+    On CUDA the peak allocation, its statistics reset here. On CPU the process's peak resident set (ru_maxrss),
+    which only grows: it is reset through /proc/self/clear_refs (Linux 4.0 on); where that is refused, a trial
+    that never exceeds an earlier trial's peak reports None rather than that trial's figure."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.inherited: int | None = None  # the process's peak before this trial, when it could not be reset
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+        except OSError:
+            self.inherited = _max_rss()
+
+    def bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        peak = _max_rss()
+        return None if self.inherited is not None and peak <= self.inherited else peak
 
 
 def _sync_gradients(model, dist: Distributed) -> None:
@@ -169,6 +221,7 @@ def train_adapter(
     """Train to the end, or to step `stop_at` (stage one: checkpointed there, the schedule still spans every step).
     `progress` (rank 0's) hears of every step and writes progress.json at its own interval."""
     dist = dist or Distributed()
+    peak = PeakMemory(device)
     steps = total_steps(training, len(features), dist.world)
     stop = min(stop_at or steps, steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(training.warmup_ratio * steps), steps)
@@ -239,6 +292,6 @@ def train_adapter(
         loss_min=round(min(state.losses), 5),
         loss_curve=curve(state.losses),
         curve=downsample(state.losses),  # a resumed run's losses come back with its checkpoint: the whole run
-        peak_memory_bytes=_peak_memory(device),
+        peak_memory_bytes=peak.bytes(),
         resumed_from_step=state.resumed_from,
     )
