@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import random
+import time
+from pathlib import Path
 
 import numpy
 import pytest
@@ -17,6 +19,8 @@ from lora_ablation_trainer.adapters import attach_adapter, load_model, make_opti
 from lora_ablation_trainer.data import encode, load_examples
 from lora_ablation_trainer.run import run_batch
 from lora_ablation_trainer.train import CHECKPOINT, train_adapter
+from lora_ablation_trainer.trial import Clock
+from support.s3 import s3_client
 from support.trainer_data import long_records, trial_spec, write_jsonl
 
 pytestmark = pytest.mark.trainer
@@ -96,3 +100,42 @@ def test_a_checkpoint_from_before_the_new_rng_keys_still_resumes(tiny_models, ch
     assert resumed.resumed_from_step == 2 and torch.equal(torch.get_rng_state(), cpu_state)
     finished = train()
     assert finished.steps == 4 and finished.resumed_from_step == 2
+
+
+def test_a_multi_node_trial_costs_every_node(monkeypatch):
+    clock = Clock(wall=time.perf_counter() - 10.0)
+    alone = clock.figures(torch.device("cpu"))
+    monkeypatch.setenv("PET_NNODES", "2")  # as a multi-node trial's pods are started
+    two = clock.figures(torch.device("cpu"))
+    assert alone["compute_seconds"] == pytest.approx(10.0, abs=0.5)
+    assert two["compute_seconds"] == pytest.approx(20.0, abs=1.0)
+    assert two["gpu_seconds"] == alone["gpu_seconds"] == 0.0  # no GPU here: a CPU trial costs its nodes' time
+
+
+def test_the_base_download_is_charged_once_to_the_first_trial(tiny_models, choice_data, tmp_path, s3_bucket):
+    """From the batch's start to its end, the trials' clocks cover all the time but the storage checks between
+    them: the first trial's includes the base model's download from S3, and nothing is charged twice."""
+    endpoint, bucket = s3_bucket
+    client = s3_client(endpoint)
+    for file in Path(tiny_models["llama"]).iterdir():
+        client.upload_file(str(file), bucket, f"models/llama/{file.name}")
+    # A download that takes a while: the tiny model's own files are fetched in a few ms.
+    client.put_object(Bucket=bucket, Key="models/llama/padding.dat", Body=b"\0" * (48 * 2**20))
+    started = time.perf_counter()
+    open_store(f"s3://{bucket}/models/llama", endpoint).download_prefix("", tmp_path / "download")
+    download = time.perf_counter() - started
+
+    def spec(name):
+        trial = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}",
+                           name=name, latency={"enabled": False}, training={"maxSteps": 1},
+                           storage_options={"endpoint": endpoint})  # fmt: skip
+        trial.base_model.uri = f"s3://{bucket}/models/llama/"
+        return trial
+
+    started = time.perf_counter()
+    results = run_batch(TrialBatch(trials=[spec("one"), spec("two")]))
+    wall = time.perf_counter() - started
+    charged = [r.compute_seconds for r in results]
+    assert sum(charged) <= wall + 0.01, "nothing is charged twice"
+    assert wall - sum(charged) < download / 2, (wall, charged, download)  # the download is in a trial's cost
+    assert charged[0] - charged[1] > download / 2, (charged, download)  # the first trial's: it fetched the base

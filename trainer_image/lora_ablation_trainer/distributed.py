@@ -40,7 +40,8 @@ def wanted_processes() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def _nodes() -> int:
+def node_count() -> int:
+    """Nodes of this trial (PET_NNODES; 1 without it): a multi-node trial's pods all hold as many GPUs."""
     value = os.environ.get("PET_NNODES", "1").strip() or "1"
     if not value.isdigit():  # an elastic range such as 1:4 is not what a trial Job sets
         raise PermanentTrialError(f"PET_NNODES={value!r}: expected a number of nodes such as 2")
@@ -85,7 +86,7 @@ def _run(work: TrialSpec | TrialBatch, workdir: Path | None, dist=None):
 def run_maybe_distributed(spec: TrialSpec | TrialBatch, workdir: Path | None) -> TrialResult | None:
     if "WORLD_SIZE" in os.environ:
         return _run_as_rank(spec, workdir)
-    nodes = _nodes()
+    nodes = node_count()
     per_node = os.environ.get("PET_NPROC_PER_NODE", "")
     processes = int(per_node) if nodes > 1 and per_node.isdigit() else wanted_processes()
     if processes <= 1 and nodes <= 1:

@@ -104,9 +104,13 @@ def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, a
                 log.info("trial %s: skipped, it already has a %s", spec.name, type(done).__name__)
                 outcomes.append(done)
                 continue
+            # The cost of fetching and loading the base model is charged once, to the first trial that runs in this
+            # process: its clock starts before the fetch, and its model() call loads the weights. Later trials of the
+            # batch pay only their own time (a trial skipped as done is charged nothing).
+            clock = Clock()
             # Shared by several trials, the base's weights are checked unchanged after each adapter comes off.
             base = base or Base(batch.trials[0], Path(tmp) / "cache", dist, shared=len(batch.trials) > 1)
-            outcomes.append(_one(spec, store, base, Path(tmp), dist, alone=alone))
+            outcomes.append(_one(spec, store, base, Path(tmp), dist, clock, alone=alone))
             if dist.world > 1:
                 torch.distributed.barrier()  # every rank decides the next trial's skip on the same storage
     if not alone:
@@ -116,8 +120,9 @@ def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, a
     return outcomes
 
 
-def _one(spec: TrialSpec, store: Store, base: Base, tmp: Path, dist: Distributed, *, alone: bool) -> Outcome:
-    clock = Clock()  # the trial's cost includes fetching and loading the base model
+def _one(
+    spec: TrialSpec, store: Store, base: Base, tmp: Path, dist: Distributed, clock: Clock, *, alone: bool
+) -> Outcome:
     try:
         with tempfile.TemporaryDirectory(prefix="trial-", dir=tmp) as trial_tmp, storage_errors():
             # Everything that can be wrong with the inputs is checked before a weight is loaded.

@@ -19,6 +19,7 @@ from lora_ablation.storage.store import Store
 from lora_ablation_trainer import adapters, fsdp
 from lora_ablation_trainer.base import Base, TrialData
 from lora_ablation_trainer.data import encode
+from lora_ablation_trainer.distributed import node_count
 from lora_ablation_trainer.effect import adapter_effect
 from lora_ablation_trainer.evaluate import evaluate
 from lora_ablation_trainer.latency import measure
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Clock:
-    """A trial's cost: wall-clock x devices (1 on CPU) and the process's CPU time, from its start."""
+    """A trial's cost: wall-clock x devices and the process's CPU time, from its start. Devices are this node's
+    GPUs times the trial's nodes (PET_NNODES: every node of a multi-node trial holds as many), or the nodes on
+    CPU. Rank 0 alone reads the clock; the other nodes' CPU time is not in cpu_seconds."""
 
     started_at: str = field(default_factory=now)
     wall: float = field(default_factory=time.perf_counter)
@@ -40,10 +43,11 @@ class Clock:
 
     def figures(self, device: torch.device) -> dict[str, float]:
         seconds = time.perf_counter() - self.wall
-        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        nodes = node_count()
+        gpus = (torch.cuda.device_count() if device.type == "cuda" else 0) * nodes
         return {
             "gpu_seconds": round(seconds * gpus, 3),
-            "compute_seconds": round(seconds * max(gpus, 1), 3),
+            "compute_seconds": round(seconds * max(gpus, nodes), 3),
             "cpu_seconds": round(time.process_time() - self.cpu, 3),
         }
 
