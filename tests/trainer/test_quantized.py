@@ -79,3 +79,52 @@ def test_a_4_bit_ablation_runs_end_to_end_through_the_cli(nf4_llama, choice_data
     results = run_ablation_cli("qlora", spec, tmp_path)
     assert len(results) == 2  # the baseline is timed and scored on the 4-bit base too
     assert {r["latency"]["dtype"] for r in results} == {"nf4 (compute float32)"}
+
+
+def _nf4_bf16(nf4_llama, choice_data, tmp_path, name, **overrides):
+    spec = trial_spec(nf4_llama, choice_data["train"], choice_data["eval"], f"file://{tmp_path}/{name}", name=name,
+                      training={"maxSteps": 2}, latency={"enabled": False}, **overrides)  # fmt: skip
+    spec.base_model.quantization, spec.base_model.dtype = "nf4", "bfloat16"
+    return spec
+
+
+def test_every_trial_of_a_batch_sees_the_same_prepared_4_bit_base(nf4_llama, choice_data, tmp_path):
+    """The QLoRA preparation (norms and embeddings to float32) changes the shared base in place: it happens once, at
+    load, so the first trial sees the base every later one does."""
+    from lora_ablation.storage.open import open_store
+    from lora_ablation_trainer.base import Base
+    from lora_ablation_trainer.train import Distributed
+    from lora_ablation_trainer.trial import Clock, run_on_base
+
+    specs = [_nf4_bf16(nf4_llama, choice_data, tmp_path, name) for name in ("first", "second")]
+    base = Base(specs[0], tmp_path / "cache", Distributed(), shared=True)
+
+    def weights() -> dict[str, tuple[torch.dtype, torch.Tensor]]:
+        return {name: (p.dtype, p.detach().clone()) for name, p in base.model().named_parameters()}
+
+    seen = []
+    for spec in specs:
+        seen.append(weights())
+        result = run_on_base(spec, open_store(spec.storage.uri), base, base.targets(spec), base.data(spec),
+                             tmp_path / spec.name, Clock())  # fmt: skip
+        assert result.train.steps == 2
+    first, second = seen
+    assert list(first) == list(second)
+    assert {n: d for n, (d, _) in first.items()} == {n: d for n, (d, _) in second.items()}
+    assert all(torch.equal(first[n][1], second[n][1]) for n in first), "the base's values changed"
+    assert first["model.norm.weight"][0] == torch.float32  # the QLoRA recipe, for the first trial too
+
+
+def test_the_baseline_scores_the_same_before_and_after_a_4_bit_trial(nf4_llama, choice_data, tmp_path):
+    from lora_ablation.api.trial import TrialBatch
+    from lora_ablation_trainer.run import run_batch
+
+    def batch(*names):
+        return TrialBatch(trials=[_nf4_bf16(nf4_llama, choice_data, tmp_path, n, **({"variant": "none"} if
+                                                                                     n.startswith("base") else {}))
+                                  for n in names])  # fmt: skip
+
+    base_first, lora_second = run_batch(batch("base-a", "lora-a"))
+    lora_first, base_second = run_batch(batch("lora-b", "base-b"))
+    assert base_first.eval.eval_loss == base_second.eval.eval_loss
+    assert lora_first.eval.eval_loss == lora_second.eval.eval_loss

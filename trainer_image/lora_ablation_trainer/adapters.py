@@ -126,8 +126,24 @@ def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device, quanti
         model.to(device)
     else:  # quantized weights are placed while loading; they cannot be moved afterwards
         model = auto.from_pretrained(model_dir, dtype=dtype, quantization_config=quantized, device_map={"": device})
+        # The QLoRA preparation (norms and embeddings to float32, every weight frozen) changes the model in place, so
+        # it is done here, once, rather than when an adapter is attached: every trial of a batch that shares this
+        # base, the first, later ones and the baseline, sees the same prepared weights.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if device.type == "cpu":
+            _no_cpu_repacking(model)
     model.config.use_cache = True
     return model
+
+
+def _no_cpu_repacking(model: torch.nn.Module) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights for inference on its first forward
+    without gradients, and converts them back when a state dict is taken (a checkpoint, save_pretrained) by
+    quantizing the block scales again: lossy, so a shared base would drift from trial to trial. Kept in the
+    layout it was loaded in, every trial computes on the same weights (GPUs never repack)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> LoraConfig:
@@ -150,9 +166,7 @@ def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module)
 
 
 def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> PeftModel:
-    if spec.base_model.quantization != "none":
-        # Frozen 4-bit weights: norms and embeddings to float32 for stable training, inputs that carry gradients.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # A quantized base arrives prepared for k-bit training (load_model).
     if spec.training.gradient_checkpointing:
         # Non-reentrant: gradients reach the adapters though the frozen embeddings' outputs need no grad.
         if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5 on

@@ -155,7 +155,7 @@ def _fingerprint(model: torch.nn.Module) -> list[float]:
 
 
 def _same(before: list[float], after: list[float]) -> bool:
-    # A tolerance for summation order only (a quantized base's norms are upcast in place); a merge moves far more.
+    # A tolerance for summation order only; a merge moves far more.
     if len(before) != len(after):
         return False
     return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(before, after, strict=True))
