@@ -39,7 +39,7 @@ def test_a_later_trial_of_a_batch_reports_its_own_peak_memory(tiny_models, choic
     assert isinstance(first, TrialResult) and isinstance(second, TrialResult)
     heavy_peak, light_peak = first.train.peak_memory_bytes, second.train.peak_memory_bytes
     assert heavy_peak and light_peak, (heavy_peak, light_peak)
-    # The heavy trial's activations alone are hundreds of MB; the light one's a few KB over the resident base.
+    # The heavy trial's activations alone are hundreds of MB; the light one's a few MB over the resident base.
     assert light_peak < heavy_peak - 100 * 2**20, (heavy_peak, light_peak)
 
 
