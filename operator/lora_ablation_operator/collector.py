@@ -112,16 +112,13 @@ class ResultCache:
 
     def collect(self, uid: str, store: Store, trials: list[str], file: str = RESULT_FILE,
                 reader: Callable[[Store, str], Any] = read_result, scope: str = "",
-                listed: Mapping[str, str] | None = None, seen: Seen | None = None,
-                absent: Any = ...) -> dict[str, Any]:  # fmt: skip
+                seen: Seen | None = None, absent: Any = ...) -> dict[str, Any]:  # fmt: skip
         """`file` of each trial as `reader` reads it (result.json by default; stage-one.json, failure.json), or
         `absent` where there is none. `scope` names what the read belongs to (a unit and whether its Job finished):
         a new scope reads afresh, so a file absent while a trial's first stage ran is looked for again when its
-        second stage finishes. `listed`: versions a listing saw, which spare a first read its version request;
-        `seen`: a listing that also answers rechecks (see Seen). Storage requests run in a bounded pool: a
-        restarted operator reads thousands of small files."""
-        if listed is not None and seen is None:
-            seen = Seen(listed, at=float("-inf"))
+        second stage finishes. `seen`: what a listing saw, which spares first reads and, when newer than a read,
+        its recheck a version request (see Seen). Storage requests run in a bounded pool: a restarted operator
+        reads thousands of small files."""
         if absent is ...:  # what read_result, the default reader, reads where there is no file
             absent = ResultRead(None)
         out: dict[str, Any] = {}

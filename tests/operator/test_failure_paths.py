@@ -9,7 +9,7 @@ from test_reconcile import NOW, SETTINGS, cond, finished, observed, result_for, 
 
 from lora_ablation.storage.open import open_store
 from lora_ablation_operator import conditions as c
-from lora_ablation_operator.collector import ResultCache, delete_results, preflight_problems
+from lora_ablation_operator.collector import ResultCache, Seen, delete_results, preflight_problems
 from lora_ablation_operator.observe import pod_problem, stuck_jobs
 from lora_ablation_operator.planning import PlanCache
 from lora_ablation_operator.reconcile import reconcile
@@ -134,11 +134,12 @@ def test_result_cache_trusts_a_listed_version_once_then_checks_it(tmp_path):
     for i, name in enumerate(names):
         store.write_json(f"{name}/result.json", result_for(name, i / 100).result.model_dump(mode="json", by_alias=True))
     listed = {k.split("/")[0]: v for k, v in store.list_versions().items()}
-    got = cache.collect("u", store, names, listed=listed)
+    seen = Seen(listed, at=-1.0)  # taken before any read: it spares first reads only
+    got = cache.collect("u", store, names, seen=seen)
     assert [got[n].result.eval.score for n in names] == [i / 100 for i in range(20)]  # in order, each its own
     store.write_text("t3/result.json", "garbage")
     clock[0] = 61  # the listed version is stale now: the recheck asks storage, not the listing
-    again = cache.collect("u", store, names, listed=listed)
+    again = cache.collect("u", store, names, seen=seen)
     assert "not valid JSON" in again["t3"].problem and again["t4"].result.eval.score == 0.04
 
 

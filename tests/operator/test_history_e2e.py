@@ -72,6 +72,9 @@ def two_stages_decided(cluster: Cluster, name: str, fail: str | None = None) -> 
         else:
             stage_one(cluster, trial, score_of(job_name))
         cluster.finish_job(job_name)
+    # A pass creates the survivors' Jobs one by one and then records the decision in the status: the Jobs seen
+    # after the status shows an elimination are all of them (reading them at the first new Job raced with the pass).
+    wait_for(lambda: "Eliminated" in states(cluster, name).values(), what="the elimination in the status")
     second = wait_for(lambda: [n for n in trial_jobs(cluster) if n not in first] or None, what="stage-two Jobs")
     return first, sorted(second)
 
@@ -79,9 +82,9 @@ def two_stages_decided(cluster: Cluster, name: str, fail: str | None = None) -> 
 def test_removing_early_stopping_resumes_eliminated_trials_and_stops_nothing(operated):
     cluster = operated()
     first, second = two_stages_decided(cluster, "unstaged")
-    eliminated = wait_for(lambda: sorted(n for n, s in states(cluster, "unstaged").items() if s == "Eliminated")
-                          if len(second) == 2 else None, what="2 eliminated")  # fmt: skip
-    assert len(eliminated) == 2
+    assert len(second) == 2, second
+    eliminated = sorted(n for n, s in states(cluster, "unstaged").items() if s == "Eliminated")
+    assert len(eliminated) == 2, states(cluster, "unstaged")
     cluster.patch_spec("unstaged", {"search": {"moduleSets": SETS, "earlyStopping": None}})
     resumed = wait_for(lambda: r if len(r := [n for n in trial_jobs(cluster) if n not in first and n not in second])
                        == 2 else None, what="the eliminated trials' stage-two Jobs")  # fmt: skip

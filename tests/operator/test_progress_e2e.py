@@ -8,10 +8,7 @@ import functools
 import json
 import socket
 import urllib.request
-from collections import Counter
-from collections.abc import Iterator
 
-import boto3
 import pytest
 
 from lora_ablation.api.crdgen import build_crd
@@ -94,23 +91,11 @@ def test_running_trials_progress_reaches_the_status_and_the_gauges(operated):
     assert "progress" not in done
 
 
-@pytest.fixture
-def requests() -> Iterator[Counter[str]]:
-    """S3 requests by operation, for every client the default session makes while the test runs."""
-    counts: Counter[str] = Counter()
-    boto3.setup_default_session()
-    boto3.DEFAULT_SESSION.events.register(
-        "before-send.s3", lambda event_name, **_: counts.update([event_name.rsplit(".", 1)[-1]])
-    )
-    yield counts
-    boto3.DEFAULT_SESSION = None
-
-
 RAW = spec(search={"moduleSets": [["o_proj"], ["qkv"], ["fc2"]], "ranks": [8]}, execution={"parallelism": 4})
 PLANNED = plan_for("demo", "ns", RAW, SETTINGS)
 
 
-def test_a_pass_within_the_period_reads_no_progress_again(s3_bucket, requests):
+def test_a_pass_within_the_period_reads_no_progress_again(s3_bucket, s3_requests):
     endpoint, bucket = s3_bucket
     store = open_store(f"s3://{bucket}/ns/demo", endpoint, "us-east-1")
     trained = [t.name for t in PLANNED.plan.trials if not t.spec.is_baseline]
@@ -120,22 +105,22 @@ def test_a_pass_within_the_period_reads_no_progress_again(s3_bucket, requests):
             for t in PLANNED.plan.trials}  # fmt: skip
     clock = [0.0]
     cache = ResultCache(300.0, clock=lambda: clock[0])
-    requests.clear()
+    s3_requests.clear()
     first = gather(PLANNED, jobs, store, cache, "uid", "demo")
     assert {n: p.step for n, p in first.progress.items()} == {trained[0]: 10, trained[1]: 20}
-    progress_gets = requests["GetObject"]
+    progress_gets = s3_requests["GetObject"]
     assert progress_gets == 3  # one per running trained trial (the baseline writes none), the absent one too
 
     clock[0] = 29.0  # a second pass within the period: nothing read
     store.write_json(f"{trained[0]}/progress.json", progress_doc(trained[0], 50))
-    requests.clear()
+    s3_requests.clear()
     second = gather(PLANNED, jobs, store, cache, "uid", "demo")
-    assert requests["GetObject"] == 0 and second.progress[trained[0]].step == 10
+    assert s3_requests["GetObject"] == 0 and second.progress[trained[0]].step == 10
 
     clock[0] = 30.5  # the period is over: one read per running trial again
-    requests.clear()
+    s3_requests.clear()
     third = gather(PLANNED, jobs, store, cache, "uid", "demo")
-    assert requests["GetObject"] == 3 and third.progress[trained[0]].step == 50
+    assert s3_requests["GetObject"] == 3 and third.progress[trained[0]].step == 50
 
     # The status shows it only for running trials, and the ablation's share and ETA.
     preflight = preflight_name("demo", PLANNED.spec)

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -82,3 +83,18 @@ def s3_bucket(s3_endpoint: str) -> tuple[str, str]:
     bucket = f"test-{uuid.uuid4().hex[:16]}"
     s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     return s3_endpoint, bucket
+
+
+@pytest.fixture
+def s3_requests() -> Iterator[Counter[str]]:
+    """S3 requests by operation, counted by botocore for every client the default session makes while the test
+    runs (the store's clients are made with it)."""
+    import boto3
+
+    counts: Counter[str] = Counter()
+    boto3.setup_default_session()
+    boto3.DEFAULT_SESSION.events.register(
+        "before-send.s3", lambda event_name, **_: counts.update([event_name.rsplit(".", 1)[-1]])
+    )
+    yield counts
+    boto3.DEFAULT_SESSION = None

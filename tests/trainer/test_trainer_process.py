@@ -146,6 +146,7 @@ def test_model_data_and_results_through_s3(tiny_models, choice_data, s3_bucket, 
         "results/t1/adapter/README.md",
         "results/t1/adapter/adapter_config.json",
         "results/t1/adapter/adapter_model.safetensors",
+        "results/t1/progress.json",  # the last progress record stays: the run's final step
         "results/t1/result.json",
     ]
     body = client.get_object(Bucket=bucket, Key="results/t1/result.json")["Body"].read()

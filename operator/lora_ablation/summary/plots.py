@@ -43,13 +43,7 @@ def pareto_label(name: str, within_noise: bool | None) -> str:
 
 def pareto_plot(summary: Summary, path: Path) -> Path | None:
     """Mean score vs adapter TPOT p95; front joined, recommendations marked. None when nothing was timed."""
-    fig = pareto_figure(summary)
-    if fig is None:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    _pyplot().close(fig)
-    return path
+    return _save(pareto_figure(summary), path)
 
 
 def pareto_figure(summary: Summary):
@@ -103,13 +97,7 @@ def pareto_figure(summary: Summary):
 
 def heatmap_plot(summary: Summary, path: Path) -> Path | None:
     """Scores per dataset (rows) and configuration (columns), the baseline first, each cell annotated."""
-    fig = heatmap_figure(summary)
-    if fig is None:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    _pyplot().close(fig)
-    return path
+    return _save(heatmap_figure(summary), path)
 
 
 NO_SCORE_COLOR = "#d9d9d9"  # cells without a score: light grey, their label in black
@@ -193,13 +181,7 @@ def effects_figure(summary: Summary):
 
 
 def effects_plot(summary: Summary, path: Path) -> Path | None:
-    fig = effects_figure(summary)
-    if fig is None:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    _pyplot().close(fig)
-    return path
+    return _save(effects_figure(summary), path)
 
 
 def config_color(summary: Summary, config: str) -> tuple[str, str]:
@@ -253,7 +235,11 @@ def curves_figure(summary: Summary):
 
 
 def curves_plot(summary: Summary, path: Path) -> Path | None:
-    fig = curves_figure(summary)
+    return _save(curves_figure(summary), path)
+
+
+def _save(fig, path: Path) -> Path | None:
+    """Write a figure (None: nothing to draw) to `path` and release it."""
     if fig is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
