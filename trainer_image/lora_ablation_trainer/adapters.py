@@ -165,14 +165,18 @@ def lora_config(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module)
     )
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    # Non-reentrant: gradients reach the adapters though the frozen embeddings' outputs need no grad.
+    if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5 on
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def attach_adapter(spec: TrialSpec, resolution: Resolution, model: torch.nn.Module) -> PeftModel:
     # A quantized base arrives prepared for k-bit training (load_model).
     if spec.training.gradient_checkpointing:
-        # Non-reentrant: gradients reach the adapters though the frozen embeddings' outputs need no grad.
-        if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5 on
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     torch.manual_seed(spec.training.seed)  # the same initial A matrices on every retry
     peft_model = get_peft_model(model, lora_config(spec, resolution, model))
     wrapped = sorted(peft_model.targeted_module_names)

@@ -281,6 +281,11 @@ def train_adapter(
         periodic = state.step % training.checkpoint_every_steps == 0 and state.step < steps
         if checkpoints and (periodic or (stop_at is not None and state.step == stop)):
             _save(checkpoints, model, optimizer, scheduler, state, dist)  # every rank: FSDP gathers; rank 0 writes
+    return metrics_of(state, peak.bytes())
+
+
+def metrics_of(state: TrainState, peak_memory_bytes: int | None) -> TrainMetrics:
+    """What a finished (or stage-one) run reports from its state."""
     window = max(1, min(10, len(state.losses) // 5 or 1))
     return TrainMetrics(
         steps=state.step,
@@ -292,6 +297,6 @@ def train_adapter(
         loss_min=round(min(state.losses), 5),
         loss_curve=curve(state.losses),
         curve=downsample(state.losses),  # a resumed run's losses come back with its checkpoint: the whole run
-        peak_memory_bytes=peak.bytes(),
+        peak_memory_bytes=peak_memory_bytes,
         resumed_from_step=state.resumed_from,
     )

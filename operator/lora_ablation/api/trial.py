@@ -100,6 +100,13 @@ class TrialBatch(ApiModel):
     """Several trials for one pod (execution.trialsPerPod): the base model is fetched and loaded once."""
 
     trials: list[TrialSpec] = Field(min_length=1, max_length=32, description="Trials, run in this order.")
+    fused_group_size: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Up to this many trials train together, one forward and backward over the base per micro-step "
+        "for all of them (lora_ablation.planning.fusion decides which); 1 trains them one after another.",
+    )
 
     @model_validator(mode="after")
     def _one_base_model(self) -> TrialBatch:

@@ -1,0 +1,1 @@
+"""Several trials' adapters trained together in one pass over one base model (execution.fusedTraining)."""
