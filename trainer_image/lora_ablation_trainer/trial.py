@@ -14,7 +14,7 @@ import torch
 
 from lora_ablation.api.curves import EvalPoint
 from lora_ablation.api.stages import StageOneResult
-from lora_ablation.api.trial import TrialResult, TrialSpec
+from lora_ablation.api.trial import TrainMetrics, TrialResult, TrialSpec
 from lora_ablation.storage.store import Store
 from lora_ablation_trainer import adapters, fsdp
 from lora_ablation_trainer.base import Base, TrialData
@@ -77,6 +77,16 @@ def _weights_label(spec: TrialSpec, dtype: torch.dtype) -> str | None:
     return f"{spec.base_model.quantization} (compute {str(dtype).replace('torch.', '')})"
 
 
+@dataclass
+class Trained:
+    """A trial trained elsewhere (in a fused group): what the training reported and the adapter it left."""
+
+    metrics: TrainMetrics
+    steps: int
+    weights: dict
+    progress: ProgressReporter | None = None
+
+
 def run_on_base(
     spec: TrialSpec,
     store: Store,
@@ -85,22 +95,30 @@ def run_on_base(
     data: TrialData,
     tmp: Path,
     clock: Clock,
+    trained: Trained | None = None,
 ) -> TrialResult | StageOneResult | None:
-    """The trial on `base`'s model; the adapter comes off afterwards, whatever happened.
+    """The trial on `base`'s model; the adapter comes off afterwards, whatever happened. `trained`: the adapter
+    was trained in a fused group; it goes on the base with its weights and is evaluated, timed and published alone.
 
     Sharded (FSDP), the trial trains on a private host copy sharded across the ranks; then rank 0 gathers the
     adapter and evaluates, times and publishes it on the unsharded base, like any other trial."""
     model = None
-    sharded = base.dist.sharded and targets is not None
+    sharded = base.dist.sharded and targets is not None and trained is None
     # Rank 0 alone reports; the baseline trains nothing, so it has no progress to report.
     progress = ProgressReporter(store, spec.name) if base.dist.is_main and targets is not None else None
+    if trained is not None:
+        progress = trained.progress
     try:
-        model = base.host_model() if sharded else base.model()
-        if targets is not None:
-            model = adapters.attach_adapter(spec, targets, model)
-            if sharded:
-                model = fsdp.shard(model, base.device, base.dist.world)
-        train_metrics, steps = _train(spec, store, base, targets, data, model, progress)
+        if trained is not None:
+            model = adapters.with_adapter_weights(spec, targets, base.model(), trained.weights)
+            train_metrics, steps = trained.metrics, trained.steps
+        else:
+            model = base.host_model() if sharded else base.model()
+            if targets is not None:
+                model = adapters.attach_adapter(spec, targets, model)
+                if sharded:
+                    model = fsdp.shard(model, base.device, base.dist.world)
+            train_metrics, steps = _train(spec, store, base, targets, data, model, progress)
         if sharded:
             trained = fsdp.gathered_peft_adapter(model)
             model = None
@@ -118,14 +136,18 @@ def run_on_base(
         base.release(model)
 
 
+def training_features(spec: TrialSpec, base: Base, data: TrialData) -> list[dict]:
+    """The trial's training records encoded (and packed, when the recipe packs) for its base."""
+    tokenizer, vision, max_length = base.tokenizer, base.vision, spec.training.max_seq_length
+    features = [vision.encode(e, max_length) if vision else encode(e, tokenizer, max_length) for e in data.train]
+    return pack(features, max_length) if spec.training.packing else features
+
+
 def _train(spec, store, base, targets, data, model, progress=None):
-    tokenizer, vision, device, dist = base.tokenizer, base.vision, base.device, base.dist
-    max_length = spec.training.max_seq_length
+    tokenizer, device, dist = base.tokenizer, base.device, base.dist
     train_metrics, steps = None, 0
     if targets is not None:
-        features = [vision.encode(e, max_length) if vision else encode(e, tokenizer, max_length) for e in data.train]
-        if spec.training.packing:
-            features = pack(features, max_length)
+        features = training_features(spec, base, data)
         steps = total_steps(spec.training, len(features), dist.world)
         stop_at = math.ceil(spec.stage_one.fraction * steps) if spec.stage_one else None
         train_metrics = train_adapter(

@@ -11,6 +11,7 @@ mask), and a resumed run draws what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -48,10 +49,12 @@ class FusedForward:
     _generators: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        for index, layer in enumerate(layers):
-            layer.enable_adapters(False)  # the layer's own forward returns the base output alone
-            self._handles.append(layer.register_forward_hook(self._hook(index)))
+        for name, layer in self.model.named_modules():
+            if isinstance(layer, LoraLayer):
+                layer.enable_adapters(False)  # the layer's own forward returns the base output alone
+                # The module's own name identifies its stream, whatever else the group's adapters wrap.
+                identity = zlib.crc32(name.removeprefix("base_model.model.").encode())
+                self._handles.append(layer.register_forward_hook(self._hook(identity)))
 
     def remove(self) -> None:
         for handle in self._handles:
