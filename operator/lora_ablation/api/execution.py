@@ -161,6 +161,15 @@ class ExecutionSpec(ApiModel):
         "pulled and the base model downloaded and loaded once for all of them. Each trial keeps its own result, "
         "state and checkpoints; a restarted pod skips the trials it already finished.",
     )
+    fused_training: bool = Field(
+        True,
+        description="Train the trials of one Job (trialsPerPod > 1) together: one forward and backward over the base "
+        "model per micro-step for all of their adapters, each adapter on its own rows of the batch with its own "
+        "optimizer, data order and dropout stream. It equals training them one after another (to float rounding) at "
+        "a fraction of the base's passes. The baseline, DoRA and adapters on raw parameters train alone; groups stay "
+        "within the GPU memory the spec declares; a Job with several GPUs trains its trials one after another. "
+        "false always trains them one after another.",
+    )
     max_gpu_hours: float | None = Field(
         None,
         gt=0,

@@ -16,9 +16,14 @@ optimizer, schedule, data order and dropout stream. Three kinds train alone, one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lora_ablation.api.trial import TrialSpec
+from lora_ablation.modules.catalog import UnsupportedModel
+from lora_ablation.modules.inventory import ModelInventory, catalog_inventory
+from lora_ablation.modules.model_config import known_model_config
+from lora_ablation.planning.memory import FIT_FRACTION, GIB, MemoryEstimate, gpu_memory, plan_memory
 
 FUSABLE_VARIANTS = ("lora", "rslora", "loraplus")
 MAX_GROUP = 32  # TrialBatch's own bound
@@ -76,3 +81,56 @@ def describe(trials: Sequence[TrialSpec], limit: int) -> list[str]:
         elif limit > 1 and (why := unfusable(trials[group[0]])):
             lines.append(f"trained alone: {trials[group[0]].name} ({why})")
     return lines
+
+
+def fused_estimate(estimates: Sequence[MemoryEstimate]) -> MemoryEstimate:
+    """A group's peak: the base's weights once, every member's adapter, activations and logits (one forward holds
+    all of their rows), the fixed overhead once and 10% of the rest for fragmentation."""
+    weights = max(e.weights for e in estimates)
+    adapter = sum(e.adapter for e in estimates)
+    activations = sum(e.activations for e in estimates)
+    logits = sum(e.logits for e in estimates)
+    body = weights + adapter + activations + logits
+    return MemoryEstimate(weights, adapter, activations, logits, int(GIB + 0.10 * body))
+
+
+def group_limit(spec: Any, plan: Any, inventory: ModelInventory | None = None,
+                config: Mapping[str, Any] | None = None) -> tuple[int, str]:  # fmt: skip
+    """How many trials of one Job train together at most, and why: execution.trialsPerPod, unless fusion is off,
+    the Job has several GPUs, or the largest trained trials of the plan would not fit the declared GPU memory
+    that many at a time."""
+    execution = spec.execution
+    size = execution.trials_per_pod
+    if size <= 1:
+        return 1, ""
+    if not execution.fused_training:
+        return 1, "execution.fusedTraining is false: the trials of a Job train one after another"
+    if execution.resources.gpus > 1:
+        return 1, (f"execution.resources.gpus is {execution.resources.gpus}: the trials of a Job train one after "
+                   "another (fused training runs on one device)")  # fmt: skip
+    gpu_bytes, _ = gpu_memory(execution.resources.gpu_memory, execution.node_selector)
+    if execution.resources.gpus == 0 or not gpu_bytes:
+        return size, f"up to {size} adapters per pass over the base (no GPU memory to check against)"
+    if inventory is None or config is None:
+        config = known_model_config(spec.base_model.uri, spec.base_model.revision)
+        try:
+            inventory = catalog_inventory(config) if config else None
+        except (UnsupportedModel, ValueError):
+            inventory = None
+    if inventory is None or config is None:
+        return size, f"up to {size} adapters per pass over the base (the model's memory is not estimated)"
+    estimates = plan_memory(plan, inventory, config, execution).estimates
+    trained = sorted((estimates[t.name] for t in plan.trials if t.name in estimates and unfusable(t.spec) is None),
+                     key=lambda e: e.total, reverse=True)  # fmt: skip
+    if not trained:
+        return size, f"up to {size} adapters per pass over the base"
+    limit = 1  # the n largest trained trials of the plan, together, must fit
+    while limit < min(size, len(trained)) and fused_estimate(trained[: limit + 1]).total <= FIT_FRACTION * gpu_bytes:
+        limit += 1
+    if limit == len(trained):  # all of them fit at once: so does any group
+        limit = size
+    if limit < size:
+        peak = fused_estimate(trained[:limit]).total / GIB
+        return limit, (f"up to {limit} adapters per pass over the base: more than {limit} of the largest trials would "
+                       f"not fit {gpu_bytes / GIB:.0f} GiB per GPU ({limit} need about {peak:.1f} GiB)")  # fmt: skip
+    return size, f"up to {size} adapters per pass over the base"

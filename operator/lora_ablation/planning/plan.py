@@ -14,6 +14,7 @@ from lora_ablation.modules.inventory import ModelInventory, Resolution, in_layer
 from lora_ablation.modules.layers import ALL as ALL_LAYERS
 from lora_ablation.modules.layers import indices as layer_indices
 from lora_ablation.modules.layers import slug as layers_slug
+from lora_ablation.planning import fusion
 from lora_ablation.planning.sharding import assign_sharding
 from lora_ablation.planning.trials import LayerSelectionError, Plan, PlannedTrial, config_label, trial_uri
 
@@ -155,4 +156,5 @@ def plan_trials(
     plan = Plan(trials, inventory.source if inventory else None, notes)
 
     plan.sharding = assign_sharding(spec, plan, inventory, model_config)  # how each trial runs (TrialSpec.sharding)
+    plan.fused_group_size, plan.fusion_note = fusion.group_limit(spec, plan, inventory, model_config)
     return plan

@@ -33,6 +33,8 @@ class Plan:
     inventory_source: str | None  # 'catalog', 'module tree' or None (model not inspected)
     notes: list[str]
     sharding: dict[str, Any] = field(default_factory=dict)  # trial name -> lora_ablation.planning.sharding.Decision
+    fused_group_size: int = 1  # trials of one Job trained together at most (lora_ablation.planning.fusion)
+    fusion_note: str = ""  # why that many
 
     @property
     def names(self) -> list[str]:

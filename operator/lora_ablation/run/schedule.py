@@ -5,6 +5,8 @@ units under the same names, so a restarted operator finds the Jobs it created an
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +17,7 @@ from lora_ablation.api.naming import bounded_name
 from lora_ablation.api.spec import LoraAblationSpec
 from lora_ablation.api.stages import EliminationDecision, EliminationRule, StageOneResult, StageOneSpec
 from lora_ablation.api.trial import TrialBatch, TrialSpec
+from lora_ablation.planning import fusion
 from lora_ablation.planning.plan import Plan, PlannedTrial
 
 ROUND_ONE, ROUND_TWO = 1, 2  # the first run of every trial (stage one when two-stage); the survivors' second stage
@@ -29,6 +32,7 @@ class Unit:
     dataset: str
     trials: tuple[PlannedTrial, ...]
     stage_one: bool = False  # round one of a two-stage ablation: trained trials stop at the stage-one checkpoint
+    fuse: int = 1  # trials trained together at most (Plan.fused_group_size)
 
     @property
     def trial_names(self) -> list[str]:
@@ -53,14 +57,16 @@ class Unit:
             specs = [s.model_copy(update={"target_modules": None, "target_parameters": None}) for s in specs]
         if len(specs) == 1:
             return TRIAL_ENV, specs[0].model_dump_json(by_alias=True, exclude_none=True)
-        return TRIALS_ENV, TrialBatch(trials=specs).model_dump_json(by_alias=True, exclude_none=True)
+        batch = TrialBatch(trials=specs, fused_group_size=min(self.fuse, len(specs)))
+        return TRIALS_ENV, batch.model_dump_json(by_alias=True, exclude_none=True)
 
 
 def _chunks(trials: list[PlannedTrial], size: int) -> list[list[PlannedTrial]]:
     return [trials[i : i + size] for i in range(0, len(trials), size)]
 
 
-def _units(ablation: str, trials: list[PlannedTrial], size: int, round_: int, stage_one: bool) -> list[Unit]:
+def _units(ablation: str, trials: list[PlannedTrial], size: int, round_: int, stage_one: bool, fuse: int = 1
+           ) -> list[Unit]:  # fmt: skip
     """Per dataset, in plan order, `size` trials at a time. A lone trial's first round keeps the trial's own name
     (the Job name it always had); anything else is named after what it holds, so a different grouping is a
     different Job."""
@@ -78,13 +84,13 @@ def _units(ablation: str, trials: list[PlannedTrial], size: int, round_: int, st
             else:
                 identity = {"trials": names, "round": round_}
                 name = bounded_name([ablation, dataset, f"r{round_}", f"batch{index}"], identity)
-            units.append(Unit(name, round_, dataset, tuple(chunk), stage_one))
+            units.append(Unit(name, round_, dataset, tuple(chunk), stage_one, fuse))
     return units
 
 
 def round_one_units(ablation: str, plan: Plan, spec: LoraAblationSpec) -> list[Unit]:
     early = spec.search.early_stopping is not None
-    return _units(ablation, plan.trials, spec.execution.trials_per_pod, ROUND_ONE, early)
+    return _units(ablation, plan.trials, spec.execution.trials_per_pod, ROUND_ONE, early, plan.fused_group_size)
 
 
 @dataclass
@@ -216,7 +222,7 @@ def _key(runs: list[StageOneResult]) -> Key:
 
 def round_two_units(ablation: str, plan: Plan, spec: LoraAblationSpec, elimination: Elimination) -> list[Unit]:
     survivors = [t for t in plan.trials if t.name in elimination.survivors]
-    return _units(ablation, survivors, spec.execution.trials_per_pod, ROUND_TWO, False)
+    return _units(ablation, survivors, spec.execution.trials_per_pod, ROUND_TWO, False, plan.fused_group_size)
 
 
 @dataclass(frozen=True)
@@ -248,15 +254,18 @@ def schedule(
     elimination = eliminate(plan, spec, stage_ones, finished, dropped, recorded)
     size = spec.execution.trials_per_pod
     early = spec.search.early_stopping is not None
+    # A kept unit read back from its workload runs as the plan fuses now, should its Job be created again.
+    kept = [dataclasses.replace(u, fuse=plan.fused_group_size) for u in kept]
     kept_one = [u for u in kept if u.round == ROUND_ONE]
     kept_two = [u for u in kept if u.round == ROUND_TWO]
     settled = finished | dropped
     if first is None or kept or settled or stage_ones:
         covered = {n for u in kept_one for n in u.trial_names} | settled | set(stage_ones)
-        first = _units(ablation, [t for t in plan.trials if t.name not in covered], size, ROUND_ONE, early)
+        first = _units(ablation, [t for t in plan.trials if t.name not in covered], size, ROUND_ONE, early,
+                       plan.fused_group_size)  # fmt: skip
     covered = {n for u in kept_two for n in u.trial_names} | settled
     survivors = [t for t in plan.trials if t.name in elimination.survivors and t.name not in covered]
-    second = _units(ablation, survivors, size, ROUND_TWO, False)
+    second = _units(ablation, survivors, size, ROUND_TWO, False, plan.fused_group_size)
     current: dict[str, Unit] = {}
     for unit in [*kept_one, *first, *kept_two, *second]:  # later rounds and running workloads win
         current.update({t.name: unit for t in unit.trials})
@@ -271,6 +280,12 @@ def describe(ablation: str, plan: Plan, spec: LoraAblationSpec) -> list[str]:
         second = " (survivors of stage one are grouped the same way)" if spec.search.early_stopping else ""
         lines.append(f"Runs as {len(first)} Jobs of up to {spec.execution.trials_per_pod} trials (one dataset each; "
                      f"the base model is loaded once per Job){second}.")  # fmt: skip
+        lines.append(f"Fused training: {plan.fusion_note}.")
+        for unit in first[:3]:  # how the first Jobs group their trials; the rest follow the same rules
+            specs = [t.spec for t in unit.trials]
+            lines += [f"  {unit.name}: {line}" for line in fusion.describe(specs, unit.fuse)]
+        if len(first) > 3:
+            lines.append(f"  ... and {len(first) - 3} more Jobs grouped the same way.")
     early = spec.search.early_stopping
     if early is not None:
         rule = f"the best {early.keep}" if early.rule == EliminationRule.top_k else "those at or above the median"
