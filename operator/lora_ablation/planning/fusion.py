@@ -129,6 +129,10 @@ def group_limit(spec: Any, plan: Any, inventory: ModelInventory | None = None,
         limit += 1
     if limit == len(trained):  # all of them fit at once: so does any group
         limit = size
+    if limit == 1:
+        pair = fused_estimate(trained[:2]).total / GIB
+        return 1, (f"the trials of a Job train one after another: two of the largest together would need about "
+                   f"{pair:.1f} GiB, more than {gpu_bytes / GIB:.0f} GiB per GPU")  # fmt: skip
     if limit < size:
         peak = fused_estimate(trained[:limit]).total / GIB
         return limit, (f"up to {limit} adapters per pass over the base: more than {limit} of the largest trials would "
