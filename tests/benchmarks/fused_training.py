@@ -1,9 +1,10 @@
 """Fused training (execution.fusedTraining) against the same trials trained one after another, in one process on
 one loaded base: K = 1, 2, 4, 8 adapters of one dataset with different module sets and ranks, float32, dropout 0.
 
-For each K, after one unmeasured warm-up round, `repeats` times back to back (the ratio is taken within a repeat, so machine noise hits both alike),
-it prints median [min-max] of the training time each way, tokens/s per adapter, their ratio fused/sequential,
-the peak memory of the fused run (process RSS on CPU), and the max abs difference between each fused adapter and its lone twin:
+For each K, after one unmeasured warm-up round, `repeats` times back to back (the ratio is taken within a
+repeat, so machine noise hits both alike), it prints median [min-max] of the training time each way, tokens/s
+per adapter, their ratio fused/sequential, the peak memory of the fused run (process RSS on CPU), and the max
+abs difference between each fused adapter and its lone twin.
 
 Tokens/s per adapter is an adapter's tokens over the time all K took, each way.
 
@@ -30,7 +31,7 @@ from transformers import AutoTokenizer
 
 from lora_ablation.storage.open import open_store
 from lora_ablation_demo.tiny import build_tiny_model
-from lora_ablation_trainer.adapters import attach_adapter, load_model, make_optimizer, resolve_targets
+from lora_ablation_trainer.adapters import attach_adapter, make_optimizer, resolve_targets
 from lora_ablation_trainer.base import Base
 from lora_ablation_trainer.data import encode, load_examples
 from lora_ablation_trainer.fused.group import Member, adapter_weights, attach_group

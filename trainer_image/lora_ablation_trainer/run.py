@@ -27,6 +27,8 @@ from lora_ablation.storage.open import open_store
 from lora_ablation.storage.store import StorageAccessDenied, StorageUnavailable, Store
 from lora_ablation_trainer.base import Base
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
+from lora_ablation_trainer.fused.group import Member, adapter_weights, attach_group
+from lora_ablation_trainer.fused.loop import train_fused
 from lora_ablation_trainer.outputs import (
     existing_failure,
     existing_result,
@@ -35,8 +37,6 @@ from lora_ablation_trainer.outputs import (
     publish,
     write_failure,
 )
-from lora_ablation_trainer.fused.group import Member, adapter_weights, attach_group
-from lora_ablation_trainer.fused.loop import train_fused
 from lora_ablation_trainer.progress import ProgressReporter
 from lora_ablation_trainer.train import Distributed
 from lora_ablation_trainer.trial import Clock, Trained, environment, run_on_base, training_features
@@ -211,8 +211,8 @@ def _fused(specs: list[tuple[TrialSpec, Store]], base: Base, tmp: Path, dist: Di
         own = Clock(started_at=clock.started_at, wall=time.perf_counter() - share_wall,
                     cpu=time.process_time() - share_cpu)  # fmt: skip
         outcome = _one(spec, store, base, tmp, dist, own, alone=False, trained=trained.get(spec.name))
-        if isinstance(outcome, TrialFailure) and (member := next((m for m in members if m.spec is spec), None)):
-            if member.progress is not None:
-                member.progress.close()
+        member = next((m for m in members if m.spec is spec), None)
+        if isinstance(outcome, TrialFailure) and member is not None and member.progress is not None:
+            member.progress.close()
         outcomes.append(outcome)
     return outcomes

@@ -6,7 +6,6 @@ units under the same names, so a restarted operator finds the Jobs it created an
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence

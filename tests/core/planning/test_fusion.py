@@ -25,7 +25,8 @@ QWEN = "hf://Qwen/Qwen2.5-0.5B-Instruct"
 
 def planned(per_pod: int = 8, gpus: int = 1, gpu_memory: str | None = "24Gi", variants=("lora",), **execution):
     resources = {"gpus": gpus, **({"gpuMemory": gpu_memory} if gpu_memory else {})}
-    manifest = minimal_manifest(baseModel={"uri": QWEN}, search={"moduleSets": SETS, "ranks": [8, 16], "variants": list(variants)},
+    search = {"moduleSets": SETS, "ranks": [8, 16], "variants": list(variants)}
+    manifest = minimal_manifest(baseModel={"uri": QWEN}, search=search,
                                 training=TRAINING, execution={"resources": resources, "trialsPerPod": per_pod,
                                                               **execution})  # fmt: skip
     spec = parse_spec(manifest["spec"])
@@ -33,7 +34,7 @@ def planned(per_pod: int = 8, gpus: int = 1, gpu_memory: str | None = "24Gi", va
 
 
 def test_the_baseline_dora_and_raw_parameter_adapters_train_alone_and_groups_keep_their_limit():
-    spec, plan = planned(variants=("lora", "dora", "rslora"))
+    _, plan = planned(variants=("lora", "dora", "rslora"))
     specs = [t.spec for t in plan.trials]
     groups = fusion.groups(specs, limit=5)
     alone = [specs[g[0]] for g in groups if fusion.unfusable(specs[g[0]])]

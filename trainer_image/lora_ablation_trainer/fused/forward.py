@@ -4,9 +4,9 @@ rows only. PEFT's layers are told to compute the base output alone (`enable_adap
 each adds the deltas, so PEFT's modules, initialisation and save format stay exactly as a lone trial has them.
 
 Dropout on the LoRA input draws from the adapter's own stream: each call seeds a generator from (the adapter's
-seed, the layer module's name, the micro-batch's index in the run), so the masks depend neither on the other adapters of the
-group nor on how often a layer runs (gradient checkpointing recomputes a layer in backward and must draw the same
-mask), and a resumed run draws what the uninterrupted one would have.
+seed, the layer module's name, the micro-batch's index in the run), so the masks depend neither on the other
+adapters of the group nor on how often a layer runs (gradient checkpointing recomputes a layer in backward and
+must draw the same mask), and a resumed run draws what the uninterrupted one would have.
 """
 
 from __future__ import annotations
