@@ -72,10 +72,16 @@ def _save(store: Store, model, optimizer, scheduler, state: TrainState, dist: Di
         adapter, optimizer_state = get_peft_model_state_dict(model), optimizer.state_dict()
     if not dist.is_main:
         return
+    write_checkpoint(store, "fsdp" if dist.sharded else "none", adapter, optimizer_state, scheduler, state)
+
+
+def write_checkpoint(store: Store, sharding: str, adapter: dict, optimizer_state: dict, scheduler,
+                     state: TrainState) -> None:  # fmt: skip
+    """One trial's checkpoint, in the one format lone and fused runs both write and read."""
     buffer = io.BytesIO()
     torch.save(
         {
-            "sharding": "fsdp" if dist.sharded else "none",
+            "sharding": sharding,
             "adapter": adapter,
             "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),

@@ -29,28 +29,18 @@ from lora_ablation_trainer.train import (
     PeakMemory,
     TrainState,
     _diverged,
-    _rng_states,
     metrics_of,
     total_steps,
+    write_checkpoint,
 )
 
 log = logging.getLogger(__name__)
 
 
 def _save(model, member: Member) -> None:
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "sharding": "none",
-            "adapter": adapter_weights(model, member),
-            "optimizer": member.optimizer.state_dict(),
-            "scheduler": member.scheduler.state_dict(),
-            "state": member.state.__dict__,
-            **_rng_states(),  # what a lone resume restores; a fused one draws from the adapters' own streams
-        },
-        buffer,
-    )
-    member.store.write_bytes(CHECKPOINT, buffer.getvalue())
+    # The global RNG goes in for a lone resume's sake; a fused run draws from the adapters' own streams.
+    write_checkpoint(member.store, "none", adapter_weights(model, member), member.optimizer.state_dict(),
+                     member.scheduler, member.state)  # fmt: skip
 
 
 def _resume(model, member: Member) -> None:
