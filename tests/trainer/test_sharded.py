@@ -201,3 +201,34 @@ def test_a_batch_shards_each_trial_on_its_own_copy_and_evaluates_on_the_shared_b
         assert sorted(sharded) == sorted(plain) and len(sharded) == 4  # one module, A and B, two layers
         assert max(float((sharded[k] - plain[k]).abs().max()) for k in sharded) < 1e-5
         assert TrialResult.model_validate_json((tmp_path / spec.name / "result.json").read_text()).trial == spec.name
+
+
+def test_other_ranks_wait_out_a_long_publish_and_never_load_the_unsharded_base(tiny_models, choice_data, tmp_path):
+    """A sharded batch whose baseline rank 0 times for far longer than a training collective may wait (3 s
+    here, 10 minutes for NCCL by default): rank 1 waits on the long-timeout group instead of failing the batch,
+    and never loads the unsharded base (the baseline is rank 0's alone; the trained trial shards a host copy)."""
+    from lora_ablation.api.trial import TrialBatch
+
+    baseline = trial_spec(tiny_models["llama"], choice_data["train"], choice_data["eval"], f"file://{tmp_path / 'b'}",
+                          name="b", variant="none",
+                          latency={"outputTokens": 128, "warmup": 2, "repeats": 40})  # fmt: skip
+    trained = _spec(tiny_models, choice_data, f"file://{tmp_path / 'p'}", "fsdp", maxSteps=4)
+    raw = trained.model_dump(by_alias=True)
+    raw.update(name="p", modules=["o_proj"], targetModules=None)
+    raw["latency"]["enabled"] = False
+    trained = type(trained).model_validate(raw)
+    batch_file = tmp_path / "batch.json"
+    batch_file.write_text(TrialBatch(trials=[baseline, trained]).model_dump_json(by_alias=True))
+    command = [sys.executable, "-m", "lora_ablation_trainer", "--trials", str(batch_file)]
+    env = {**os.environ, **TWO_CPU, "LORA_ABLATION_PROCESSES": "2", "LORA_ABLATION_COLLECTIVE_TIMEOUT_S": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = _finish(process)
+    assert process.returncode == 0, output[-3000:]
+    baseline_result = TrialResult.model_validate_json((tmp_path / "b" / "result.json").read_text())
+    assert baseline_result.latency is not None and baseline_result.latency.repeats == 40
+    assert TrialResult.model_validate_json((tmp_path / "p" / "result.json").read_text()).train.steps == 4
+    # The wait really outlasted the collective timeout: rank 0 spent longer than 3 s on the baseline alone.
+    assert baseline_result.compute_seconds > 6, baseline_result.compute_seconds
+    loads = [line.split(" INFO ")[0].split()[-2:] for line in output.splitlines()
+             if "loading the base model's weights" in line]  # fmt: skip
+    assert loads and all(where == ["[rank", "0]"] for where in loads), output[-3000:]

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preflight", help=f"PreflightSpec JSON file (default: ${PREFLIGHT_ENV})")
     parser.add_argument("--workdir", help="scratch space for downloads (default: the system temp dir)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Under torchrun every rank writes to the pod's one log: each line says which rank wrote it.
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
     try:
         if args.preflight or (os.environ.get(PREFLIGHT_ENV) and not args.trial):
             from lora_ablation_trainer.preflight import run_preflight

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -25,6 +26,25 @@ from lora_ablation_trainer.errors import EXIT_TRANSIENT, PermanentTrialError, Tr
 
 log = logging.getLogger(__name__)
 EXIT_FILE_ENV = "LORA_ABLATION_EXIT_FILE"  # torchrun reports 1 for any failure; ranks leave the real code here
+# Seconds a training collective may wait (all-reduce, FSDP gathers); unset, torch's default for the backend.
+COLLECTIVE_TIMEOUT_ENV = "LORA_ABLATION_COLLECTIVE_TIMEOUT_S"
+# Seconds the other ranks wait for rank 0 to publish a trial of a batch before the next one starts.
+IDLE_TIMEOUT_ENV = "LORA_ABLATION_BETWEEN_TRIALS_TIMEOUT_S"
+IDLE_TIMEOUT = 24 * 3600.0  # longer than any evaluation; the Job's activeDeadlineSeconds still bounds the pod
+
+
+def timeout_from_env(name: str, default: float | None = None) -> timedelta | None:
+    """A timeout in seconds from the environment; unset, `default` (None: torch's own)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None if default is None else timedelta(seconds=default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise PermanentTrialError(f"{name}={raw!r}: expected a number of seconds greater than 0, such as 600")
+    return timedelta(seconds=value)
 
 
 class _ChildFailed(TrialError):
@@ -114,14 +134,17 @@ def _run_as_rank(spec: TrialSpec | TrialBatch, workdir: Path | None) -> TrialRes
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    dist = Distributed(rank=rank, world=world, local_rank=local, sharded=_sharded(spec) and world > 1)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-    torch.distributed.init_process_group(backend=backend)
+    torch.distributed.init_process_group(backend=backend, timeout=timeout_from_env(COLLECTIVE_TIMEOUT_ENV))
+    # Between two trials of a batch the other ranks wait while rank 0 evaluates, times and uploads, which can
+    # take longer than a training collective may (NCCL's default is 10 minutes): they wait on a CPU group whose
+    # timeout is the batch's, not a collective's.
+    idle = torch.distributed.new_group(backend="gloo", timeout=timeout_from_env(IDLE_TIMEOUT_ENV, default=IDLE_TIMEOUT))
+    dist = Distributed(rank=rank, world=world, local_rank=local, sharded=_sharded(spec) and world > 1,
+                       idle_group=idle)  # fmt: skip
     try:
-        # No barrier after the trial: the other ranks leave while rank 0 evaluates (torchrun waits for every
-        # process), so a long evaluation never runs into a collective's timeout.
         result = _run(spec, workdir, dist)
         return result if dist.is_main else None
     except TrialError as error:

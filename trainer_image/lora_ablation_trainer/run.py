@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from lora_ablation.api.contract import RESULT
 from lora_ablation.api.stages import StageOneResult, TrialFailure
 from lora_ablation.api.trial import TrialBatch, TrialResult, TrialSpec
@@ -132,8 +130,7 @@ def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, a
             else:
                 for (index, _), outcome in zip(members, _fused(specs, base, Path(tmp), dist, clock), strict=True):
                     outcomes[index] = outcome
-            if dist.world > 1:
-                torch.distributed.barrier()  # every rank decides the next trial's skip on the same storage
+            dist.wait_for_main()  # the next trial's collectives start once rank 0 has published this one
     ordered = [outcomes[i] for i in range(len(batch.trials))]
     if not alone:
         failed = [o.trial for o in ordered if isinstance(o, TrialFailure)]

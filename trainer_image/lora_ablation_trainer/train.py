@@ -11,6 +11,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy
 import torch
@@ -41,10 +42,18 @@ class Distributed:
     world: int = 1
     local_rank: int = 0
     sharded: bool = False
+    # A CPU (gloo) group with a long timeout, for the one wait that may outlast a collective's timeout: the
+    # other ranks waiting while rank 0 evaluates, times and publishes a trial (see distributed.between_trials).
+    idle_group: Any = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def wait_for_main(self) -> None:
+        """Every rank waits here until rank 0 has published the trial, however long that takes."""
+        if self.world > 1:
+            torch.distributed.barrier(group=self.idle_group)
 
 
 @dataclass

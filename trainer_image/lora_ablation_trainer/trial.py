@@ -102,6 +102,10 @@ def run_on_base(
 
     Sharded (FSDP), the trial trains on a private host copy sharded across the ranks; then rank 0 gathers the
     adapter and evaluates, times and publishes it on the unsharded base, like any other trial."""
+    if targets is None and not base.dist.is_main:
+        # The baseline trains nothing and rank 0 alone evaluates it: no other rank loads the base, which in a
+        # sharded batch would keep a whole unsharded copy on every GPU for the trials after it.
+        return None
     model = None
     sharded = base.dist.sharded and targets is not None and trained is None
     # Rank 0 alone reports; the baseline trains nothing, so it has no progress to report.
