@@ -43,37 +43,56 @@ CONFIGS = [(["o_proj"], 8), (["qkv"], 8), (["fc2"], 16), (["o_proj", "fc2"], 8),
            (["fc1", "fc2"], 8), (["all"], 4), (["fc1"], 16)]  # fmt: skip
 
 
-def _specs(model: Path, train: Path, eval_: Path, out: Path, k: int, steps: int) -> list:
-    training = {"maxSteps": steps, "batchSize": 4, "gradientAccumulation": 2, "maxSeqLength": 128,
+def specs(model: Path, train: Path, eval_: Path, out: Path, k: int, steps: int, batch: int = 4,
+          accumulation: int = 2, seq: int = 128, dtype: str = "float32") -> list:  # fmt: skip
+    """K trials of one dataset and recipe with different module sets and ranks (dropout 0: fused equals alone)."""
+    training = {"maxSteps": steps, "batchSize": batch, "gradientAccumulation": accumulation, "maxSeqLength": seq,
                 "loraDropout": 0.0, "checkpointEverySteps": 100000}  # fmt: skip
-    return [trial_spec(model, train, eval_, f"file://{out}/t{i}", name=f"t{i}", modules=CONFIGS[i][0],
+    made = [trial_spec(model, train, eval_, f"file://{out}/t{i}", name=f"t{i}", modules=CONFIGS[i][0],
                        rank=CONFIGS[i][1], alpha=2 * CONFIGS[i][1], training=training) for i in range(k)]  # fmt: skip
+    return [s.model_copy(update={"base_model": s.base_model.model_copy(update={"dtype": dtype})}) for s in made]
 
 
-def _round(model_dir: Path, base: Base, specs: list, features: list, pad_id: int) -> dict:
-    cpu = torch.device("cpu")
+def fused_round(model_dir: Path, base: Base, trials: list, features: list, pad_id: int,
+                device: torch.device | None = None) -> dict:  # fmt: skip
+    """The trials one after another on `base`, then fused: times, tokens/s, peak memory, max abs difference."""
+    device = device or torch.device("cpu")
     started = time.perf_counter()
     alone, tokens = {}, 0
-    for spec in specs:
+    for spec in trials:
         model = attach_adapter(spec, resolve_targets(spec, model_dir), base.model())
-        metrics = train_adapter(model, features, spec.training, make_optimizer(model, spec), pad_id, cpu, None)
+        metrics = train_adapter(model, features, spec.training, make_optimizer(model, spec), pad_id, device, None)
         alone[spec.name] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
         tokens += metrics.tokens
         base.release(model)
+    _sync(device)
     sequential = time.perf_counter() - started
     members = [Member(spec=s, store=open_store(s.storage.uri), targets=resolve_targets(s, model_dir),
-                      features=features) for s in specs]  # fmt: skip
+                      features=features) for s in trials]  # fmt: skip
     started = time.perf_counter()
     model = attach_group(members, base.model())
-    metrics = train_fused(model, members, pad_id, cpu)
+    metrics = train_fused(model, members, pad_id, device)
+    _sync(device)
     fused = time.perf_counter() - started
     difference = max(float((adapter_weights(model, m)[key] - alone[m.spec.name][key]).abs().max())
                      for m in members for key in alone[m.spec.name])  # fmt: skip
     base.release(model)
     peak = next(iter(metrics.values())).peak_memory_bytes or 0
-    per_adapter = tokens / len(specs)
-    return {"ratio": sequential / fused, "fused_tps": per_adapter / fused * len(specs),
-            "sequential_tps": per_adapter / sequential * len(specs), "peak": peak, "difference": difference}
+    per_adapter = tokens / len(trials)
+    return {
+        "ratio": sequential / fused,
+        "fused_tps": per_adapter / fused * len(trials),
+        "sequential_tps": per_adapter / sequential * len(trials),
+        "peak": peak,
+        "difference": difference,
+        "fused_seconds": fused,
+        "tokens": tokens,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -97,14 +116,16 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         examples = load_examples(train, "prompt-completion", tokenizer, limit=256)
         features = [encode(e, tokenizer, 128) for e in examples]
-        seed = _specs(model_dir, train, eval_, root / "out", 1, args.steps)[0]
+        seed = specs(model_dir, train, eval_, root / "out", 1, args.steps)[0]
         base = Base(seed, root / "cache", Distributed(), shared=True)
         print(f"tiny llama hidden {args.hidden}, {args.layers} layers; {args.steps} steps of 2 x 4 records each; "
               f"{torch.get_num_threads()} threads")  # fmt: skip
         for k in (int(x) for x in args.ks.split(",")):
-            specs = _specs(model_dir, train, eval_, root / f"out{k}", k, args.steps)
-            _round(model_dir, base, specs, features, tokenizer.pad_token_id)  # warm-up, not counted
-            rounds = [_round(model_dir, base, specs, features, tokenizer.pad_token_id) for _ in range(args.repeats)]
+            trials = specs(model_dir, train, eval_, root / f"out{k}", k, args.steps)
+            fused_round(model_dir, base, trials, features, tokenizer.pad_token_id)  # warm-up, not counted
+            rounds = [
+                fused_round(model_dir, base, trials, features, tokenizer.pad_token_id) for _ in range(args.repeats)
+            ]
             print(f"K={k}: fused/sequential {_spread([r['ratio'] for r in rounds], '.2f')}x  "
                   f"tokens/s per adapter {statistics.median(r['fused_tps'] for r in rounds) / k:,.0f} vs "
                   f"{statistics.median(r['sequential_tps'] for r in rounds) / k:,.0f}  "

@@ -56,10 +56,10 @@ def lora_model(model_dir: Path, device: torch.device, dtype: torch.dtype, checkp
     return get_peft_model(model, config)
 
 
-def ours(model_dir, features, steps, device, dtype, pad_id, packing: bool) -> float:
+def ours(model_dir, features, steps, device, dtype, pad_id, packing: bool, pack_length: int = 256) -> float:
     model = lora_model(model_dir, device, dtype)
     batch, accumulation = (8, 1) if packing else (2, 4)
-    data = pack(features, 256) if packing else features
+    data = pack(features, pack_length) if packing else features
     spec = TrainingSpec(learning_rate=1e-4, max_steps=steps, batch_size=batch, gradient_accumulation=accumulation,
                         warmup_ratio=0.0, packing=packing)  # fmt: skip
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

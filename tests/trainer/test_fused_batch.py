@@ -74,6 +74,9 @@ def test_a_diverging_adapter_fails_alone_and_the_others_go_on(tiny_models, choic
     fused = run_batch(_batch(tiny_models, choice_data, tmp_path / "fused", ["oproj", "wild", "qkv"], fused=8))
     sequential = run_batch(_batch(tiny_models, choice_data, tmp_path / "sequential", ["oproj", "qkv"], fused=1))
     assert isinstance(fused[1], TrialFailure) and fused[1].message.startswith("diverged at step 1 of 6: the gradi")
+    # The hint blames the trial's own scale, not the base model the other adapters trained on without trouble.
+    assert "this trial's own settings are at fault" in fused[1].message and "alphaOverRank" in fused[1].message
+    assert "the base model gives a non-finite loss" not in fused[1].message
     assert (tmp_path / "fused" / "wild" / "failure.json").exists()
     assert not (tmp_path / "fused" / "wild" / "result.json").exists()
     for one, other in zip([fused[0], fused[2]], sequential, strict=True):

@@ -84,14 +84,16 @@ def build_tiny_model(
     seed: int = 0,
     positions: int = 1024,
     intermediate: int | None = None,
+    heads: int = 4,
 ) -> Path:
     """Train a tokenizer on `texts`, initialise a tiny model of `family`, save both to out_dir. `intermediate`: the
-    FFN width where the default (11/4 of hidden) will not do."""
+    FFN width where the default (11/4 of hidden) will not do; `heads`: attention heads (half as many KV heads)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(texts, vocab_size)
     config = tiny_config(
-        family, len(tokenizer), hidden=hidden, layers=layers, positions=positions, intermediate=intermediate
+        family, len(tokenizer), hidden=hidden, layers=layers, positions=positions, intermediate=intermediate,
+        heads=heads,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

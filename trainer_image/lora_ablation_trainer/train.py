@@ -198,20 +198,33 @@ def _step_figures(loss_sum: torch.Tensor, norm: torch.Tensor, dist: Distributed)
     return loss, grad_norm
 
 
-def _diverged(state: TrainState, steps: int, loss: float, grad_norm: float, training: TrainingSpec) -> Exception:
+def _diverged(state: TrainState, steps: int, loss: float, grad_norm: float, training: TrainingSpec,
+              peers_finite: bool = False) -> Exception:  # fmt: skip
+    """The divergence as a permanent error whose hint names what is at fault. `peers_finite`: other adapters of a
+    fused group took the same step on the same base and batch with finite figures."""
     step = state.step + 1
     what = f"the training loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
-    if state.step == 0:  # no update yet: the adapter starts as a no-op, so the base model itself is at fault
+    peers = ("the other trials of its fused group took this step on the same base and data with finite figures, so "
+             "this trial's own settings are at fault; ") if peers_finite else ""  # fmt: skip
+    if state.step == 0 and not math.isfinite(loss) and not peers_finite:
+        # No update yet: the adapter starts as a no-op, so the base model itself gives the non-finite loss.
         hint = (
             "that is before any update, so the base model gives a non-finite loss on this data: check its weights, "
             "and load it in bfloat16 or float32 (baseModel.dtype) rather than float16"
+        )
+    elif state.step == 0:
+        # A finite loss with a non-finite gradient before any update: the adapter's scale (alpha / r, or
+        # alpha / sqrt(r) for rslora) multiplies its gradients and overflows them.
+        hint = (
+            "that is before any update, with the base model's loss finite: the adapter's scale (alpha / r) "
+            "overflows its gradients; lower search.alphaOverRank (lora_alpha = alphaOverRank x r)"
         )
     else:
         hint = (f"the last finite loss was {state.losses[-1]:.4f}; " if state.losses else "") + (
             f"lower training.learningRate (now {training.learning_rate:g}), raise training.warmupRatio, "
             "or load the base model in bfloat16 or float32 (baseModel.dtype) rather than float16"
         )
-    return PermanentTrialError(f"diverged at step {step} of {steps}: {what}; {hint}; no result was published")
+    return PermanentTrialError(f"diverged at step {step} of {steps}: {what}; {peers}{hint}; no result was published")
 
 
 def curve(losses: list[float], points: int = 50) -> list[float]:

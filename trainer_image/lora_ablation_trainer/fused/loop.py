@@ -151,10 +151,12 @@ def _step(model, forward, active, accumulation, pad_id, device, trimmed, autocas
     norms = [torch.nn.utils.clip_grad_norm_(m.params, 1.0) for m in active]
     figures = torch.stack([*loss_sums, *(n.to(loss_sums[0]) for n in norms)]).tolist()  # one device sync
     seconds = time.perf_counter() - started
+    finite = [math.isfinite(figures[i]) and math.isfinite(figures[len(active) + i]) for i in range(len(active))]
     for index, member in enumerate(active):
         loss, grad_norm = figures[index], figures[len(active) + index]
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            member.error = _diverged(member.state, member.steps, loss, grad_norm, member.training)
+        if not finite[index]:
+            member.error = _diverged(member.state, member.steps, loss, grad_norm, member.training,
+                                     peers_finite=any(finite))  # fmt: skip
             member.optimizer.zero_grad(set_to_none=True)
             log.error("trial %s leaves the fused group: %s", member.spec.name, member.error)
             continue
