@@ -28,6 +28,10 @@ from lora_ablation.summary.models import Effect, Effects
 
 ALPHA = 0.05
 MAX_EFFECTS = 200  # main effects and interactions listed in summary.json (a grid of many factors has many pairs)
+# Factor levels one fit takes. A real grid has a handful (module groups, ranks, variants, layer subsets); module sets
+# of many distinct names give thousands, whose aliasing analysis grows with the cube of their number (3,200 levels
+# took 300 s), so the summary, which the operator rebuilds, stays bounded and says why it left effects out.
+MAX_FACTOR_COLUMNS = 64
 TOL = 1e-9  # relative singular-value cut-off for a column being a combination of the others
 INSTALL_STATS = "pip install 'lora-ablation-operator[operator]'"
 
@@ -258,10 +262,18 @@ def factorial_effects(observations: tuple[Observation, ...]) -> Effects:
         return Effects(observations=len(observations),
                        notes=[f"factorial effects need numpy and scipy: {INSTALL_STATS}"])  # fmt: skip
     columns, notes = _factor_columns(observations)
+    if len(columns) > MAX_FACTOR_COLUMNS:
+        notes.append(f"not estimated: the grid has {len(columns)} factor levels (module names, ranks, variants, "
+                     f"layer subsets), more than the {MAX_FACTOR_COLUMNS} one fit takes; group modules into fewer "
+                     "module sets to get effects (the leaderboard does not depend on them)")  # fmt: skip
+        return Effects(observations=len(observations), datasets=len({o.dataset for o in observations}), notes=notes)
     main, df_main = _fit(observations, columns)
     estimable = [c for c in columns if c.name in {e.term for e in main if e.separable}]
     # Best supported first (most trials having both), so the greedy pass keeps those and aliases the rarer ones.
     pairs = sorted(_interactions(estimable), key=lambda c: -sum(c.values))
+    if len(pairs) > MAX_EFFECTS:
+        notes.append(f"{len(pairs)} two-way interactions: the {MAX_EFFECTS} best supported were fitted")
+        pairs = pairs[:MAX_EFFECTS]
     found, df_pairs = _fit(observations, estimable + pairs, len(pairs)) if pairs else ([], None)
     every = (main + found)[:MAX_EFFECTS]
     _holm(every)

@@ -9,7 +9,7 @@ from test_summary_seed import SEED_TABLE, planned, seed_results
 from lora_ablation.api.status import LoraAblationStatus
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.summary.build import summarize
-from lora_ablation.summary.effects import Observation, factorial_effects
+from lora_ablation.summary.effects import MAX_FACTOR_COLUMNS, Observation, factorial_effects
 from lora_ablation.summary.effects_view import beyond_noise, effects_table
 from lora_ablation.summary.models import Summary
 from lora_ablation.summary.report import render_markdown, render_text
@@ -123,6 +123,18 @@ def test_rank_and_variant_levels_and_a_zero_df_grid():
     one_dataset = tuple(o for o in observations if o.dataset == "a")  # 4 scores, 1 + 2 + 1 parameters
     pair = next(e for e in factorial_effects(one_dataset).effects if e.kind == "interaction")
     assert pair.estimate is not None and pair.ci_low is None and "no residual degrees of freedom" in pair.reason
+
+
+def test_a_grid_of_more_factor_levels_than_one_fit_takes_says_so_and_estimates_nothing():
+    """Module sets of many distinct names (what a trial's planned configuration can hold: 32 names each) give more
+    levels than the fit takes; the effects are left out with the reason, and the fit is never attempted."""
+    names = MAX_FACTOR_COLUMNS + 1
+    observations = tuple(_obs("a", [f"m{i}", f"m{(i + 1) % names}"], i / 100) for i in range(names))
+    effects = factorial_effects(observations)
+    assert effects.effects == [] and effects.observations == names
+    assert f"the grid has {names} factor levels" in " ".join(effects.notes)
+    fewer = tuple(o for o in observations if "m0" not in o.modules)  # one name fewer: within the cap, fitted
+    assert factorial_effects(fewer).effects
 
 
 def test_effects_are_cached_by_the_results_identity():
