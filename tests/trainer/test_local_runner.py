@@ -54,16 +54,24 @@ def mini(tiny_models, choice_data, tmp_path) -> Path:
     return ablation_file(tmp_path, tiny_models["llama"], choice_data["train"], choice_data["eval"])
 
 
+@pytest.fixture(scope="module")
+def mini_run(tiny_models, choice_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One `run --parallel 2` of the mini ablation, which the tests reading its results share."""
+    work = tmp_path_factory.mktemp("mini-run")
+    path = ablation_file(work, tiny_models["llama"], choice_data["train"], choice_data["eval"])
+    return work, lora_ablation("run", str(path), "--parallel", "2", "--logs", str(work / "logs"), cwd=work)
+
+
 def _is_png(path: Path) -> bool:
     import matplotlib.image
 
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).shape[0] > 100
 
 
-def test_run_writes_results_summary_and_plots(mini, tmp_path):
-    done = lora_ablation("run", str(mini), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+def test_run_writes_results_summary_and_plots(mini_run):
+    work, done = mini_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = tmp_path / "results" / "default" / "mini"
+    out = work / "results" / "default" / "mini"
     trials = [p for p in out.iterdir() if p.is_dir()]
     assert len(trials) == 6 and all((p / "result.json").exists() for p in trials)
     summary = json.loads((out / "summary.json").read_text())
@@ -123,12 +131,12 @@ def test_a_failing_trial_does_not_touch_the_others(tiny_models, choice_data, tmp
     assert not list(out.glob("*/failure.json"))
 
 
-def test_report_reads_any_store_including_s3(mini, tmp_path, s3_bucket):
-    done = lora_ablation("run", str(mini), "--parallel", "2", "--logs", str(tmp_path / "logs"), cwd=tmp_path)
+def test_report_reads_any_store_including_s3(mini_run, tmp_path, s3_bucket):
+    work, done = mini_run
     assert done.returncode == 0, done.stdout[-2000:]
     endpoint, bucket = s3_bucket
     client = s3_client(endpoint)
-    local = tmp_path / "results" / "default" / "mini"
+    local = work / "results" / "default" / "mini"
     for file in local.rglob("*"):
         if file.is_file():
             client.upload_file(str(file), bucket, f"ablations/default/mini/{file.relative_to(local)}")
