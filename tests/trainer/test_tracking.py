@@ -135,7 +135,8 @@ def test_local_run_makes_one_parent_with_one_child_per_trial_and_a_rerun_adds_no
 
     first = check()
     # A second attempt that retries one trial (its result gone) finds the same runs and adds none.
-    (tmp_path / "results/default/tracked" / trials[1] / "result.json").unlink()
+    (baseline,) = [t for t in trials if "-base-" in t]  # the cheapest to run again
+    (tmp_path / "results/default/tracked" / baseline / "result.json").unlink()
     _run(path, tmp_path)
     assert check() == first
 
@@ -157,7 +158,7 @@ def test_without_tracking_no_mlflow_module_is_loaded(tiny_models, choice_data, t
         ablation = parse_ablation(json.loads({json.dumps(json.dumps(manifest))}))
         plan = plan_trials(ablation.metadata.name, ablation.metadata.namespace, ablation.spec)
         assert all(t.spec.tracking is None for t in plan.trials)
-        assert "tracking" not in plan.trials[0].spec.model_dump_json(by_alias=True, exclude_none=True)
+        assert '"tracking"' not in plan.trials[0].spec.model_dump_json(by_alias=True, exclude_none=True)
         run_trial(TrialSpec.model_validate_json({json.dumps(spec.model_dump_json(by_alias=True))}))
         loaded = sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow."))
         print(json.dumps(loaded))
