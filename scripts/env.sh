@@ -18,12 +18,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ]; then
-  echo "installing lora-ablation-operator[operator,trainer,report,dev] into $VENV (lock: $LOCK; first run only)..." >&2
+  echo "installing lora-ablation-operator[operator,trainer,tracking,report,dev] into $VENV (lock: $LOCK; first run only)..." >&2
   # pip, setuptools and wheel first, from the lock, and the project built with them: the build is locked too.
   "$VENV/bin/python" -m pip install --quiet --upgrade "${constrain[@]}" -r requirements/build.in
   # torch is pinned to the CPU wheel in the trainer extra; a loose torch pulls a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install --quiet --upgrade --no-build-isolation "${constrain[@]}" \
-    -e ".[operator,trainer,report,dev]"
+    -e ".[operator,trainer,tracking,report,dev]"
   # pip keeps an installed editable project of the same version as it was: its metadata (entry points) follows
   # pyproject.toml only when reinstalled.
   "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall --no-build-isolation -e .

@@ -10,7 +10,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 sys.path.insert(0, str(Path(__file__).parent))
-pytest_plugins = ["support.s3", "support.kube", "support.cluster"]  # S3, API server and operator fixtures
+# S3, the API server, the operator and an MLflow tracking server
+pytest_plugins = ["support.s3", "support.kube", "support.cluster", "support.mlflow_server"]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 from lora_ablation.api.contract import EXIT_PERMANENT, PREFLIGHT_ENV
 from lora_ablation.api.naming import bounded_name, label_value
 from lora_ablation.api.spec import LoraAblationSpec
+from lora_ablation.api.tracking import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from lora_ablation.api.trial import PreflightSpec, TrialStorage
 from lora_ablation.planning.plan import PlannedTrial
 from lora_ablation.run.schedule import ROUND_ONE, Unit
@@ -66,7 +67,18 @@ def _env(spec: LoraAblationSpec, settings: Settings, payload_name: str, payload:
     token = spec.base_model.token_secret_ref
     if token:
         env.append(_secret_env("HF_TOKEN", token.name, token.key))
-    return env
+    return env + (tracking_env(spec) if payload_name != PREFLIGHT_ENV else [])  # preflight logs nothing
+
+
+def tracking_env(spec: LoraAblationSpec) -> list[dict[str, Any]]:
+    """MLflow's credentials, by reference: each key optional (a username and password, or a token)."""
+    mlflow = spec.tracking.mlflow if spec.tracking else None
+    if mlflow is None or mlflow.credentials_secret_ref is None:
+        return []
+    ref = mlflow.credentials_secret_ref
+    keys = ((USERNAME_ENV, ref.username_key), (PASSWORD_ENV, ref.password_key), (TOKEN_ENV, ref.token_key))
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key, "optional": True}}}
+            for name, key in keys]  # fmt: skip
 
 
 def _claims(spec: LoraAblationSpec) -> list[str]:

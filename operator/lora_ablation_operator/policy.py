@@ -17,6 +17,8 @@ Rules (each list also accepts "*", meaning anything):
 - buckets: every s3:// URI of the spec (storage, base model, datasets), since trials may run with the
   operator's default credentials and the operator writes and deletes results with its own;
 - storage endpoints: storage.endpoint, exactly as written; unset (AWS, or the operator's default) is allowed;
+- tracking URIs: tracking.mlflow.trackingUri, exactly as written (trial pods send the run's credentials there and
+  the operator its own when it logs the summary); its credentialsSecretRef name is a Secret like the others;
 - claims: every PersistentVolumeClaim a trial pod mounts (the claim of each pvc:// URI, execution.modelCacheClaim);
 - priority classes: execution.priorityClassName; unset (the cluster's default) is always allowed;
 - tolerations: each toleration's key and effect (a toleration without a key tolerates every taint and one without
@@ -57,6 +59,7 @@ class Policy:
     secrets: tuple[str, ...] = ()
     buckets: tuple[str, ...] = ()
     storage_endpoints: tuple[str, ...] = ()
+    tracking_uris: tuple[str, ...] = ()
     claims: tuple[str, ...] = ()
     priority_classes: tuple[str, ...] = ()
     toleration_keys: tuple[str, ...] = (GPU_TAINT,)
@@ -68,8 +71,9 @@ class Policy:
     def open(cls) -> Policy:
         """Everything allowed: a single-user cluster or a test of something else."""
         return cls(image_repositories=(ANY,), service_accounts=(ANY,), secrets=(ANY,), buckets=(ANY,),
-                   storage_endpoints=(ANY,), claims=(ANY,), priority_classes=(ANY,), toleration_keys=(ANY,),
-                   toleration_effects=(ANY,), node_selectors=(ANY,), affinity=True)  # fmt: skip
+                   storage_endpoints=(ANY,), tracking_uris=(ANY,), claims=(ANY,), priority_classes=(ANY,),
+                   toleration_keys=(ANY,), toleration_effects=(ANY,), node_selectors=(ANY,),
+                   affinity=True)  # fmt: skip
 
 
 def image_parts(image: str) -> tuple[str, str | None]:
@@ -136,8 +140,11 @@ def violations(spec: LoraAblationSpec, policy: Policy, *, trainer_image: str, de
     if account is not None and not _listed(account, policy.service_accounts):
         out.append(f"spec.execution.serviceAccountName: {account!r} is not an allowed ServiceAccount (allowed: "
                    f"{_shown(policy.service_accounts)}, chart value policy.allowedServiceAccounts)")  # fmt: skip
+    mlflow = spec.tracking.mlflow if spec.tracking else None
     refs = [("spec.storage.credentialsSecretRef.name", spec.storage.credentials_secret_ref),
-            ("spec.baseModel.tokenSecretRef.name", spec.base_model.token_secret_ref)]  # fmt: skip
+            ("spec.baseModel.tokenSecretRef.name", spec.base_model.token_secret_ref),
+            ("spec.tracking.mlflow.credentialsSecretRef.name",
+             mlflow.credentials_secret_ref if mlflow else None)]  # fmt: skip
     for path, ref in refs:
         if ref is not None and ref.name != default_secret and not _listed(ref.name, policy.secrets):
             out.append(f"{path}: Secret {ref.name!r} is not one trials may use (allowed: "
@@ -156,6 +163,10 @@ def violations(spec: LoraAblationSpec, policy: Policy, *, trainer_image: str, de
         if claim is not None and not _listed(claim, policy.claims):
             out.append(f"{path}: PersistentVolumeClaim {claim!r} is not one trials may mount (allowed: "
                        f"{_shown(policy.claims)}, chart value policy.allowedClaims)")  # fmt: skip
+    if mlflow is not None and not _listed(mlflow.tracking_uri, policy.tracking_uris):
+        out.append(f"spec.tracking.mlflow.trackingUri: {mlflow.tracking_uri!r} is not an allowed MLflow tracking "
+                   f"server (allowed: {_shown(policy.tracking_uris)}, chart value "
+                   "policy.allowedTrackingUris)")  # fmt: skip
     return out + placement_violations(spec, policy) + storage_violations(spec.storage, policy, default_endpoint)
 
 

@@ -14,10 +14,13 @@ from typing import Any
 import kopf
 
 from lora_ablation.api.contract import FAILURE
+from lora_ablation.api.tracking import trial_tracking
 from lora_ablation.api.trial_state import ACTIVE
+from lora_ablation.planning.trials import ablation_uri
 from lora_ablation.storage.publish import write_summary
 from lora_ablation.storage.record import write_all
 from lora_ablation.storage.store import StorageError
+from lora_ablation.tracking import log_summary
 from lora_ablation_operator import collector, kube, metrics, workload
 from lora_ablation_operator.events import aggregate
 from lora_ablation_operator.gather import Gathered, gather
@@ -175,6 +178,8 @@ def run_pass(snapshot: Snapshot, settings: Settings, results_cache: collector.Re
     outcome.created = created
     if wanted and not unstored:
         outcome.summary_written = (decision.status.get("trials") or {}).get("succeeded")
+        if decision.finished:  # once per finished ablation (and once more after a restart: artifacts are replaced)
+            track_summary(decision, planned, namespace, name)
     outcome.retry = bool(rejected or observed.storage_problem or unstored or unrecorded)
     # Nothing sends an event when these change, so the pass itself says when to look again: a result.json that may
     # be rewritten (checked every result_recheck_seconds) and a pod that will have waited too long.
@@ -229,6 +234,18 @@ def store_summary(decision: Decision, planned: Planned, namespace: str, name: st
         metrics.STORAGE_ERRORS.inc()
         return collector.describe(error)
     return None
+
+
+def track_summary(decision: Decision, planned: Planned, namespace: str, name: str) -> None:
+    """The finished ablation's summary on its MLflow run (spec.tracking.mlflow), with the operator's own MLflow
+    credentials (its environment); advisory: a tracking server that fails costs a warning, nothing else."""
+    spec = planned.spec
+    if spec is None or spec.tracking is None or decision.summary is None:
+        return
+    folder = ablation_uri(spec.storage.uri, namespace, name)
+    tracking = trial_tracking(spec.tracking, folder)
+    if tracking is not None:
+        log_summary(tracking, decision.summary, storage_uri=folder)
 
 
 def apply(decision: Decision, snapshot: Snapshot) -> Outcome:

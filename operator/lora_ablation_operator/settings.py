@@ -123,6 +123,7 @@ def policy_from_env() -> Policy:
         secrets=parse_list(_env("POLICY_SECRETS", "")),
         buckets=parse_list(_env("POLICY_BUCKETS", "")),
         storage_endpoints=parse_list(_env("POLICY_STORAGE_ENDPOINTS", "")),
+        tracking_uris=parse_list(_env("POLICY_TRACKING_URIS", "")),
         claims=parse_list(_env("POLICY_CLAIMS", "")),
         priority_classes=parse_list(_env("POLICY_PRIORITY_CLASSES", "")),
         toleration_keys=parse_list(_env("POLICY_TOLERATION_KEYS", GPU_TAINT)),

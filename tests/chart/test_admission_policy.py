@@ -96,7 +96,7 @@ def test_a_trailing_newline_is_refused_by_cel_and_the_crd_pattern():
     {"allowedImageRepositories": ["ghcr.io/x/trainer:1.0"]},  # a tag would match differently in CEL and Python
     {"allowedImageRepositories": ["ghcr.io/x/trainer@sha256:" + "a" * 64]},
     {"allowedImageDigests": ["latest"]}, {"allowedBuckets": ["Bad_Bucket"]},
-    {"allowedStorageEndpoints": ["minio:9000"]}, {"allowedSecrets": ["a,b"]},
+    {"allowedStorageEndpoints": ["minio:9000"]}, {"allowedTrackingUris": ["mlflow:5000"]}, {"allowedSecrets": ["a,b"]},
     {"allowedClaims": ["Team_B"]}, {"allowedPriorityClasses": ["a,b"]}, {"allowedTolerationKeys": ["a b"]},
     {"allowedTolerationEffects": ["NoEvict"]}, {"allowedNodeSelectors": ["pool=a,b"]},
     {"allowedNodeSelectors": ["pool=bad value"]}, {"allowAffinity": "yes"},

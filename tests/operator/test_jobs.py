@@ -126,3 +126,32 @@ def test_each_seed_is_its_own_job_and_the_trainer_gets_its_seed():
     assert len({j["metadata"]["name"] for j in jobs}) == 2
     baseline = trial_job("demo", "ns", spec, plan.trials[0], SETTINGS)
     assert "lora.ablation.dev/seed" not in baseline["metadata"]["annotations"]
+
+
+def test_tracking_credentials_reach_trial_pods_by_reference_only():
+    mlflow = {"trackingUri": "https://mlflow.corp", "experimentName": "team-a/llama",
+              "credentialsSecretRef": {"name": "mlflow-creds", "tokenKey": "api-token"}}  # fmt: skip
+    spec, plan = build(tracking={"mlflow": mlflow})
+    job = trial_job("demo", "ns", spec, plan.trials[1], SETTINGS)
+    kubernetes_validate.validate(job, "1.33.0", strict=True)
+    for name, key in (("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+                      ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_PASSWORD"), ("MLFLOW_TRACKING_TOKEN", "api-token")):
+        # Optional: a Secret with a token only (or a username and password only) starts the pod all the same.
+        assert env(job, name) == {"name": name, "valueFrom": {"secretKeyRef": {"name": "mlflow-creds", "key": key,
+                                                                               "optional": True}}}  # fmt: skip
+    trial = TrialSpec.model_validate_json(env(job, TRIAL_ENV)["value"])
+    assert trial.tracking.tracking_uri == "https://mlflow.corp" and trial.tracking.experiment_name == "team-a/llama"
+    assert "mlflow-creds" not in env(job, TRIAL_ENV)["value"]  # the payload names no Secret and holds no credential
+    # Every trial of the ablation shares one parent key: its storage folder's.
+    assert len({t.spec.tracking.ablation_key for t in plan.trials}) == 1
+    preflight = preflight_job("demo", "ns", spec, SETTINGS)  # the preflight logs nothing: no credentials
+    names = {e["name"] for e in preflight["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {n for n in names if n.startswith("MLFLOW_")}
+
+
+def test_without_tracking_the_trial_payload_and_env_are_unchanged():
+    spec, plan = build()
+    job = trial_job("demo", "ns", spec, plan.trials[1], SETTINGS)
+    assert "tracking" not in env(job, TRIAL_ENV)["value"]
+    names = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {n for n in names if n.startswith("MLFLOW_")}

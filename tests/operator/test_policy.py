@@ -35,7 +35,8 @@ def settings_for(values: dict[str, Any]) -> Settings:
     policy = Policy(tuple(values["allowedImageRepositories"]), tuple(values["allowedImageDigests"]),
                     tuple(values["allowedServiceAccounts"]), tuple(values["allowedSecrets"]),
                     tuple(values["allowedBuckets"]), tuple(values["allowedStorageEndpoints"]),
-                    tuple(values["allowedClaims"]), tuple(values["allowedPriorityClasses"]),
+                    tuple(values["allowedTrackingUris"]), tuple(values["allowedClaims"]),
+                    tuple(values["allowedPriorityClasses"]),
                     tuple(values["allowedTolerationKeys"]), tuple(values["allowedTolerationEffects"]),
                     tuple(values["allowedNodeSelectors"]), values["allowAffinity"])  # fmt: skip
     return Settings(trainer_image=CONTEXT["trainerImage"], default_storage_endpoint=DEFAULT_ENDPOINT,

@@ -73,6 +73,7 @@ class Cluster:
             # Tests of other things name any bucket and endpoint; policy tests pass their own policy_* settings.
             "LORA_ABLATION_POLICY_BUCKETS": "*",
             "LORA_ABLATION_POLICY_STORAGE_ENDPOINTS": "*",
+            "LORA_ABLATION_POLICY_TRACKING_URIS": "*",
             **{f"LORA_ABLATION_{k.upper()}": str(v) for k, v in settings.items()},
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("w")

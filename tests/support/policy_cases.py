@@ -27,6 +27,7 @@ BASE_POLICY: dict[str, Any] = {
     "allowedSecrets": [],
     "allowedBuckets": ["data", "results"],
     "allowedStorageEndpoints": [],
+    "allowedTrackingUris": [],
     "allowedClaims": [],
     "allowedPriorityClasses": [],
     "allowedTolerationKeys": ["nvidia.com/gpu"],
@@ -61,6 +62,8 @@ TRAIN, EVAL = "spec.datasets[*].train", "spec.datasets[*].eval"
 CACHE, PRIORITY = "spec.execution.modelCacheClaim", "spec.execution.priorityClassName"
 TOL_KEY, TOL_EFFECT = "spec.execution.tolerations[*].key", "spec.execution.tolerations[*].effect"
 NODES, AFFINITY = "spec.execution.nodeSelector", "spec.execution.affinity"
+TRACKING, TRACKING_CREDS = "spec.tracking.mlflow.trackingUri", "spec.tracking.mlflow.credentialsSecretRef.name"
+MLFLOW = "http://mlflow.mlflow:5000"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 TEAM_B_NODES = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
     {"matchExpressions": [{"key": "dedicated", "operator": "In", "values": ["team-b"]}]}]}}}
@@ -129,6 +132,19 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
      set()),
     ("claim-any", {"allowedClaims": ["*"]}, {"baseModel": {"uri": "pvc://x/m"},
                                              "execution": {"modelCacheClaim": "y"}}, set()),
+    # Experiment tracking: where trial pods (and the operator) send MLflow credentials.
+    ("tracking-uri-not-listed", {}, {"tracking": {"mlflow": {"trackingUri": "http://169.254.169.254",
+                                                             "experimentName": "e"}}}, {TRACKING}),
+    ("tracking-uri-listed", {"allowedTrackingUris": [MLFLOW]},
+     {"tracking": {"mlflow": {"trackingUri": MLFLOW, "experimentName": "e"}}}, set()),
+    ("tracking-uri-listed-is-exact", {"allowedTrackingUris": [MLFLOW]},
+     {"tracking": {"mlflow": {"trackingUri": MLFLOW + ".evil.com", "experimentName": "e"}}}, {TRACKING}),
+    ("tracking-secret-not-listed", {"allowedTrackingUris": ["*"]}, {"tracking": {"mlflow": {
+        "trackingUri": MLFLOW, "experimentName": "e", "credentialsSecretRef": {"name": "team-b-mlflow"}}}},
+     {TRACKING_CREDS}),
+    ("tracking-secret-listed", {"allowedTrackingUris": ["*"], "allowedSecrets": ["mlflow"]}, {"tracking": {"mlflow": {
+        "trackingUri": MLFLOW, "experimentName": "e", "credentialsSecretRef": {"name": "mlflow"}}}}, set()),
+    ("tracking-unset", {}, {"tracking": {}}, set()),
     # Placement: whom trials may preempt, which taints they tolerate, which nodes they pick.
     ("priority-class-not-listed", {}, {"execution": {"priorityClassName": "system-cluster-critical"}}, {PRIORITY}),
     ("priority-class-listed", {"allowedPriorityClasses": ["research"]},

@@ -23,6 +23,7 @@ from lora_ablation.api.trial import TrialBatch, TrialResult, TrialSpec
 from lora_ablation.planning import fusion
 from lora_ablation.storage.open import open_store
 from lora_ablation.storage.store import StorageAccessDenied, StorageUnavailable, Store
+from lora_ablation.tracking import log_trial
 from lora_ablation_trainer.base import Base
 from lora_ablation_trainer.errors import PermanentTrialError, TransientTrialError
 from lora_ablation_trainer.fused.group import Member, adapter_weights, attach_group
@@ -103,6 +104,8 @@ def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, a
         if (done := already_done(store, spec)) is not None:
             log.info("trial %s: skipped, it already has a %s", spec.name, type(done).__name__)
             outcomes[index] = done
+            if isinstance(done, TrialResult) and spec.tracking is not None and dist.is_main:
+                log_trial(spec, done)  # a run the server missed is logged now (a finished one is found, kept)
         else:
             todo.append((index, store))
     # Fused groups train in one process on one device; several ranks train their trials one after another.

@@ -16,6 +16,7 @@ from lora_ablation.api.curves import EvalPoint
 from lora_ablation.api.stages import StageOneResult
 from lora_ablation.api.trial import TrainMetrics, TrialResult, TrialSpec
 from lora_ablation.storage.store import Store
+from lora_ablation.tracking import log_trial
 from lora_ablation_trainer import adapters, fsdp
 from lora_ablation_trainer.base import Base, TrialData
 from lora_ablation_trainer.data import encode
@@ -233,6 +234,8 @@ def _report(spec, store, base, targets, data, model, train_metrics, tmp, clock, 
     )
     publish(store, result)  # last: its presence means the trial is complete
     store.delete_prefix("checkpoints/")
+    if spec.tracking is not None:  # after the result: a tracking server that is down only costs a warning
+        log_trial(spec, result, tmp / "adapter" if targets is not None else None)
     return result
 
 

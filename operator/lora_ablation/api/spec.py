@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from lora_ablation.api.base import DNS1123_LABEL, ApiModel, ObjectName, SecretKey
 from lora_ablation.api.execution import ExecutionSpec
 from lora_ablation.api.search import MAX_SEEDS, LayerSubset, ModuleSet, SearchSpec, Variant
+from lora_ablation.api.tracking import TrackingSpec
 
 __all__ = ["MAX_SEEDS", "LayerSubset", "ModuleSet", "SearchSpec", "Variant"]  # re-exported: spec is their old home
 
@@ -303,6 +304,9 @@ class LoraAblationSpec(ApiModel):
     selection: SelectionSpec = Field(default_factory=SelectionSpec, description="How the recommendation is chosen.")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="Where and how trial Jobs run.")
     storage: StorageSpec = Field(description="Object storage for results, adapters and the summary.")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking (MLflow); nothing is logged, and no tracking client loaded, when unset."
+    )
 
     @field_validator("datasets")
     @classmethod

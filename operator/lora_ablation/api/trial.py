@@ -11,6 +11,7 @@ from lora_ablation.api.bounds import MAX_NAME, Loss, Millis, Name, Percent, Scor
 from lora_ablation.api.curves import MAX_EVAL_POINTS, EvalPoint, LossCurve
 from lora_ablation.api.spec import BaseModelSpec, DatasetSpec, LatencySpec, LayerSubset, TrainingSpec
 from lora_ablation.api.stages import StageOneSpec
+from lora_ablation.api.tracking import TrialTracking
 
 RESULT_SCHEMA_VERSION = 1
 # Bounds on what a trial image may write: results are read by the shared operator, so a hostile or broken
@@ -72,6 +73,12 @@ class TrialSpec(ApiModel):
         "from execution.sharding and the memory estimate; it is not part of the trial's name. Absent unless fsdp, so "
         "the trial JSON of unsharded trials stays what it was.",
         json_schema_extra={"enum": ["none", "fsdp"]},
+    )
+
+    tracking: TrialTracking | None = Field(
+        None,
+        description="Where the trial logs its MLflow run (spec.tracking.mlflow); absent without tracking, so the "
+        "trial JSON of untracked ablations stays what it was.",
     )
 
     @field_validator("sharding")

@@ -20,10 +20,12 @@ from lora_ablation.api.base import SpecError
 from lora_ablation.api.contract import FAILURE, TRIAL_ENV
 from lora_ablation.api.resource import LoraAblation
 from lora_ablation.api.stages import StageOneResult
+from lora_ablation.api.tracking import trial_tracking
 from lora_ablation.api.trial import TrialResult
 from lora_ablation.api.trial_state import FAILED, TrialState
 from lora_ablation.local.progress import ProgressLines
 from lora_ablation.planning.plan import Plan, PlannedTrial
+from lora_ablation.planning.trials import ablation_uri
 from lora_ablation.run.budget import admit
 from lora_ablation.run.budget import costs as budget_costs
 from lora_ablation.run.lifecycle import Evidence, Run, judge
@@ -35,6 +37,7 @@ from lora_ablation.storage.store import LocalStore, Store
 from lora_ablation.summary.models import Summary
 from lora_ablation.summary.plots import INSTALL_REPORT, PlotsUnavailable, write_plots
 from lora_ablation.summary.report import render_text
+from lora_ablation.tracking import ablation_run, log_summary
 
 EXIT_INTERRUPTED = 130
 
@@ -309,6 +312,12 @@ def run_ablation(
     store = open_store(spec.storage.uri, spec.storage.endpoint, spec.storage.region, local=True)
     store = store.child(meta.namespace, meta.name)
     runner = LocalRunner(ablation, plan, store, parallel, logs, out)
+    tracking = trial_tracking(spec.tracking, ablation_uri(spec.storage.uri, meta.namespace, meta.name))
+    if tracking is not None:  # the ablation's run first, so the trainers find it rather than race to create it
+        parent = ablation_run(tracking, ablation=meta.name, namespace=meta.namespace, storage_uri=store.uri)
+        said = f"MLflow run {parent} in experiment {tracking.experiment_name!r} at {tracking.tracking_uri}"
+        print(said if parent else f"warning: MLflow at {tracking.tracking_uri} is unavailable; the trials run, "
+              "tracked only where it answers (see the log)", file=out)  # fmt: skip
     if spec.execution.nodes > 1:  # the same results either way; only where the processes run differs
         print(f"note: execution.nodes {spec.execution.nodes} is for a cluster; here every trial runs on this "
               "machine", file=out)  # fmt: skip
@@ -325,6 +334,8 @@ def run_ablation(
         plots = []
         drawn = (f"plots not drawn: matplotlib is not installed; {INSTALL_REPORT}, then "
                  f"lora-ablation report {store.uri} --plots DIR")  # fmt: skip
+    if tracking is not None:
+        log_summary(tracking, summary, storage_uri=store.uri, plots=plots)
     print("\n" + render_text(summary), file=out)
     print(f"\nsummary: {store.uri}/{SUMMARY_FILE}, {store.uri}/summary.md; {drawn}", file=out)
     return RunReport(summary, runner.outcomes, plots)

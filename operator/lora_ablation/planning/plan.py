@@ -8,6 +8,7 @@ from typing import Any
 
 from lora_ablation.api.naming import trial_names
 from lora_ablation.api.spec import LoraAblationSpec, TrainingSpec
+from lora_ablation.api.tracking import trial_tracking
 from lora_ablation.api.trial import BASELINE_VARIANT, TrialSpec, TrialStorage
 from lora_ablation.modules.groups import canonical_module_set, module_set_label
 from lora_ablation.modules.inventory import ModelInventory, Resolution, in_layers, resolve_module_set
@@ -16,7 +17,14 @@ from lora_ablation.modules.layers import indices as layer_indices
 from lora_ablation.modules.layers import slug as layers_slug
 from lora_ablation.planning import fusion
 from lora_ablation.planning.sharding import assign_sharding
-from lora_ablation.planning.trials import LayerSelectionError, Plan, PlannedTrial, config_label, trial_uri
+from lora_ablation.planning.trials import (
+    LayerSelectionError,
+    Plan,
+    PlannedTrial,
+    ablation_uri,
+    config_label,
+    trial_uri,
+)
 
 __all__ = ["LayerSelectionError", "Plan", "PlannedTrial", "config_label", "plan_trials", "trial_uri"]
 
@@ -114,6 +122,7 @@ def plan_trials(
     names = trial_names(ablation, [(spec.datasets[c[0]].name, config, identity) for c, (config, identity) in
                                    zip(combos, parts, strict=True)])  # fmt: skip
     trials: list[PlannedTrial] = []
+    tracking = trial_tracking(spec.tracking, ablation_uri(spec.storage.uri, namespace, ablation))
     for (d_index, s_index, modules, rank, variant, seed, layers), name in zip(combos, names, strict=True):
         dataset = spec.datasets[d_index]
         resolution = resolutions.get(s_index) if s_index is not None else None
@@ -140,6 +149,7 @@ def plan_trials(
                 endpoint=spec.storage.endpoint,
                 region=spec.storage.region,
             ),
+            tracking=tracking,
         )
         if variant == BASELINE_VARIANT:
             params: int | None = 0

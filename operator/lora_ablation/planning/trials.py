@@ -49,5 +49,10 @@ def config_label(modules: list[str], rank: int, variant: str, layers: str = ALL_
     return label if layers == ALL_LAYERS else f"{label} layers={layers}"
 
 
+def ablation_uri(storage_uri: str, namespace: str, ablation: str) -> str:
+    """The ablation's folder of spec.storage: its record."""
+    return f"{storage_uri.rstrip('/')}/{namespace}/{ablation}"
+
+
 def trial_uri(storage_uri: str, namespace: str, ablation: str, trial: str) -> str:
-    return f"{storage_uri.rstrip('/')}/{namespace}/{ablation}/{trial}"
+    return f"{ablation_uri(storage_uri, namespace, ablation)}/{trial}"
