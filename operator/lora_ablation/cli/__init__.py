@@ -107,9 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `lora-ablation plan -o json | head` should not print a traceback
+def console_main() -> int:
+    """The `lora-ablation` command: `main` as a process of its own."""
+    # `lora-ablation plan -o json | head` should end quietly, as a Unix filter does, not print a traceback. Only
+    # here, where this is the whole process: in a caller's process (a test, a notebook) the default disposition
+    # would let any write to a closed socket kill that process with no message.
+    if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return main()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command in this process; it leaves the process's signal handling as it found it."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -2,6 +2,6 @@
 
 import sys
 
-from lora_ablation.cli import main
+from lora_ablation.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())
