@@ -4,6 +4,8 @@
   calls creating the same Jobs from the same builder (on a second emulated API server), and their ratio;
 - Job completion -> visible in the ablation's status (p50, p95), one completion at a time over a sample;
 - a burst: every other Job completing at once -> every ablation Ready;
+- live progress (`--running-seconds`): every trial writes progress.json as a trainer does while the operator runs at
+  its default 30 s progress period; storage requests counted at the server by operation, status patches by the API;
 - API requests per trial over its whole life, by client, verb and resource (as the API server counted them);
 - the operator's memory: resident at start, peak (VmHWM), and per trial;
 - CPU time of one pass triggered by one Job completing in an ablation of ~maxTrials trials (in-process).
@@ -12,16 +14,21 @@ Preflight is off so the figures are about trial Jobs.
 
     python tests/benchmarks/operator_scale.py [--ablations 100] [--trials 10] [--sample 60] [--no-cpu]
     python tests/benchmarks/operator_scale.py --ablations 100 --trials 100 --no-cpu      # 10,000 trials
+    python tests/benchmarks/operator_scale.py --running-seconds 95 --no-cpu  # 1,000 trials reporting progress
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kubernetes
@@ -102,6 +109,66 @@ def _watch_jobs(batch: kubernetes.client.BatchV1Api, expected: int, seen: thread
             return
 
 
+class StorageRequests(logging.Handler):
+    """Every request moto's server answered, by operation: werkzeug logs one line per request (the operator runs in
+    its own process, so counting at the server is what sees its requests)."""
+
+    LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>[^ ?]*)(?P<query>\?[^ ]*)? HTTP')
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.counts: Counter[str] = Counter()
+        self._lock_counts = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.LINE.search(record.getMessage())
+        if not found:
+            return
+        method, path, query = found["method"], found["path"], found["query"] or ""
+        if "list-type" in query or (method == "GET" and path.count("/") <= 1):
+            kind = "list"
+        else:
+            kind = f"{method} {path.rsplit('/', 1)[-1] if path.endswith('.json') else 'other'}"
+        with self._lock_counts:
+            self.counts[kind] += 1
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock_counts:
+            return Counter(self.counts)
+
+
+def count_storage_requests() -> StorageRequests:
+    counter = StorageRequests()
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.propagate = False  # counted, not printed
+    werkzeug.addHandler(counter)
+    return counter
+
+
+def progress_doc(trial: str, step: int, total: int) -> bytes:
+    """What a trainer publishes every few seconds while it trains (lora_ablation.storage's progress record)."""
+    return json.dumps({"trial": trial, "step": step, "totalSteps": total, "trainLoss": 2.0 - step / total,
+                       "tokensPerSecond": 4096.0, "elapsedSeconds": 2.0 * step, "etaSeconds": 2.0 * (total - step),
+                       "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()  # fmt: skip
+
+
+def report_progress(cluster: Cluster, jobs: list[dict], seconds: float, every: float) -> int:
+    """Every trial writes its progress every `every` seconds for `seconds`, as running trainers do; returns the
+    number of writes."""
+    keys = [(cluster.trial_spec(j)["name"], cluster.result_key(j).replace("result.json", "progress.json"))
+            for j in jobs]  # fmt: skip
+    writes, step, ends = 0, 0, time.perf_counter() + seconds
+    with ThreadPoolExecutor(8) as pool:
+        while time.perf_counter() < ends:
+            started, step = time.perf_counter(), step + 1
+            list(pool.map(lambda tk: cluster.s3.put_object(Bucket=cluster.bucket, Key=tk[1],
+                                                           Body=progress_doc(tk[0], step, 100)), keys))  # fmt: skip
+            writes += len(keys)
+            time.sleep(max(0.0, min(every - (time.perf_counter() - started), ends - time.perf_counter())))
+    return writes
+
+
 def proc_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
@@ -124,6 +191,7 @@ def scale_run(args: argparse.Namespace) -> None:
         watched_seconds, _ = bare_loop(manifests, watched=True)
         with ServedApi() as api:
             server, endpoint = start_moto_server()
+            storage = count_storage_requests()
             s3_client(endpoint).create_bucket(Bucket="scale")
             cluster = Cluster(write_kubeconfig(workdir / "kubeconfig", api.url), endpoint, "scale", workdir)
             cluster.install_crd()
@@ -157,6 +225,17 @@ def scale_run(args: argparse.Namespace) -> None:
                       f"{create_seconds / watched_seconds:.2f}")  # fmt: skip
                 return
             jobs = trial_jobs()
+            live = None
+            if args.running_seconds > 0:  # every trial runs a while, reporting progress, before any finishes
+                storage_before, api_before = storage.snapshot(), Counter(api.emulator.tally)
+                writes = report_progress(cluster, jobs, args.running_seconds, args.progress_every)
+                live_api = Counter(api.emulator.tally)
+                live_api.subtract(api_before)
+                live_storage = storage.snapshot()
+                live_storage.subtract(storage_before)
+                live = (writes, live_storage, live_api, proc_mib(pid, "VmRSS"))
+                print(f"[progress] {len(jobs)} trials reported progress for {args.running_seconds:.0f} s "
+                      f"({writes} writes); operator RSS {live[3]:.1f} MiB", flush=True)
             for job in jobs:
                 cluster.write_result(job, 0.5)
 
@@ -200,6 +279,7 @@ def scale_run(args: argparse.Namespace) -> None:
 
     ours = {k: v for k, v in tally.items() if k[0] in {"kopf", "lora-ablation-operator"} and v > 0}
     requests = sum(ours.values())
+    storage_total = storage.snapshot()
     print(f"{args.ablations} ablations x {args.trials} trials = {total} trial Jobs (preflight off, resync "
           f"{args.resync}s)")  # fmt: skip
     print(f"  apply -> all permitted Jobs created:      {create_seconds:8.2f} s")
@@ -215,6 +295,22 @@ def scale_run(args: argparse.Namespace) -> None:
     print(f"  API requests per trial, whole life:        {requests / total:8.2f}   (goal <= 4)")
     for (client, verb, resource), count in sorted(ours.items(), key=lambda kv: -kv[1]):
         print(f"      {client:24s} {verb:7s} {resource:28s} {count:7d}  {count / total:6.3f}/trial")
+    if live is not None:
+        writes, live_storage, live_api, live_rss = live
+        periods = args.running_seconds / 30.0
+        reads = live_storage["GET progress.json"]
+        patches = sum(v for (c, verb, res), v in live_api.items()
+                      if c in {"kopf", "lora-ablation-operator"} and verb == "patch" and res == PLURAL)  # fmt: skip
+        print(f"  live progress, {total} trials running {args.running_seconds:.0f} s (writes every "
+              f"{args.progress_every:.0f} s, {writes} in all; operator period 30 s):")
+        print(f"      progress reads: {reads} = {reads / total / periods:.2f} per running trial per 30 s   "
+              f"(goal <= 1); status patches: {patches} = {patches / args.ablations / periods:.2f} per ablation "
+              f"per 30 s; operator RSS then {live_rss:.1f} MiB")  # fmt: skip
+        other = {k: v for k, v in live_storage.items() if k != "GET progress.json" and not k.startswith("PUT")}
+        print(f"      other storage requests meanwhile: {dict(other) or 'none'}")
+    operator_storage = {k: v for k, v in storage_total.items() if not k.startswith("PUT")}
+    print(f"  storage requests by the operator, whole life: {sum(operator_storage.values()) / total:.2f} per trial "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(operator_storage.items()))})")
     print(
         f"  operator memory: start {rss_start:.1f} MiB, end {rss_end:.1f} MiB, peak {rss_peak:.1f} MiB "
         f"(goal <= 200 at 1,000 trials); {(rss_peak - rss_start) * 1024 / total:.1f} KiB per trial above start"
@@ -319,6 +415,9 @@ def main() -> None:
     parser.add_argument("--ablations", type=int, default=100)
     parser.add_argument("--trials", type=int, default=10, help="trials per ablation (baseline + configurations)")
     parser.add_argument("--sample", type=int, default=60, help="single completions timed to status")
+    parser.add_argument("--running-seconds", type=float, default=0.0,
+                        help="let every trial run and report progress this long before finishing (0: off)")
+    parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between a trial's progress writes")
     parser.add_argument("--resync", type=float, default=300.0, help="the operator's safety-net resync, seconds")
     parser.add_argument("--cpu-trials", type=int, default=5000, help="trials of the one-pass CPU measurement")
     parser.add_argument("--no-cpu", action="store_true", help="skip the one-pass CPU measurement")

@@ -55,7 +55,7 @@ def test_a_4_bit_trial_trains_evaluates_times_and_publishes_a_plain_peft_adapter
                       training={"maxSteps": 6, "gradientCheckpointing": True}, latency={"repeats": 1})  # fmt: skip
     spec.base_model.quantization = "nf4"
     result = run_trial(spec)
-    assert result.train.steps == 6 and result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.train.steps == 6 and result.train.loss_last < result.train.loss_first, result.train.curve.loss
     assert result.latency.dtype == "nf4 (compute float32)" and result.latency.adapter.tpot_p50_ms > 0
     assert result.eval.samples == 24
     adapter = tmp_path / "out" / "adapter"

@@ -33,7 +33,7 @@ def _adapter(folder: Path) -> dict[str, torch.Tensor]:
 
 def _same_training(a: TrialResult, b: TrialResult, a_dir: Path, b_dir: Path) -> None:
     assert a.eval == b.eval
-    assert a.train.loss_curve == b.train.loss_curve
+    assert a.train.curve == b.train.curve
     weights_a, weights_b = _adapter(a_dir), _adapter(b_dir)
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

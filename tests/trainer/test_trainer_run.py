@@ -25,8 +25,8 @@ def test_every_family_and_variant_trains_and_publishes(family, variant, tiny_mod
                       variant=variant)  # fmt: skip
     result = run_trial(spec)
     assert result.train.steps == 30
-    assert result.train.loss_last < result.train.loss_first, result.train.loss_curve
-    assert result.train.curve.steps == list(range(1, 31)) and result.train.curve.loss[-1] == result.train.loss_curve[-1]
+    assert result.train.loss_last < result.train.loss_first, result.train.curve.loss
+    assert result.train.curve.steps == list(range(1, 31)) and result.train.loss_curve == []
     (final,) = result.train.eval_points
     assert (final.stage, final.step, final.score) == ("final", 30, result.eval.score)
     assert result.train.tokens > 0 and result.train.tokens_per_second > 0

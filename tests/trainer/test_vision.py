@@ -65,7 +65,7 @@ def test_an_image_text_trial_trains_only_the_language_model_and_times_with_an_im
     spec = trial_spec(vlm, image_data["train"], image_data["eval"], f"file://{tmp_path}/out", format="chat",
                       training={"maxSteps": 8}, latency=latency)  # fmt: skip
     result = run_trial(spec)
-    assert result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.train.loss_last < result.train.loss_first, result.train.curve.loss
     assert result.eval.samples == 8 and result.eval.metric == "accuracy"  # scored on generated text
     assert all(name.startswith("model.language_model.layers.") for name in result.targeted_module_names)
     adapter = tmp_path / "out" / "adapter"
@@ -88,7 +88,7 @@ def test_a_gemma3_trial_trains_with_its_token_type_ids(image_data, tmp_path):
     spec = trial_spec(gemma3, image_data["train"], image_data["eval"], f"file://{tmp_path}/out", format="chat",
                       training={"maxSteps": 6}, latency=latency)  # fmt: skip
     result = run_trial(spec)
-    assert result.train.loss_last < result.train.loss_first, result.train.loss_curve
+    assert result.train.loss_last < result.train.loss_first, result.train.curve.loss
     assert result.eval.samples == 8 and result.latency.adapter.tpot_p50_ms > 0
     assert all(name.startswith("model.language_model.layers.") for name in result.targeted_module_names)
 

@@ -227,12 +227,6 @@ def _diverged(state: TrainState, steps: int, loss: float, grad_norm: float, trai
     return PermanentTrialError(f"diverged at step {step} of {steps}: {what}; {peers}{hint}; no result was published")
 
 
-def curve(losses: list[float], points: int = 50) -> list[float]:
-    if len(losses) <= points:
-        return [round(x, 5) for x in losses]
-    return [round(losses[round(i * (len(losses) - 1) / (points - 1))], 5) for i in range(points)]
-
-
 def train_adapter(
     model,
     features: list[dict[str, list[int]]],
@@ -323,7 +317,6 @@ def metrics_of(state: TrainState, peak_memory_bytes: int | None) -> TrainMetrics
         loss_first=round(sum(state.losses[:window]) / window, 5),
         loss_last=round(sum(state.losses[-window:]) / window, 5),
         loss_min=round(min(state.losses), 5),
-        loss_curve=curve(state.losses),
         curve=downsample(state.losses),  # a resumed run's losses come back with its checkpoint: the whole run
         peak_memory_bytes=peak_memory_bytes,
         resumed_from_step=state.resumed_from,

@@ -158,8 +158,10 @@ class TrainMetrics(OpenModel):
     loss_first: Loss | None = Field(None, description="Mean loss over the first logged window.")
     loss_last: Loss | None = Field(None, description="Mean loss over the last logged window.")
     loss_min: Loss | None = Field(None, description="Lowest logged loss.")
-    loss_curve: list[Loss] = Field(
-        default_factory=list, max_length=1000, description="Loss at evenly spaced steps (at most 50 points)."
+    loss_curve: list[Loss] = Field(  # read from old files, bounded like the rest; `curve` replaced it
+        default_factory=list,
+        max_length=1000,
+        description="Deprecated, no longer written: older trainers' loss at up to 50 evenly spaced steps. Use curve.",
     )
     curve: LossCurve = Field(
         default_factory=LossCurve,

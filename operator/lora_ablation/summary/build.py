@@ -248,7 +248,7 @@ def summarize(
         config.pareto = config.config in front
     seeds = max((c.seeds for c in configs), default=1)
     observations = sorted(
-        Observation(dataset, tuple(r.modules), r.rank, r.variant, r.layers, r.eval.score)
+        Observation(dataset, tuple(r.modules), r.rank, r.variant, r.layers, r.eval.score, r.eval.metric)
         for (dataset, _), runs in keyed.items()
         for r in runs
     )

@@ -46,6 +46,7 @@ class Observation:
     variant: str
     layers: str
     score: float
+    metric: str = ""  # what `score` measures on this dataset: effects pool it across datasets
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,16 @@ def _holm(effects: list[Effect]) -> None:
         effect.beyond_noise = p <= ALPHA
 
 
+def _metric_notes(observations: Sequence[Observation]) -> list[str]:
+    """The fit's one coefficient per factor level pools every dataset's score: in one unit only if one metric."""
+    metrics = sorted({o.metric for o in observations if o.metric})
+    if len(metrics) < 2:
+        return []
+    shown = ", ".join(metrics[:5]) + (f" and {len(metrics) - 5} more" if len(metrics) > 5 else "")
+    return [f"datasets are scored by different metrics ({shown}): each effect averages their units, so read its sign "
+            "and its interval here, and its size in each dataset's leaderboard"]
+
+
 @lru_cache(maxsize=16)
 def factorial_effects(observations: tuple[Observation, ...]) -> Effects:
     """The effects of the grid behind `observations` (trials of adapters, no baseline), cached by their identity."""
@@ -262,6 +273,7 @@ def factorial_effects(observations: tuple[Observation, ...]) -> Effects:
         return Effects(observations=len(observations),
                        notes=[f"factorial effects need numpy and scipy: {INSTALL_STATS}"])  # fmt: skip
     columns, notes = _factor_columns(observations)
+    notes = _metric_notes(observations) + notes
     if len(columns) > MAX_FACTOR_COLUMNS:
         notes.append(f"not estimated: the grid has {len(columns)} factor levels (module names, ranks, variants, "
                      f"layer subsets), more than the {MAX_FACTOR_COLUMNS} one fit takes; group modules into fewer "

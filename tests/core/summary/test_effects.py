@@ -185,3 +185,17 @@ def test_the_effects_plot_shows_each_estimate_and_lists_the_unseparable(seed_sum
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[-1] == "qkv" and "o_proj x fc2" in labels and "qkv x o_proj" not in labels
     assert "not separable on this grid: qkv x o_proj, fc1 x fc2" in ax.get_xlabel()
+
+
+def test_datasets_scored_by_different_metrics_are_said_to_pool_units(seed_summary):
+    """One coefficient per factor level is fitted over every dataset: with accuracy on some and eval_loss (negative
+    nats) on others its size mixes units, and the summary says so where the effects are shown."""
+    assert not [n for n in seed_summary.effects.notes if "different metrics" in n]
+    results = seed_results()
+    first = results[0].dataset
+    mixed = [r.model_copy(update={"eval": r.eval.model_copy(update={"metric": "eval_loss"})}) if r.dataset == first
+             else r for r in results]  # fmt: skip
+    summary = summarize(mixed, "seed", tolerance=0.02, planned=planned())
+    (note,) = [n for n in summary.effects.notes if "different metrics" in n]
+    assert "accuracy, eval_loss" in note
+    assert note in render_markdown(summary)
