@@ -67,11 +67,33 @@ def _no_results(store: Any, uri: str, keys: list[str]) -> SpecError:
     return SpecError([f"URI {uri}: no trial results (<trial>/{RESULT_FILE}) under this prefix; {expected}"])
 
 
+def _recorded_summary(store, uri: str):
+    """The summary.json the ablation wrote, as a Summary: the eliminations, skipped trials and costs it recorded
+    (the result files alone do not tell them), its tolerance and latency budget. One that cannot be read or does
+    not validate is said and left out: the leaderboard comes from the result files either way."""
+    from pydantic import ValidationError
+
+    from lora_ablation.storage.results import SUMMARY_FILE
+    from lora_ablation.storage.store import StorageError
+    from lora_ablation.summary.models import Summary
+
+    try:
+        if not store.exists(SUMMARY_FILE):
+            return None
+        return Summary.model_validate(store.read_json(SUMMARY_FILE))
+    except (StorageError, ValueError) as error:  # ValidationError and JSON errors are ValueErrors
+        problem = f"{error.error_count()} problem(s)" if isinstance(error, ValidationError) else str(error)[:200]
+        print(f"note: {uri}/{SUMMARY_FILE} is not a valid summary ({problem}): the eliminations and costs it may "
+              "record are not shown", file=sys.stderr)  # fmt: skip
+        return None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from lora_ablation.storage.open import open_store, plain_path_uri
-    from lora_ablation.storage.results import SUMMARY_FILE, read_all_results
+    from lora_ablation.storage.results import read_all_results
     from lora_ablation.storage.store import StorageError
     from lora_ablation.summary.build import summarize
+    from lora_ablation.summary.stages import with_recorded_stages
     from lora_ablation.summary.plots import PlotsUnavailable, write_plots
     from lora_ablation.summary.report import render_markdown, render_text
 
@@ -80,14 +102,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         results = read_all_results(store)
         if not results:
             raise _no_results(store, args.uri, store.list())
-        previous = store.read_json(SUMMARY_FILE) if store.exists(SUMMARY_FILE) else {}
     except (StorageError, ValueError) as error:
         if isinstance(error, SpecError):
             raise
         raise SpecError([f"URI {args.uri}: {error}"]) from None
-    tolerance = args.tolerance if args.tolerance is not None else previous.get("tolerance", 0.02)
-    budget = previous.get("latencyBudgetMs")
+    recorded = _recorded_summary(store, args.uri)
+    tolerance = args.tolerance if args.tolerance is not None else recorded.tolerance if recorded else 0.02
+    budget = recorded.latency_budget_ms if recorded else None
     summary = summarize(results, results[0].ablation, results[0].namespace, tolerance, budget)
+    if recorded is not None:
+        summary = with_recorded_stages(summary, recorded)
     if args.output == "json":
         print(json.dumps(summary.to_wire(), indent=2))
     elif args.output == "markdown":

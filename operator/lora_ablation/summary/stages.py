@@ -54,12 +54,7 @@ def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_on
         gpu_hours=round(costs.hours, 6), stage_one_gpu_hours=round(one / 3600, 6),
         eliminated_gpu_hours=round(gone / 3600, 6), max_gpu_hours=max_gpu_hours, skipped_trials=sorted(skipped),
     )  # fmt: skip
-    notes = list(summary.notes)
-    if eliminated:
-        notes.append(f"{len(eliminated)} configuration(s) eliminated after stage one (see eliminated); the "
-                     "leaderboard ranks the completed ones")  # fmt: skip
-    if compute.skipped_trials:
-        notes.append(f"{len(compute.skipped_trials)} trial(s) never started: execution.maxGpuHours was reached")
+    notes = [*summary.notes, *_stage_notes(eliminated, compute)]
     curves = list(summary.curves)
     for trial in plan.trials:  # an eliminated trial's curve is its stage one's, its eval point the stage-one score
         one = stage_ones.get(trial.name)
@@ -71,6 +66,29 @@ def with_stages(summary: Summary, plan: Plan, elimination: Elimination, stage_on
     return summary.model_copy(update={"eliminated": eliminated, "stage_one": entries, "compute": compute,
                                       "notes": notes, "curves": curves,
                                       "skipped": _skipped(summary, plan, set(compute.skipped_trials))})  # fmt: skip
+
+
+def _stage_notes(eliminated: list[EliminatedConfig], compute: Compute) -> list[str]:
+    notes = []
+    if eliminated:
+        notes.append(f"{len(eliminated)} configuration(s) eliminated after stage one (see eliminated); the "
+                     "leaderboard ranks the completed ones")  # fmt: skip
+    if compute.skipped_trials:
+        notes.append(f"{len(compute.skipped_trials)} trial(s) never started: execution.maxGpuHours was reached")
+    return notes
+
+
+def with_recorded_stages(summary: Summary, recorded: Summary) -> Summary:
+    """`summary` (rebuilt from the result files alone, as `report` does) with what only the ablation knew and wrote
+    into its summary.json: the stage-one eliminations and scores, the budget's skipped trials, the compute and the
+    eliminated trials' curves. Taken as recorded, never re-derived: the results cannot tell them."""
+    kept = {(c.dataset, c.trial) for c in summary.curves}
+    curves = [*summary.curves, *(c for c in recorded.curves if c.eliminated and (c.dataset, c.trial) not in kept)]
+    return summary.model_copy(update={
+        "eliminated": recorded.eliminated, "stage_one": recorded.stage_one, "compute": recorded.compute,
+        "skipped": recorded.skipped, "curves": curves,
+        "notes": [*summary.notes, *_stage_notes(recorded.eliminated, recorded.compute)],
+    })  # fmt: skip
 
 
 def _skipped(summary: Summary, plan: Plan, skipped: set[str]) -> list[SkippedConfig]:
