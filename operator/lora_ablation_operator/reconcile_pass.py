@@ -38,6 +38,7 @@ from lora_ablation_operator.reconcile import Decision, Observed, reconcile
 from lora_ablation_operator.settings import Settings
 
 log = logging.getLogger(__name__)
+MAX_LOGGED_MESSAGE = 1000  # a Forbidden or InvalidSpec message lists every field; one log line stays readable
 ACTIVE_STATES = frozenset(state.value for state in ACTIVE)
 
 
@@ -260,6 +261,8 @@ def apply(decision: Decision, snapshot: Snapshot) -> Outcome:
     involved = {"apiVersion": snapshot.body.get("apiVersion"), "kind": snapshot.body.get("kind"), "name": name,
                 "namespace": namespace, "uid": meta.get("uid")}  # fmt: skip
     for event_type, reason, message in aggregate(decision.events):
+        if event_type == "Warning":  # an admin reads the operator's log, not each tenant's Events
+            log.warning("%s/%s: %s: %s", namespace, name, reason, message[:MAX_LOGGED_MESSAGE])
         if not kube.post_event(involved, event_type, reason, message):
             log.warning("%s/%s: the API refused an Event (%s %s)", namespace, name, event_type, reason)
     outcome = Outcome(states=decision.trial_states)

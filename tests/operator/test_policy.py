@@ -170,6 +170,8 @@ def test_volumes_priority_and_placement_are_refused_at_apply_time_and_in_status_
                   "policy.allowedNodeSelectors", "'team-b-models'", "'payroll-db-backup'", "'team-b-private'"):
         assert value in ready["message"]
     assert cluster.jobs() == {} and "Forbidden" in cluster.events("reach")
+    logged = [line for line in cluster.operator_log().splitlines() if "default/reach: Forbidden:" in line]
+    assert logged and "policy.allowedClaims" in logged[0], cluster.operator_log()[-3000:]
     # Within the policy (the GPU taint, a GPU model, the namespace's default priority) the same ablation runs.
     # A merge patch: None removes a field, and a map is merged (so the refused label is removed by name).
     placement = {"priorityClassName": None, "modelCacheClaim": None,
