@@ -148,3 +148,75 @@ def test_every_example_still_validates_and_is_checked_against_its_model():
     # The hub models are in the built-in table; the quickstarts' tiny model is built by the quickstart itself.
     assert unchecked <= {e for e in examples if "quickstart" in e}, unchecked
     assert "examples/module-study.yaml: module-study is valid" in result.stdout
+
+
+# One case table for the CRD's CEL rules (x-kubernetes-validations, which cel-python evaluates in the emulated API
+# server) and `validate`: each refused case breaks exactly one rule, and names what both messages must name; each
+# accepted case is its rule's boundary, which both must let through.
+NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SETS = [[n for i, n in enumerate(NAMES) if mask >> i & 1] for mask in range(1, 51)]  # 50 distinct module sets
+GRID = {"moduleSets": SETS, "ranks": [2, 4, 8, 12, 16, 24, 32, 48, 64, 128], "variants": ["lora", "rslora"],
+        "seeds": [1, 2, 3, 4, 5]}  # 50 x 10 x 2 x 5 = 5,000 trials and the baseline
+CEL_CASES = [
+    # (id, spec overrides, name, refused?, what both messages name)
+    ("name-64", {}, "n" * 64, True, "at most 63 characters"),
+    ("name-63", {}, "n" * 63, False, ""),
+    ("epochs-and-max-steps", {"training": {"epochs": 1, "maxSteps": 10}}, "steps", True, "maxSteps"),
+    ("max-steps-alone", {"training": {"maxSteps": 10}}, "steps", False, ""),
+    ("trials-per-pod-multinode", {"execution": {"trialsPerPod": 2, "nodes": 2}}, "tpp", True, "trialsPerPod"),
+    ("trials-per-pod-one-node", {"execution": {"trialsPerPod": 2, "nodes": 1}}, "tpp", False, ""),
+    ("fsdp-one-gpu", {"execution": {"sharding": "fsdp", "resources": {"gpus": 1}}}, "fsdp", True, "gpus >= 2"),
+    ("fsdp-two-gpus", {"execution": {"sharding": "fsdp", "resources": {"gpus": 2}}}, "fsdp", False, ""),
+    ("fsdp-nf4", {"execution": {"sharding": "fsdp", "resources": {"gpus": 2}},
+                  "baseModel": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "quantization": "nf4"}}, "nf4", True,
+     "quantization"),
+    ("budget-without-latency", {"selection": {"latencyBudgetMs": 5}, "latency": {"enabled": False}}, "lat", True,
+     "latencyBudgetMs"),
+    ("budget-with-latency", {"selection": {"latencyBudgetMs": 5}, "latency": {"enabled": True}}, "lat", False, ""),
+    ("cache-claim-file-model", {"execution": {"modelCacheClaim": "models"}, "baseModel": {"uri": "file:///m"}},
+     "claim", True, "modelCacheClaim"),
+    ("cache-claim-hub-model", {"execution": {"modelCacheClaim": "models"}}, "claim", False, ""),
+    ("grid-5001", {"search": GRID}, "grid", True, "5000"),
+    ("grid-5000", {"search": {**GRID, "includeBaseline": False}}, "grid", False, ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "name", "refused", "named"), [c[1:] for c in CEL_CASES], ids=[c[0] for c in CEL_CASES])
+def test_validate_and_the_crds_cel_rules_agree_on_one_case_table(custom, tmp_path, spec, name, refused, named):
+    manifest = minimal_manifest(**spec)
+    manifest["metadata"]["name"] = name
+    file = tmp_path / "case.yaml"
+    file.write_text(json.dumps(manifest))
+    result = run("validate", str(file))
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, manifest)
+        server = None
+    except ApiException as error:
+        server = json.loads(error.body)["message"]
+        assert error.status == 422, server
+    finally:
+        try:
+            custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+        except ApiException:
+            pass
+    if not refused:
+        assert server is None and result.returncode == 0, (server, result.stderr)
+        return
+    assert server is not None and named in server, server
+    assert result.returncode == 2, result.stdout
+    assert named in result.stderr and f"error: {file}: " in result.stderr, result.stderr
+
+
+def test_the_case_table_breaks_every_cel_rule_of_the_crd():
+    def rules(node):
+        if isinstance(node, dict):
+            yield from node.get("x-kubernetes-validations", [])
+            for value in node.values():
+                yield from rules(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from rules(value)
+
+    messages = [rule["message"] for rule in rules(build_crd())]
+    named = [c[4] for c in CEL_CASES if c[3]]
+    assert len(messages) == 8 and all(any(n in m for n in named) for m in messages), messages
