@@ -1,13 +1,15 @@
-"""A token-checking front for a real server, as a tracking server behind an ingress with bearer auth is: every
-request without `Authorization: Bearer <token>` is answered 401 and never forwarded; the others are forwarded as
-they came and the upstream's answer is returned as it went. It counts both, so a test sees whose requests carried
-the credentials. The server behind it (a real `mlflow server`) is untouched: this is the network boundary."""
+"""A front for a real server, as an ingress is: with a `token`, every request without `Authorization: Bearer <token>`
+is answered 401 and never forwarded (bearer auth); the others are forwarded as they came and the upstream's answer
+is returned as it went. It counts both, so a test sees whose requests carried the credentials. With `stall_when`,
+the first request it matches is held unanswered (`stalled` is set), as a connection that hangs mid-run: a test can
+kill the client there. The server behind it (a real `mlflow server`) is untouched: this is the network boundary."""
 
 from __future__ import annotations
 
 import http.client
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -16,9 +18,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 
 class TokenProxy:
-    def __init__(self, upstream: str, token: str) -> None:
+    def __init__(self, upstream: str, token: str | None = None,
+                 stall_when: Callable[[str, str, bytes], bool] | None = None) -> None:  # fmt: skip
         target = urlsplit(upstream)
-        self.token, self.counts = token, Counter()
+        self.token, self.counts, self.stall_when = token, Counter(), stall_when
+        self.stalled, self._released = threading.Event(), threading.Event()
         self._lock = threading.Lock()
         proxy = self
 
@@ -31,7 +35,12 @@ class TokenProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                if self.headers.get("Authorization") != f"Bearer {proxy.token}":
+                if proxy.stall_when and not proxy.stalled.is_set() and proxy.stall_when(self.command, self.path, body):
+                    proxy.stalled.set()
+                    proxy._released.wait()  # never answered: the client is killed meanwhile, or the front stops
+                    self.close_connection = True
+                    return
+                if proxy.token is not None and self.headers.get("Authorization") != f"Bearer {proxy.token}":
                     proxy._count("refused")
                     self._answer(401, {"Content-Type": "application/json"},
                                  b'{"error_code": "UNAUTHENTICATED", "message": "bearer token required"}')
@@ -69,5 +78,6 @@ class TokenProxy:
             self.counts[what] += 1
 
     def stop(self) -> None:
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()

@@ -67,6 +67,60 @@ def test_a_trial_logs_its_run_under_the_ablation_run_once(mlflow_server, tiny_mo
     assert {r.info.run_id for r in mlflow_server.runs(experiment)} == {parent.info.run_id, child.info.run_id}
 
 
+KILLED_MID_LOGGING = """
+import sys
+from lora_ablation.api.trial import TrialResult, TrialSpec
+from lora_ablation.tracking import log_trial
+
+spec = TrialSpec.model_validate_json(open(sys.argv[1]).read())
+log_trial(spec, TrialResult.model_validate_json(open(sys.argv[2]).read()))
+"""
+
+
+def test_a_pod_killed_while_logging_leaves_a_run_the_next_log_replaces_whole(mlflow_server, tmp_path):
+    """A trainer killed between creating its run and finishing it (an eviction while it logs) leaves a RUNNING run
+    with parameters but no metrics; the retried trial deletes it and logs one complete run, so the trial has
+    exactly one active run, finished, with everything."""
+    from lora_ablation.api.trial import TrialResult
+    from lora_ablation.tracking import log_trial
+    from support.auth_proxy import TokenProxy
+
+    experiment = f"killed-{uuid.uuid4().hex[:8]}"
+    folder = f"file://{tmp_path}/results/default/test"
+    spec = tracked(trial_spec(tmp_path / "model", tmp_path / "t.jsonl", tmp_path / "e.jsonl", f"{folder}/test-trial"),
+                   mlflow_server.uri, experiment, folder)  # fmt: skip
+    steps = list(range(1, 41))
+    result = TrialResult.model_validate({
+        "ablation": "test", "trial": "test-trial", "dataset": "choice", "modules": ["o_proj"], "rank": 8,
+        "variant": "lora", "eval": {"metric": "accuracy", "score": 0.75, "samples": 24},
+        "train": {"steps": 40, "tokens": 4000, "seconds": 8.0, "tokensPerSecond": 500.0,
+                  "curve": {"steps": steps, "loss": [2.0 - s / 40 for s in steps]}},
+    })  # fmt: skip
+    (tmp_path / "result.json").write_text(result.model_dump_json(by_alias=True))
+    # The front holds the first batch of metrics unanswered: the run exists, its parameters are logged.
+    front = TokenProxy(mlflow_server.uri, stall_when=lambda method, path, body: path.endswith("/runs/log-batch")
+                       and b'"metrics"' in body)  # fmt: skip
+    cut = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"tracking_uri": front.uri})})
+    (tmp_path / "spec.json").write_text(cut.model_dump_json(by_alias=True))
+    pod = subprocess.Popen([sys.executable, "-c", KILLED_MID_LOGGING, str(tmp_path / "spec.json"),
+                            str(tmp_path / "result.json")])  # fmt: skip
+    try:
+        assert front.stalled.wait(120), "the trainer never logged its metrics"
+        pod.kill()  # SIGKILL, as the kubelet does after the grace period
+        pod.wait(30)
+    finally:
+        front.stop()
+    (left,) = [r for r in mlflow_server.runs(experiment) if r.data.tags.get(TRIAL_TAG) == "test-trial"]
+    assert left.info.status == "RUNNING" and "score" not in left.data.metrics and left.data.params["rank"] == "8"
+
+    run_id = log_trial(spec, result)  # the retried pod, straight to the server
+    (child,) = [r for r in mlflow_server.runs(experiment) if r.data.tags.get(TRIAL_TAG) == "test-trial"]
+    assert child.info.run_id == run_id != left.info.run_id and child.info.status == "FINISHED"
+    assert child.data.metrics["score"] == 0.75
+    assert len(mlflow_server.client().get_metric_history(run_id, "train_loss")) == 40
+    assert mlflow_server.client().get_run(left.info.run_id).info.lifecycle_stage == "deleted"
+
+
 def test_a_tracking_server_that_is_down_costs_a_warning_not_the_trial(tiny_models, choice_data, tmp_path, caplog,
                                                                        monkeypatch):  # fmt: skip
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the default (2) would only make this slower
