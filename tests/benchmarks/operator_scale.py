@@ -162,8 +162,8 @@ def report_progress(cluster: Cluster, jobs: list[dict], seconds: float, every: f
     with ThreadPoolExecutor(8) as pool:
         while time.perf_counter() < ends:
             started, step = time.perf_counter(), step + 1
-            list(pool.map(lambda tk: cluster.s3.put_object(Bucket=cluster.bucket, Key=tk[1],
-                                                           Body=progress_doc(tk[0], step, 100)), keys))  # fmt: skip
+            bodies = [(key, progress_doc(trial, step, 100)) for trial, key in keys]
+            list(pool.map(lambda kb: cluster.s3.put_object(Bucket=cluster.bucket, Key=kb[0], Body=kb[1]), bodies))
             writes += len(keys)
             time.sleep(max(0.0, min(every - (time.perf_counter() - started), ends - time.perf_counter())))
     return writes

@@ -76,7 +76,8 @@ def readme_run(tmp_path_factory, s3_endpoint) -> dict:
     bin_dir = work / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "lora-ablation"  # what `pip install` puts on PATH, bound to this interpreter
-    shim.write_text(f"#!{sys.executable}\nimport sys\nfrom lora_ablation.cli import console_main\nsys.exit(console_main())\n")
+    entry = "import sys\nfrom lora_ablation.cli import console_main\nsys.exit(console_main())\n"
+    shim.write_text(f"#!{sys.executable}\n{entry}")
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL_S3": s3_endpoint}
     s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_ablation.api.trial import TrialResult
+from lora_ablation.api.trial import TrialResult, TrialSpec
 from support.s3 import free_port, s3_client
 from support.trainer_data import trial_spec
 
@@ -201,6 +201,44 @@ def test_a_batch_shards_each_trial_on_its_own_copy_and_evaluates_on_the_shared_b
         assert sorted(sharded) == sorted(plain) and len(sharded) == 4  # one module, A and B, two layers
         assert max(float((sharded[k] - plain[k]).abs().max()) for k in sharded) < 1e-5
         assert TrialResult.model_validate_json((tmp_path / spec.name / "result.json").read_text()).trial == spec.name
+
+
+def test_a_fused_group_trains_data_parallel_over_two_processes_as_each_trial_alone_in_one(tiny_models, choice_data,
+                                                                                           tmp_path):  # fmt: skip
+    """Two adapters fused on 2 data-parallel processes (each rank its share of both adapters' micro-batches, the
+    gradients averaged across ranks in one all-reduce): each equals its trial trained alone in one process with
+    every micro-batch (gradient accumulation 2 x 2 ranks = 4), to 1e-5; rank 0 alone evaluates and publishes."""
+    from lora_ablation.api.trial import TrialBatch
+    from lora_ablation_trainer.run import run_trial
+
+    specs = []
+    for name, modules, rank in (("p", ["o_proj"], 4), ("q", ["fc2"], 8)):
+        raw = _spec(tiny_models, choice_data, f"file://{tmp_path / name}", "none").model_dump(by_alias=True)
+        raw.update(name=name, modules=modules, targetModules=None, rank=rank)
+        raw["latency"]["enabled"] = False
+        specs.append(TrialSpec.model_validate(raw))
+    batch_file = tmp_path / "batch.json"
+    batch_file.write_text(TrialBatch(trials=specs, fused_group_size=2).model_dump_json(by_alias=True))
+    command = [sys.executable, "-m", "lora_ablation_trainer", "--trials", str(batch_file)]
+    process = subprocess.Popen(command, env={**os.environ, **TWO_CPU, "LORA_ABLATION_PROCESSES": "2"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    output = _finish(process)
+    assert process.returncode == 0, output[-3000:]
+    assert "[rank 0] " in output and "[rank 1] " in output and "training 2 trials together: p, q" in output
+    assert "evaluat" not in " ".join(line for line in output.splitlines() if line.startswith("[rank 1]")).lower()
+    for spec in specs:
+        raw = spec.model_dump(by_alias=True)
+        reference = tmp_path / f"{spec.name}-one-process"
+        raw["training"]["gradientAccumulation"], raw["storage"]["uri"] = 4, f"file://{reference}"
+        alone = run_trial(TrialSpec.model_validate(raw))
+        fused, plain = _adapter(tmp_path / spec.name / "adapter"), _adapter(reference / "adapter")
+        assert sorted(fused) == sorted(plain) and len(fused) == 4  # one module, A and B, two layers
+        assert max(float((fused[k] - plain[k]).abs().max()) for k in fused) < 1e-5
+        result = TrialResult.model_validate_json((tmp_path / spec.name / "result.json").read_text())
+        assert result.train.steps == alone.train.steps == 8
+        assert result.eval.score == alone.eval.score
+        assert result.train.curve.loss == pytest.approx(alone.train.curve.loss, abs=1e-5)
+        assert result.train.tokens == alone.train.tokens  # counted on every rank, not rank 0's times 2
 
 
 def test_other_ranks_wait_out_a_long_publish_and_never_load_the_unsharded_base(tiny_models, choice_data, tmp_path):

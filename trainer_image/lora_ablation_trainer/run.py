@@ -108,8 +108,9 @@ def _run(batch: TrialBatch, workdir: Path | None, dist: Distributed | None, *, a
                 log_trial(spec, done)  # a run the server missed is logged now (a finished one is found, kept)
         else:
             todo.append((index, store))
-    # Fused groups train in one process on one device; several ranks train their trials one after another.
-    limit = batch.fused_group_size if dist.world == 1 else 1
+    # Fused groups train data-parallel (every rank the whole group, its share of the micro-batches); a sharded
+    # batch trains its trials one after another.
+    limit = 1 if dist.sharded else batch.fused_group_size
     groups = fusion.groups([batch.trials[i] for i, _ in todo], limit)
     with tempfile.TemporaryDirectory(prefix="trials-", dir=workdir) as tmp:
         base: Base | None = None
@@ -183,10 +184,11 @@ def _fused(specs: list[tuple[TrialSpec, Store]], base: Base, tmp: Path, dist: Di
         except PermanentTrialError as error:
             trained[spec.name] = error
             continue
-        progress = ProgressReporter(store, spec.name)
+        progress = ProgressReporter(store, spec.name) if dist.is_main else None  # rank 0 alone reports
         members.append(Member(spec=spec, store=store, targets=targets, features=features, progress=progress))
     if len(members) == 1:  # the others' inputs were wrong: it trains alone, reporting its own progress
-        members[0].progress.close()
+        if members[0].progress is not None:
+            members[0].progress.close()
         members = []
     model = None
     try:
@@ -194,7 +196,7 @@ def _fused(specs: list[tuple[TrialSpec, Store]], base: Base, tmp: Path, dist: Di
             with storage_errors():
                 model = attach_group(members, base.model())
                 log.info("training %d trials together: %s", len(members), ", ".join(m.spec.name for m in members))
-                metrics = train_fused(model, members, base.tokenizer.pad_token_id, base.device)
+                metrics = train_fused(model, members, base.tokenizer.pad_token_id, base.device, dist=dist)
             for member in members:
                 done = member.error or Trained(metrics[member.spec.name], member.steps,
                                                adapter_weights(model, member), member.progress)  # fmt: skip

@@ -189,13 +189,15 @@ def _sync_gradients(model, dist: Distributed) -> None:
             parameter.grad /= dist.world
 
 
-def _step_figures(loss_sum: torch.Tensor, norm: torch.Tensor, dist: Distributed) -> tuple[float, float]:
-    """The step's loss (mean over ranks) and gradient norm, read back in one device sync."""
+def _step_figures(loss_sum: torch.Tensor, norm: torch.Tensor, dist: Distributed, tokens: int
+                  ) -> tuple[float, float, int]:  # fmt: skip
+    """The step's loss (mean over ranks), gradient norm and tokens (every rank's), read back in one device sync."""
     if dist.world > 1:
-        torch.distributed.all_reduce(loss_sum)
-        loss_sum /= dist.world
+        summed = torch.stack([loss_sum, torch.tensor(float(tokens), device=loss_sum.device)]).double()
+        torch.distributed.all_reduce(summed)
+        loss_sum, tokens = (summed[0] / dist.world).float(), round(float(summed[1]))
     loss, grad_norm = torch.stack([loss_sum, fsdp.local_norm(norm).to(loss_sum)]).tolist()
-    return loss, grad_norm
+    return loss, grad_norm, tokens
 
 
 def _diverged(state: TrainState, steps: int, loss: float, grad_norm: float, training: TrainingSpec,
@@ -277,7 +279,7 @@ def train_adapter(
             loss_sum += loss.detach().float()
         _sync_gradients(model, dist)
         norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        step_loss, grad_norm = _step_figures(loss_sum, norm, dist)
+        step_loss, grad_norm, step_tokens = _step_figures(loss_sum, norm, dist, step_tokens)
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # Before the update, so no checkpoint or result ever holds NaN weights; every rank sees the same figures.
             raise _diverged(state, steps, step_loss, grad_norm, training)
@@ -288,7 +290,7 @@ def train_adapter(
             torch.cuda.synchronize(device)
         state.step += 1
         state.seconds += time.perf_counter() - started
-        state.tokens += step_tokens * dist.world
+        state.tokens += step_tokens
         state.losses.append(step_loss)
         if progress is not None:
             progress.step(state.step, stop, step_loss, state.tokens, state.seconds)

@@ -103,9 +103,9 @@ def run_on_base(
 
     Sharded (FSDP), the trial trains on a private host copy sharded across the ranks; then rank 0 gathers the
     adapter and evaluates, times and publishes it on the unsharded base, like any other trial."""
-    if targets is None and not base.dist.is_main:
-        # The baseline trains nothing and rank 0 alone evaluates it: no other rank loads the base, which in a
-        # sharded batch would keep a whole unsharded copy on every GPU for the trials after it.
+    if (targets is None or trained is not None) and not base.dist.is_main:
+        # The baseline trains nothing, and a fused adapter trained already: rank 0 alone evaluates them. No other
+        # rank loads the base for them (in a sharded batch a whole unsharded copy would stay on every GPU).
         return None
     model = None
     sharded = base.dist.sharded and targets is not None and trained is None

@@ -93,9 +93,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lora_ablation.storage.results import read_all_results
     from lora_ablation.storage.store import StorageError
     from lora_ablation.summary.build import summarize
-    from lora_ablation.summary.stages import with_recorded_stages
     from lora_ablation.summary.plots import PlotsUnavailable, write_plots
     from lora_ablation.summary.report import render_markdown, render_text
+    from lora_ablation.summary.stages import with_recorded_stages
 
     try:
         store = open_store(plain_path_uri(args.uri), args.endpoint, local=True)

@@ -11,7 +11,12 @@ optimizer, schedule, data order and dropout stream. Three kinds train alone, one
 - DoRA: its magnitude vector rescales the whole adapted weight, so a row slice of the output cannot be patched
   the way a LoRA delta can (PEFT's mixed-adapter forward refuses DoRA for the same reason);
 - adapters on raw parameters (MoE experts, `targetParameters`): PEFT wraps those parameters, not a layer whose
-  output rows can be split.
+  output rows can be split;
+- a trial sharded with FSDP: the shards of one module belong to its one adapter's flat parameters.
+
+With several GPUs (data parallel, sharding none) a group trains across them as one trial does: each rank runs the
+fused forward and backward on its share of every adapter's micro-batches, and each adapter's gradients are averaged
+across the ranks before its own step, so the group computes what one process computes with every micro-batch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def unfusable(trial: TrialSpec) -> str | None:
         return f"variant {trial.variant}: its magnitude vector rescales whole weights, so it trains alone"
     if trial.target_parameters:
         return "adapters on raw parameters (MoE experts) train alone"
+    if trial.sharding == "fsdp":
+        return "sharded with FSDP: it trains alone (fused training is data-parallel across GPUs)"
     return None
 
 
@@ -105,12 +112,14 @@ def group_limit(spec: Any, plan: Any, inventory: ModelInventory | None = None,
         return 1, ""
     if not execution.fused_training:
         return 1, "execution.fusedTraining is false: the trials of a Job train one after another"
-    if execution.resources.gpus > 1:
-        return 1, (f"execution.resources.gpus is {execution.resources.gpus}: the trials of a Job train one after "
-                   "another (fused training runs on one device)")  # fmt: skip
+    sharded = sum(1 for t in plan.trials if t.spec.sharding == "fsdp")
+    if sharded:  # a pod's processes are sharded, or not, for the whole batch (the trainer's Distributed)
+        return 1, (f"{sharded} trial(s) shard with FSDP over execution.resources.gpus: the trials of a Job train "
+                   "one after another (fused training is data-parallel; execution.sharding none fuses)")  # fmt: skip
+    across = f" on each of {execution.resources.gpus} GPUs (data parallel)" if execution.resources.gpus > 1 else ""
     gpu_bytes, _ = gpu_memory(execution.resources.gpu_memory, execution.node_selector)
     if execution.resources.gpus == 0 or not gpu_bytes:
-        return size, f"up to {size} adapters per pass over the base (no GPU memory to check against)"
+        return size, f"up to {size} adapters per pass over the base{across} (no GPU memory to check against)"
     if inventory is None or config is None:
         config = known_model_config(spec.base_model.uri, spec.base_model.revision)
         try:
@@ -118,12 +127,12 @@ def group_limit(spec: Any, plan: Any, inventory: ModelInventory | None = None,
         except (UnsupportedModel, ValueError):
             inventory = None
     if inventory is None or config is None:
-        return size, f"up to {size} adapters per pass over the base (the model's memory is not estimated)"
+        return size, f"up to {size} adapters per pass over the base{across} (the model's memory is not estimated)"
     estimates = plan_memory(plan, inventory, config, execution).estimates
     trained = sorted((estimates[t.name] for t in plan.trials if t.name in estimates and unfusable(t.spec) is None),
                      key=lambda e: e.total, reverse=True)  # fmt: skip
     if not trained:
-        return size, f"up to {size} adapters per pass over the base"
+        return size, f"up to {size} adapters per pass over the base{across}"
     limit = 1  # the n largest trained trials of the plan, together, must fit
     while limit < min(size, len(trained)) and fused_estimate(trained[: limit + 1]).total <= FIT_FRACTION * gpu_bytes:
         limit += 1
@@ -135,6 +144,7 @@ def group_limit(spec: Any, plan: Any, inventory: ModelInventory | None = None,
                    f"{pair:.1f} GiB, more than {gpu_bytes / GIB:.0f} GiB per GPU")  # fmt: skip
     if limit < size:
         peak = fused_estimate(trained[:limit]).total / GIB
-        return limit, (f"up to {limit} adapters per pass over the base: more than {limit} of the largest trials would "
-                       f"not fit {gpu_bytes / GIB:.0f} GiB per GPU ({limit} need about {peak:.1f} GiB)")  # fmt: skip
-    return size, f"up to {size} adapters per pass over the base"
+        return limit, (f"up to {limit} adapters per pass over the base{across}: more than {limit} of the largest "
+                       f"trials would not fit {gpu_bytes / GIB:.0f} GiB per GPU ({limit} need about "
+                       f"{peak:.1f} GiB)")  # fmt: skip
+    return size, f"up to {size} adapters per pass over the base{across}"

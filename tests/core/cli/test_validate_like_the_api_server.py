@@ -4,6 +4,7 @@ the emulated one (support.kube), with the generated CRD installed, reached with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -181,7 +182,8 @@ CEL_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("spec", "name", "refused", "named"), [c[1:] for c in CEL_CASES], ids=[c[0] for c in CEL_CASES])
+@pytest.mark.parametrize(("spec", "name", "refused", "named"), [c[1:] for c in CEL_CASES],
+                         ids=[c[0] for c in CEL_CASES])  # fmt: skip
 def test_validate_and_the_crds_cel_rules_agree_on_one_case_table(custom, tmp_path, spec, name, refused, named):
     manifest = minimal_manifest(**spec)
     manifest["metadata"]["name"] = name
@@ -195,10 +197,8 @@ def test_validate_and_the_crds_cel_rules_agree_on_one_case_table(custom, tmp_pat
         server = json.loads(error.body)["message"]
         assert error.status == 422, server
     finally:
-        try:
+        with contextlib.suppress(ApiException):
             custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
-        except ApiException:
-            pass
     if not refused:
         assert server is None and result.returncode == 0, (server, result.stderr)
         return

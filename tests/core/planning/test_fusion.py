@@ -72,7 +72,8 @@ def test_the_group_size_stays_within_the_declared_gpu_memory():
 
 @pytest.mark.parametrize(("kwargs", "limit", "why"), [
     ({"fusedTraining": False}, 1, "execution.fusedTraining is false"),
-    ({"gpus": 2}, 1, "execution.resources.gpus is 2"),
+    ({"gpus": 2, "sharding": "fsdp"}, 1, "shard with FSDP over execution.resources.gpus"),
+    ({"gpus": 2, "gpu_memory": None}, 8, "on each of 2 GPUs (data parallel) (no GPU memory to check against)"),
     ({"gpus": 0, "gpu_memory": None}, 8, "no GPU memory to check against"),
     ({"gpu_memory": None}, 8, "no GPU memory to check against"),
     ({"per_pod": 1}, 1, ""),
@@ -80,6 +81,19 @@ def test_the_group_size_stays_within_the_declared_gpu_memory():
 def test_fusion_is_off_or_unbounded_where_the_spec_says_so(kwargs, limit, why):
     got, note = fusion.group_limit(*planned(**kwargs))
     assert got == limit and why in note
+
+
+def test_data_parallel_gpus_fuse_within_one_gpus_memory_and_fsdp_trials_train_alone():
+    """Data parallel, each GPU holds the base and the group's adapters and runs its share of their micro-batches:
+    the group size is what one GPU holds. A trial FSDP shards has no layer output rows to split."""
+    one, _ = fusion.group_limit(*planned(per_pod=8, gpus=1))
+    two, note = fusion.group_limit(*planned(per_pod=8, gpus=2))
+    assert two == one > 1 and f"up to {two} adapters per pass over the base on each of 2 GPUs (data parallel)" in note
+    _, sharded = planned(per_pod=8, gpus=2, sharding="fsdp")
+    trained = [t.spec for t in sharded.trials if not t.spec.is_baseline]
+    assert fusion.unfusable(trained[0]) == ("sharded with FSDP: it trains alone (fused training is data-parallel "
+                                            "across GPUs)")
+    assert fusion.groups(trained, limit=8) == [[i] for i in range(len(trained))]
 
 
 def test_the_job_hands_the_trainer_its_group_size_and_plan_says_which_trials_fuse():

@@ -6,6 +6,11 @@ stop (its last step, or its stage-one step) leaves the group; the rest go on fus
 
 Each trial's checkpoint is its own file, in the format a lone run writes, so a survivor of stage one resumes in
 any group, or alone. The global RNG is not part of a fused run (dropout draws from each adapter's own stream).
+
+Data parallel (several processes, not sharded), as a lone trial: of each optimizer step's micro-batches, rank r
+takes every world-th from r on; every adapter's gradients, losses and token counts are summed across the ranks in
+one all-reduce, so every rank clips, steps and judges divergence on the same figures, and rank 0 alone writes
+checkpoints and progress.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from lora_ablation_trainer.loss import keeps_scored_logits, scored_positions
 from lora_ablation_trainer.packing import require_isolation
 from lora_ablation_trainer.train import (
     CHECKPOINT,
+    Distributed,
     PeakMemory,
     TrainState,
     _diverged,
@@ -59,15 +65,15 @@ def _resume(model, member: Member) -> None:
              member.steps)  # fmt: skip
 
 
-def _prepare(model, member: Member) -> None:
+def _prepare(model, member: Member, world: int) -> None:
     training = member.training
-    member.steps = total_steps(training, len(member.features), 1)
+    member.steps = total_steps(training, len(member.features), world)
     stage_one = member.spec.stage_one
     member.stop = min(math.ceil(stage_one.fraction * member.steps) if stage_one else member.steps, member.steps)
     warmup = math.ceil(training.warmup_ratio * member.steps)
     member.scheduler = get_linear_schedule_with_warmup(member.optimizer, warmup, member.steps)
     _resume(model, member)
-    start = member.state.step * training.gradient_accumulation
+    start = member.state.step * training.gradient_accumulation * world
     member.batches = iterate_micro_batches(member.features, training.batch_size, training.seed, start=start)
 
 
@@ -99,13 +105,16 @@ def _losses(model, batch: dict, blocks: list[Block], trimmed: bool) -> list[torc
     return losses
 
 
-def train_fused(model, members: list[Member], pad_id: int, device: torch.device, log_every: int = 10
-                ) -> dict[str, TrainMetrics]:  # fmt: skip
+def train_fused(model, members: list[Member], pad_id: int, device: torch.device, log_every: int = 10,
+                dist: Distributed | None = None) -> dict[str, TrainMetrics]:  # fmt: skip
     """Train every member to its stop; returns each surviving member's metrics by trial name (a member that
-    diverged has its `error` set instead)."""
+    diverged has its `error` set instead). Every rank of `dist` calls it with the same members."""
+    dist = dist or Distributed()
+    if dist.sharded:
+        raise ValueError("fused training is data-parallel: a sharded batch trains its trials alone")
     peak = PeakMemory(device)
     for member in members:
-        _prepare(model, member)
+        _prepare(model, member, dist.world)
     forward = FusedForward(model)
     for member in members:  # disabling PEFT's own adapter forward froze them
         for parameter in member.params:
@@ -120,27 +129,55 @@ def train_fused(model, members: list[Member], pad_id: int, device: torch.device,
         trimmed = keeps_scored_logits(model, device)
         model.train()
         while active := [m for m in members if m.active]:
-            _step(model, forward, active, accumulation, pad_id, device, trimmed, autocast, log_every)
+            _step(model, forward, active, accumulation, pad_id, device, trimmed, autocast, log_every, dist)
     finally:
         forward.remove()
     peak_bytes = peak.bytes()  # the group's peak: its members share every step
     return {m.spec.name: metrics_of(m.state, peak_bytes) for m in members if m.error is None}
 
 
-def _step(model, forward, active, accumulation, pad_id, device, trimmed, autocast, log_every) -> None:
+def _sync(active: list[Member], loss_sums: list[torch.Tensor], tokens: list[int], dist: Distributed, device
+          ) -> tuple[list[torch.Tensor], list[int]]:  # fmt: skip
+    """Every adapter's gradients and loss averaged across the ranks and its tokens counted on all of them: one flat
+    all-reduce per step (the adapters are small; a collective's latency is not)."""
+    if dist.world == 1:
+        return loss_sums, tokens
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for m in active for p in m.params]
+    figures = torch.stack([*loss_sums, *(torch.tensor(float(t), device=device) for t in tokens)]).double()
+    flat = torch.cat([*(g.reshape(-1).double() for g in grads), figures])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for member in active:
+        for parameter in member.params:
+            size = parameter.numel()
+            parameter.grad = (flat[offset : offset + size] / dist.world).view_as(parameter).to(parameter.dtype)
+            offset += size
+    summed = flat[offset:]
+    n = len(active)
+    # A rank's loss sum is the mean over its micro-batches (each divided by the accumulation): the step's mean is
+    # the ranks' mean, as a lone trial computes it (train._step_figures).
+    return [(summed[i] / dist.world).float() for i in range(n)], [round(float(summed[n + i])) for i in range(n)]
+
+
+def _step(model, forward, active, accumulation, pad_id, device, trimmed, autocast, log_every, dist) -> None:
     started = time.perf_counter()
     loss_sums = [torch.zeros((), device=device) for _ in active]
     tokens = [0] * len(active)
-    for k in range(accumulation):
+    micro_per_step = accumulation * dist.world
+    for k in range(micro_per_step):
         chosen, blocks, row = [], [], 0
         for index, member in enumerate(active):
-            _, indices = next(member.batches)
+            _, indices = next(member.batches)  # every rank draws every micro-batch: the order stays each one's own
+            if k % dist.world != dist.rank:
+                continue
             picked = [member.features[i] for i in indices]
             tokens[index] += sum(len(f["input_ids"]) for f in picked)
-            micro = member.state.step * accumulation + k
+            micro = member.state.step * micro_per_step + k
             blocks.append(Block(member.adapter, row, row + len(picked), member.training.seed, micro))
             chosen += picked
             row += len(picked)
+        if not blocks:
+            continue
         forward.blocks = blocks
         batch = {key: value.to(device) for key, value in collate(chosen, pad_id).items()}
         with autocast:
@@ -148,6 +185,7 @@ def _step(model, forward, active, accumulation, pad_id, device, trimmed, autocas
         torch.stack(losses).sum().backward()  # adapters share no parameter: each gets its own gradient
         for index, loss in enumerate(losses):
             loss_sums[index] += loss.detach().float()
+    loss_sums, tokens = _sync(active, loss_sums, tokens, dist, device)
     norms = [torch.nn.utils.clip_grad_norm_(m.params, 1.0) for m in active]
     figures = torch.stack([*loss_sums, *(n.to(loss_sums[0]) for n in norms)]).tolist()  # one device sync
     seconds = time.perf_counter() - started
@@ -171,7 +209,7 @@ def _step(model, forward, active, accumulation, pad_id, device, trimmed, autocas
         if member.progress is not None:
             member.progress.step(state.step, member.stop, loss, state.tokens, state.seconds)
         periodic = state.step % member.training.checkpoint_every_steps == 0 and state.step < member.steps
-        if periodic or (member.spec.stage_one is not None and state.step == member.stop):
+        if dist.is_main and (periodic or (member.spec.stage_one is not None and state.step == member.stop)):
             _save(model, member)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
